@@ -1,0 +1,249 @@
+"""The `edgecls` command line. Each command imports its layer only when it runs."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the output
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from .errors import EdgeclsError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="From a folder of labelled photos to a measured, deployed image classifier.")
+err = Console(stderr=True)
+out = Console()
+
+
+def friendly(fn):
+    """Turn edgecls errors into one red line and exit code 2, Ctrl-C into 130."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeclsError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.lower().replace("x", ",").split(",") if v]
+    except ValueError:
+        raise EdgeclsError(f"--input-size {value!r}: expected N or HxW, such as 160 or 224x224") from None
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+@app.command()
+@friendly
+def train(
+    dataset: Path = typer.Argument(..., help="Image-folder dataset: one sub-folder per class."),
+    backbone: str = typer.Option("mobilenet_v2", help="Backbone recipe (see `edgecls backbones`)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file (default: the recipe's)."),
+    out: Path = typer.Option(Path("runs/train"), help="Output folder."),
+    input_size: Optional[str] = typer.Option(None, help="N or HxW (default: the recipe's)."),
+    epochs: int = typer.Option(10, help="Phase 1 epochs (frozen backbone)."),
+    fine_tune_epochs: int = typer.Option(5, help="Phase 2 epochs (top layers unfrozen); 0 skips."),
+    batch_size: int = typer.Option(32),
+    learning_rate: float = typer.Option(1e-3),
+    fine_tune_learning_rate: float = typer.Option(1e-4),
+    val_fraction: float = typer.Option(0.2),
+    test_fraction: float = typer.Option(0.0),
+    seed: int = typer.Option(0),
+    patience: int = typer.Option(3, help="Early stopping patience on validation loss."),
+    class_weights: bool = typer.Option(False, help="Weight classes inversely to their frequency."),
+    augment: bool = typer.Option(True, help="Flip/rotate/zoom/contrast augmentation while training."),
+):
+    """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
+    from .train import TrainConfig, train as run_train
+
+    config = TrainConfig(backbone=backbone, weights=weights, input_size=_size(input_size), epochs=epochs,
+                         fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
+                         test_fraction=test_fraction, seed=seed, patience=patience,
+                         class_weights=class_weights, augment=augment)
+    result = run_train(dataset, out, config, console=err)
+    val, tr = result.metrics["val"], result.metrics["train"]
+    out.print(f"model:      {result.model_path}")
+    out.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")
+    out.print(f"curves:     {result.out_dir / 'training_curves.png'}")
+    out.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}")
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command()
+@friendly
+def export(
+    model: Path = typer.Argument(..., help="A .keras model trained by edgecls."),
+    format: str = typer.Option("tflite", "--format", "-f", help="tflite, onnx, openvino, a comma list, or all."),
+    quant: str = typer.Option("fp32", "--quant", "-q", help="fp32, fp16, dynamic, int8, edgetpu, a comma list, or all."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL's folder/export)."),
+    dataset: Optional[Path] = typer.Option(None, help="Dataset for calibration and verification (default: the training set)."),
+    calibration: Optional[Path] = typer.Option(None, help="Folder of calibration images (default: training split)."),
+    calibration_count: int = typer.Option(200, help="Number of calibration images (stratified)."),
+    max_accuracy_drop: float = typer.Option(1.0, help="Gate: largest allowed accuracy drop vs Keras, in points."),
+    io_dtype: Optional[str] = typer.Option(None, help="tflite int8 only: uint8 (default) or int8 input/output."),
+):
+    """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
+    from .export.pipeline import export_model
+
+    reports = export_model(model, format, quant, out, dataset, calibration, calibration_count,
+                           max_accuracy_drop, io_dtype, console=err)
+    from rich.table import Table
+
+    table = Table(title="export summary")
+    for col in ("artifact", "kept", "size (MB)", "accuracy", "Δ vs Keras (pp)", "top-1 agreement", "max |Δp|", "s"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(r.path or r.key, "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
+                      f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
+                      f"{-r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
+                      f"{r.top1_agreement:.4f}" if r.top1_agreement is not None else "-",
+                      f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
+    out.print(table)
+    for r in reports:
+        if r.error:
+            err.print(f"[red]{r.key}:[/] {r.error}")
+        tpu = r.notes.get("edgetpu")
+        if tpu:
+            err.print(f"edgetpu: {tpu.get('message') or ('compiled: %s ops on the Edge TPU, %s on the CPU' % (tpu.get('ops_on_edgetpu'), tpu.get('ops_on_cpu')))}")
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def predict(
+    artifact: Path = typer.Argument(..., help="A .tflite, .onnx or OpenVINO .xml model."),
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    labels: Optional[Path] = typer.Option(None, help="Label file, for a model without a manifest."),
+    normalization: Optional[str] = typer.Option(None, help="tf | torch | caffe | unit | raw, for a model without a manifest."),
+    resize: Optional[str] = typer.Option(None, help="stretch | center_crop."),
+    top_k: int = typer.Option(3, "--top-k", "-k"),
+    threads: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
+):
+    """Classify images with an exported artifact through the light runtime."""
+    from .errors import ImageError
+    from .runtime import Classifier
+
+    clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
+                                   num_threads=threads)
+    failed = 0
+    for image in images:
+        try:
+            result = clf.predict(image, top_k)
+        except ImageError as exc:
+            failed += 1
+            err.print(f"[red]skipped[/] {exc}", highlight=False)
+            continue
+        if as_json:
+            print(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result]}))
+        else:
+            out.print(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result), highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def evaluate(
+    model: Path = typer.Argument(..., help="A .keras model or an exported artifact."),
+    dataset: Path = typer.Argument(..., help="Image-folder dataset."),
+    split: str = typer.Option("auto", help="train | val | test | all | auto (val when the model records its split)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder for metrics.json and the confusion matrix."),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Accuracy, per-class precision/recall/F1, confusion matrix, overfitting check."""
+    from .workflows import evaluate_model
+
+    options = {"num_threads": threads} if threads and model.suffix != ".keras" else {}
+    result = evaluate_model(model, dataset, split, out, console=err, **options)
+    out.print(result["table"])
+    if "train_accuracy" in result:
+        out.print(f"train accuracy {result['train_accuracy']:.4f}")
+    if result.get("warning"):
+        err.print(f"[yellow]warning:[/] {result['warning']}")
+    out.print(f"confusion matrix: {result['confusion_matrix_png']}\nmetrics: {result['metrics_json']}")
+
+
+@app.command()
+@friendly
+def bench(
+    artifacts: List[Path] = typer.Argument(..., help="Artifacts to measure."),
+    threads: Optional[int] = typer.Option(None, help="Engine threads (default: the engine's)."),
+    batch: int = typer.Option(1),
+    warmup: int = typer.Option(10, help="Minimum warm-up runs."),
+    runs: int = typer.Option(50, help="Minimum timed runs."),
+    min_time: float = typer.Option(2.0, help="Minimum timed seconds."),
+    out: Path = typer.Option(Path("runs/bench"), help="Folder for bench.json and bench.md."),
+):
+    """Latency percentiles, throughput, size and peak memory per artifact."""
+    from .bench import bench as run_bench, markdown_table, write_reports
+
+    report = run_bench(artifacts, threads=threads, batch=batch, warmup=warmup, min_runs=runs, min_seconds=min_time,
+                       on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms"))
+    json_path, md_path = write_reports(report, out)
+    out.print(markdown_table(report))
+    out.print(f"written: {json_path}, {md_path}")
+
+
+@app.command()
+@friendly
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Output folder."),
+    epochs: int = typer.Option(8),
+):
+    """The whole pipeline on the embedded digits dataset: train, export, evaluate, benchmark, report."""
+    from .workflows import quickstart as run_quickstart
+
+    result = run_quickstart(out, epochs, console=err)
+    out.print(Path(result["report"]).read_text())
+    out.print(f"report:    {result['report']}\nmodel:     {result['model']}")
+    for a in result["artifacts"]:
+        out.print(f"artifact:  {a}")
+    out.print(f"bench:     {result['bench_md']}\nwall time: {result['seconds']:.0f} s")
+    if result["failed"]:
+        err.print(f"[red]exports that failed verification:[/] {', '.join(result['failed'])}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def backbones():
+    """List backbone recipes."""
+    from .models import recipes
+
+    for r in recipes().values():
+        out.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}")
+
+
+@app.command()
+def formats():
+    """List export formats and quantization modes."""
+    from .export import FORMATS
+
+    for spec in FORMATS.values():
+        out.print(f"{spec.format:<9} {spec.quant:<8} {spec.suffix:<8} engine={spec.engine:<12} {spec.description}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Image-folder datasets: one sub-folder per class, a deterministic stratified split, decoding
+through the shared preprocessing. numpy and OpenCV only, so the device can evaluate too."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DatasetError, ImageError
+from .preprocess import Preprocessing
+
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class ImageFolder:
+    """The files of an image-folder dataset, labelled by their folder's index in `classes`."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class LoadedImages:
+    """Decoded, resized RGB uint8 images with their class indices, and what could not be read."""
+
+    images: np.ndarray          # (N, H, W, 3) uint8
+    targets: np.ndarray         # (N,) int
+    files: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan(root: str | Path) -> ImageFolder:
+    """List an image-folder dataset; raises DatasetError if it cannot be a classification set."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found (expected one sub-folder per class)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
+    files, targets = [], []
+    for index, d in enumerate(class_dirs):
+        members = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not members:
+            raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images")
+        files.extend(members)
+        targets.extend([index] * len(members))
+    if len(class_dirs) < 2:
+        raise DatasetError(
+            f"{root}: only one class ('{class_dirs[0].name}'); a classifier needs at least two class folders"
+        )
+    return ImageFolder(root, [d.name for d in class_dirs], files, np.asarray(targets, dtype=np.int64))
+
+
+def split_indices(targets: np.ndarray, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic stratified split: each class is shuffled with `seed` and cut by fraction."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"invalid split fractions val={val_fraction} test={test_fraction}")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction)) if val_fraction else 0
+        n_test = int(round(len(idx) * test_fraction)) if test_fraction else 0
+        if val_fraction and len(idx) >= 2:
+            n_val = max(1, n_val)
+        parts["val"].extend(idx[:n_val])
+        parts["test"].extend(idx[n_val : n_val + n_test])
+        parts["train"].extend(idx[n_val + n_test :])
+    out = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
+    out["all"] = np.arange(len(targets))
+    return out
+
+
+def load_images(folder: ImageFolder, indices: Sequence[int], preprocessing: Preprocessing,
+                on_progress: Callable[[int], None] | None = None) -> LoadedImages:
+    """Decode and resize the chosen files; unreadable files are skipped and listed, never fatal."""
+    h, w = preprocessing.size
+    images = np.empty((len(indices), h, w, 3), dtype=np.uint8)
+    kept, skipped = [], []
+    for i in indices:
+        path = folder.files[i]
+        try:
+            images[len(kept)] = preprocessing.load(path)
+            kept.append(int(i))
+        except ImageError as exc:
+            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+        if on_progress:
+            on_progress(1)
+    return LoadedImages(images[: len(kept)], folder.targets[kept], [folder.files[i] for i in kept], skipped)
+
+
+def take_per_class(targets: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of about `count` items spread evenly over classes (stratified subsample)."""
+    if count >= len(targets):
+        return np.arange(len(targets))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(targets)
+    per_class = [rng.permutation(np.flatnonzero(targets == c)) for c in classes]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < count:
+        for idx in per_class:
+            if depth < len(idx) and len(chosen) < count:
+                chosen.append(int(idx[depth]))
+        depth += 1
+    return np.sort(np.asarray(chosen))
+
+
+def skipped_summary(skipped: Sequence[tuple[Path, str]], limit: int = 20) -> str:
+    """Human summary of unreadable files."""
+    if not skipped:
+        return ""
+    lines = [f"skipped {len(skipped)} unreadable file(s):"]
+    lines += [f"  {p}: {reason}" for p, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return "\n".join(lines)

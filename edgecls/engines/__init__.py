@@ -1,0 +1,91 @@
+"""Inference engines: one small module per runtime, chosen from the artifact's file suffix.
+
+Each engine wraps one interpreter behind the same four members (`input`, `output`, `run`,
+`version`). Engines import their runtime only when opened, so a device needs just the one it uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..errors import ModelError, OptionError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (-1 for a dynamic dimension), dtype and affine quantization of a tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale > 0 and np.issubdtype(self.dtype, np.integer)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": np.dtype(self.dtype).name}
+        d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point} if self.quantized else None
+        return d
+
+
+class Engine(Protocol):
+    name: str
+    version: str
+    input: TensorInfo
+    output: TensorInfo
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch already in the model's input dtype and layout; returns raw output."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    suffixes: tuple[str, ...]
+    module: str  # module under edgecls.engines that defines `open_engine(path, **options)`
+    extra: str   # the pip extra that installs its runtime
+    options: tuple[str, ...]
+
+
+ENGINES: dict[str, EngineSpec] = {}
+
+
+def register_engine(spec: EngineSpec) -> EngineSpec:
+    ENGINES[spec.name] = spec
+    return spec
+
+
+register_engine(EngineSpec("litert", (".tflite",), "litert", "runtime", ("num_threads", "use_xnnpack", "delegate")))
+register_engine(EngineSpec("onnxruntime", (".onnx",), "onnx", "onnx", ("num_threads",)))
+register_engine(EngineSpec("openvino", (".xml",), "openvino", "openvino", ("num_threads", "device", "performance_hint", "precision")))
+
+
+def engine_for(path: str | Path) -> EngineSpec:
+    suffix = Path(path).suffix.lower()
+    for spec in ENGINES.values():
+        if suffix in spec.suffixes:
+            return spec
+    known = ", ".join(s for spec in ENGINES.values() for s in spec.suffixes)
+    raise ModelError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected one of {known}")
+
+
+def open_engine(path: str | Path, **options: Any) -> Engine:
+    """Open a model file with the engine its suffix calls for."""
+    path = Path(path)
+    spec = engine_for(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: model file is empty")
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in spec.options)
+    if unknown:
+        raise OptionError(f"engine {spec.name} does not take {', '.join(unknown)}; it takes {', '.join(spec.options)}")
+    opener: Callable[..., Engine] = import_module(f"{__name__}.{spec.module}").open_engine
+    return opener(path, **{k: v for k, v in options.items() if v is not None})

@@ -1,0 +1,102 @@
+"""LiteRT (TensorFlow Lite) engine: ai-edge-litert, falling back to tflite_runtime. Never TensorFlow."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError, missing_extra
+from . import TensorInfo
+
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+def _interpreter_module():
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        return mod, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod  # type: ignore[import-not-found]
+
+        return mod, "tflite-runtime"
+    except ImportError:
+        raise missing_extra("ai-edge-litert (or tflite-runtime)", "runtime") from None
+
+
+def is_edgetpu_model(path: str | Path) -> bool:
+    """An Edge TPU-compiled model carries the `edgetpu-custom-op`."""
+    return b"edgetpu-custom-op" in Path(path).read_bytes()
+
+
+def _tensor_info(d: dict) -> TensorInfo:
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
+    return TensorInfo(d["name"], shape, np.dtype(d["dtype"]), float(scale), int(zero_point))
+
+
+class LiteRTEngine:
+    name = "litert"
+
+    def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
+                 delegate: str | None = None):
+        mod, dist = _interpreter_module()
+        self.version = _dist_version(dist)
+        delegates = []
+        if delegate is None and is_edgetpu_model(path):
+            delegate = "edgetpu"
+        if delegate == "edgetpu":
+            lib = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+            try:
+                delegates.append(mod.load_delegate(lib))
+            except (ValueError, OSError) as exc:
+                raise ModelError(
+                    f"{path}: this model is compiled for the Edge TPU and needs the Edge TPU runtime "
+                    f"library {lib}, which could not be loaded ({exc}). Install libedgetpu "
+                    "(https://coral.ai/software/#edgetpu-runtime) and plug in the accelerator, "
+                    "or run the CPU build of the model instead."
+                ) from None
+        elif delegate is not None:
+            try:
+                delegates.append(mod.load_delegate(delegate))
+            except (ValueError, OSError) as exc:
+                raise ModelError(f"{path}: cannot load delegate {delegate!r} ({exc})") from None
+        kwargs = {}
+        if not use_xnnpack and hasattr(mod, "OpResolverType"):
+            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            self._interp = mod.Interpreter(model_path=str(path), num_threads=num_threads,
+                                           experimental_delegates=delegates or None, **kwargs)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?): {exc}") from None
+        self.input = _tensor_info(self._interp.get_input_details()[0])
+        self.output = _tensor_info(self._interp.get_output_details()[0])
+        self._in_index = self._interp.get_input_details()[0]["index"]
+        self._out_index = self._interp.get_output_details()[0]["index"]
+        self._batch = int(self._interp.get_input_details()[0]["shape"][0])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] != self._batch:
+            self._interp.resize_tensor_input(self._in_index, list(batch.shape))
+            self._interp.allocate_tensors()
+            self._batch = batch.shape[0]
+        self._interp.set_tensor(self._in_index, batch)
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out_index).copy()
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{dist} {version(dist)}"
+    except PackageNotFoundError:
+        return dist
+
+
+def open_engine(path: Path, **options) -> LiteRTEngine:
+    return LiteRTEngine(path, **options)

@@ -1,0 +1,33 @@
+"""User-facing errors: each names the file or option at fault and what was expected."""
+from __future__ import annotations
+
+
+class EdgeclsError(Exception):
+    """An error the CLI prints as one clear line (no traceback)."""
+
+
+class ImageError(EdgeclsError):
+    """An image file could not be decoded into an RGB picture."""
+
+
+class ModelError(EdgeclsError):
+    """A model artifact is missing, truncated, or does not match its manifest."""
+
+
+class DatasetError(EdgeclsError):
+    """An image-folder dataset is unusable as a whole."""
+
+
+class OptionError(EdgeclsError):
+    """An option value is not one of the allowed values."""
+
+
+class VerificationError(EdgeclsError):
+    """An exported artifact failed its accuracy gate."""
+
+
+def missing_extra(package: str, extra: str) -> EdgeclsError:
+    """Error for an optional dependency that is not installed."""
+    return EdgeclsError(
+        f"{package} is not installed; install it with: pip install 'edgecls[{extra}]'"
+    )

@@ -1,0 +1,115 @@
+"""Classification metrics (numpy) and their plots. Works for any scorer: a Keras model or an
+artifact through the runtime, so every format is measured the same way."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+OVERFIT_GAP = 0.10  # train accuracy this far above validation accuracy earns a warning
+
+
+@dataclass
+class Metrics:
+    labels: list[str]
+    confusion: np.ndarray  # rows: true class, columns: predicted class
+    count: int
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(1, self.confusion.sum()))
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        cm = self.confusion.astype(np.float64)
+        tp = np.diag(cm)
+        predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
+        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+        denom = precision + recall
+        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+        return {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(self.labels, precision, recall, f1, actual)
+        }
+
+    def macro(self) -> dict[str, float]:
+        rows = [v for v in self.per_class().values() if v["support"] > 0]
+        return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in ("precision", "recall", "f1")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "accuracy": self.accuracy,
+            "macro": self.macro(),
+            "per_class": self.per_class(),
+            "labels": self.labels,
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def compute_metrics(targets: Sequence[int], predictions: Sequence[int], labels: Sequence[str]) -> Metrics:
+    n = len(labels)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (np.asarray(targets, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    return Metrics(list(labels), cm, int(len(targets)))
+
+
+def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> dict[str, float]:
+    """How closely two models' probabilities match: top-1 agreement and the largest difference."""
+    return {
+        "top1_agreement": float(np.mean(probs_a.argmax(1) == probs_b.argmax(1))),
+        "max_prob_diff": float(np.abs(probs_a - probs_b).max()),
+    }
+
+
+def overfit_warning(train_accuracy: float, val_accuracy: float, gap: float = OVERFIT_GAP) -> str | None:
+    if train_accuracy - val_accuracy > gap:
+        return (f"train accuracy {train_accuracy:.3f} is {train_accuracy - val_accuracy:.3f} above validation "
+                f"accuracy {val_accuracy:.3f}: the model is overfitting (more data, augmentation or "
+                "regularisation would help)")
+    return None
+
+
+def plot_confusion(metrics: Metrics, path: str | Path, title: str = "Confusion matrix") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(metrics.labels)
+    cm = metrics.confusion
+    size = max(4.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    row_sums = cm.sum(axis=1, keepdims=True)
+    normalized = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
+    ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), metrics.labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), metrics.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\naccuracy {metrics.accuracy:.3f} on {metrics.count} images")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_metrics(metrics: Metrics) -> str:
+    """A plain-text table of per-class precision/recall/F1 with macro averages."""
+    width = max(10, *(len(label) for label in metrics.labels))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    for label, row in metrics.per_class().items():
+        lines.append(f"{label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}")
+    m = metrics.macro()
+    lines.append(f"{'macro avg':<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {metrics.count:7d}")
+    lines.append(f"accuracy {metrics.accuracy:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Shared, lazily built inputs of one export run: the Keras model, SavedModels, calibration data."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..manifest import Manifest
+from ..preprocess import Preprocessing
+
+
+@dataclass
+class ExportContext:
+    model_path: Path
+    manifest: Manifest                       # the Keras model's manifest
+    calibration_images: np.ndarray | None    # resized RGB uint8, from the training split
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgecls-export-")))
+    log: list[str] = field(default_factory=list)
+    embedded_manifest: str = "{}"             # JSON embedded in the artifact where the format allows
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.manifest.preprocessing
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocessing.size
+
+    @cached_property
+    def keras_model(self) -> Any:
+        import keras
+
+        return keras.saving.load_model(self.model_path, compile=False)
+
+    def calibration_inputs(self) -> np.ndarray:
+        """Calibration images through the shared preprocessing (float32 NHWC)."""
+        if self.calibration_images is None or len(self.calibration_images) == 0:
+            from ..errors import OptionError
+
+            raise OptionError("this export needs calibration images; pass --dataset or --calibration")
+        return self.preprocessing.normalize(self.calibration_images)
+
+    def saved_model(self, batch: int | None) -> Path:
+        """A SavedModel of the inference graph (TFLiteConverter.from_keras_model fails on Keras 3)."""
+        path = self.work_dir / f"saved_model_b{batch or 'dyn'}"
+        if not path.exists():
+            import keras
+
+            h, w = self.input_size
+            spec = keras.InputSpec(shape=(batch, h, w, 3), dtype="float32")
+            self.keras_model.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
+        return path
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)

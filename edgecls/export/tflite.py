@@ -1,0 +1,78 @@
+"""LiteRT (TFLite) export from a SavedModel: fp32, fp16, dynamic range, full-integer, Edge TPU."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..manifest import atomic_write_bytes
+from . import ExportSpec
+from .context import ExportContext
+
+METADATA_NAME = "edgecls.manifest"
+
+
+def export(ctx: ExportContext, spec: ExportSpec, out_path: Path, io_dtype: str | None = None) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(ctx.saved_model(batch=1)))
+    if spec.quant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif spec.quant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif spec.quant in ("int8", "edgetpu"):
+        calibration = ctx.calibration_inputs()
+
+        def representative():
+            for x in calibration:
+                yield [x[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io = tf.int8 if (spec.quant == "int8" and io_dtype == "int8") else tf.uint8
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+    atomic_write_bytes(out_path, with_metadata(converter.convert(), METADATA_NAME, ctx.embedded_manifest.encode()))
+
+
+def with_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
+    """A .tflite flatbuffer with a named metadata buffer added (read back by the runtime)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    buffer = schema.BufferT()
+    buffer.data = list(payload)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != name.encode() and m.name != name] + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def compile_edgetpu(model: Path, out_dir: Path) -> dict:
+    """Run edgetpu_compiler when present; report mapped ops, or the command to run elsewhere."""
+    compiler = shutil.which("edgetpu_compiler")
+    command = f"edgetpu_compiler -s -o {out_dir} {model}"
+    if compiler is None:
+        return {"compiled": False, "command": command,
+                "message": f"edgetpu_compiler is not installed here; on a Debian/Ubuntu x86-64 machine "
+                           f"with the Coral apt repository run: {command}"}
+    proc = subprocess.run([compiler, "-s", "-o", str(out_dir), str(model)], capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    on_tpu = re.search(r"Number of operations that will run on Edge TPU:\s*(\d+)", log)
+    on_cpu = re.search(r"Number of operations that will run on CPU:\s*(\d+)", log)
+    cpu_ops = re.findall(r"^(\w+)\s+\d+\s+(.*(?:not supported|Mapped to CPU|unsupported).*)$", log, re.M)
+    return {
+        "compiled": proc.returncode == 0, "command": command, "log": log[-4000:],
+        "ops_on_edgetpu": int(on_tpu.group(1)) if on_tpu else None,
+        "ops_on_cpu": int(on_cpu.group(1)) if on_cpu else None,
+        "cpu_ops": [f"{op}: {why.strip()}" for op, why in cpu_ops],
+        "output": str(out_dir / (model.stem + "_edgetpu.tflite")),
+    }

@@ -1,0 +1,235 @@
+"""The one definition of image preprocessing.
+
+Training, calibration, evaluation and the device runtime all call these functions, and the
+parameters travel in each artifact's manifest, so a deployed model sees exactly the pixels it
+was trained on. Only numpy and OpenCV are imported here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ImageError, OptionError
+
+RESIZE_MODES = ("stretch", "center_crop")
+
+# Named normalisations: value = (pixel * scale - mean) / std, per channel, after channel ordering.
+NORMALIZATIONS: dict[str, dict[str, Any]] = {
+    "tf": {"scale": 1 / 127.5, "mean": [1.0, 1.0, 1.0], "std": [1.0, 1.0, 1.0], "channel_order": "RGB"},
+    "torch": {
+        "scale": 1 / 255.0,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "channel_order": "RGB",
+    },
+    "caffe": {
+        "scale": 1.0,
+        "mean": [103.939, 116.779, 123.68],
+        "std": [1.0, 1.0, 1.0],
+        "channel_order": "BGR",
+    },
+    "unit": {"scale": 1 / 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "channel_order": "RGB"},
+    "raw": {"scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "channel_order": "RGB"},
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a picture becomes a model input: resize, channel order and normalisation."""
+
+    size: tuple[int, int] = (224, 224)  # (height, width)
+    normalization: str = "tf"
+    resize: str = "stretch"
+    crop_fraction: float = 0.875
+    channel_order: str = "RGB"
+    scale: float = 1 / 127.5
+    mean: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def named(cls, normalization: str, size: Sequence[int], resize: str = "stretch",
+              crop_fraction: float = 0.875) -> "Preprocessing":
+        """A preprocessing from a named normalisation (tf, torch, caffe, unit, raw)."""
+        if normalization not in NORMALIZATIONS:
+            raise OptionError(
+                f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}"
+            )
+        if resize not in RESIZE_MODES:
+            raise OptionError(f"unknown resize mode {resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+        if not 0 < crop_fraction <= 1:
+            raise OptionError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        if len(size) != 2 or min(size) < 1:
+            raise OptionError(f"size must be (height, width) with positive values, got {tuple(size)}")
+        spec = NORMALIZATIONS[normalization]
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            normalization=normalization,
+            resize=resize,
+            crop_fraction=float(crop_fraction),
+            channel_order=spec["channel_order"],
+            scale=float(spec["scale"]),
+            mean=tuple(float(v) for v in spec["mean"]),
+            std=tuple(float(v) for v in spec["std"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        try:
+            return cls(
+                size=(int(d["size"][0]), int(d["size"][1])),
+                normalization=str(d.get("normalization", "custom")),
+                resize=str(d.get("resize", "stretch")),
+                crop_fraction=float(d.get("crop_fraction", 0.875)),
+                channel_order=str(d.get("channel_order", "RGB")),
+                scale=float(d["scale"]),
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise OptionError(f"invalid preprocessing description {d!r}: {exc}") from None
+
+    # --- the pipeline -------------------------------------------------------------------
+    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
+        """Resize an RGB uint8 picture to the model's input size (uint8 out)."""
+        return resize_image(rgb, self.size, self.resize, self.crop_fraction)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Map resized RGB pixels (uint8 or float 0..255, ...xHxWx3) to float32 model inputs."""
+        x = np.asarray(pixels, dtype=np.float32)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return ((x * np.float32(self.scale) - mean) / std).astype(np.float32)
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """Decode and resize one image file (uint8 HxWx3 RGB)."""
+        return self.resize_image(read_rgb(path))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 picture of any size -> float32 HxWx3 model input."""
+        return self.normalize(self.resize_image(rgb))
+
+
+def _cv2():
+    import cv2  # OpenCV is a runtime dependency; imported lazily to keep `import edgecls` fast
+
+    return cv2
+
+
+def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
+                 crop_fraction: float = 0.875) -> np.ndarray:
+    """Resize (stretch) or resize-then-center-crop an RGB picture to (height, width)."""
+    cv2 = _cv2()
+    h, w = int(size[0]), int(size[1])
+    if mode == "center_crop":
+        src_h, src_w = rgb.shape[:2]
+        # Scale so the crop window (a fraction of the short side) maps onto the target size.
+        ratio = max(h / (src_h * crop_fraction), w / (src_w * crop_fraction))
+        new_h, new_w = max(h, round(src_h * ratio)), max(w, round(src_w * ratio))
+        rgb = _resize(cv2, rgb, new_h, new_w)
+        top, left = (new_h - h) // 2, (new_w - w) // 2
+        return np.ascontiguousarray(rgb[top : top + h, left : left + w])
+    if mode != "stretch":
+        raise OptionError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    return _resize(cv2, rgb, h, w)
+
+
+def _resize(cv2, rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    if rgb.shape[0] == h and rgb.shape[1] == w:
+        return rgb
+    # INTER_AREA avoids aliasing when shrinking; bilinear is the usual choice when enlarging.
+    shrinking = h * w < rgb.shape[0] * rgb.shape[1]
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def decode_rgb(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an 8-bit RGB HxWx3 array.
+
+    Grayscale, RGBA (composited on white) and 16-bit images are converted; anything that is not
+    a decodable image raises ImageError naming `name`.
+    """
+    cv2 = _cv2()
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file, expected an image (JPEG, PNG, BMP, ...)")
+    is_jpeg = buf.size > 2 and buf[0] == 0xFF and buf[1] == 0xD8
+    # JPEGs are always 8-bit without alpha; IMREAD_COLOR also applies their EXIF orientation.
+    flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED
+    try:
+        img = cv2.imdecode(buf, flags)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        raise ImageError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    return to_rgb8(img, name, bgr=True)
+
+
+def to_rgb8(img: np.ndarray, name: str = "<array>", bgr: bool = False) -> np.ndarray:
+    """Convert a decoded picture (gray, BGR/RGB, BGRA/RGBA, 8/16-bit or float) to RGB uint8."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"{name}: unsupported pixel type {img.dtype}, expected 8- or 16-bit")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{name}: unsupported image shape {img.shape}, expected gray, RGB or RGBA")
+    channels = img.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    if channels == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        color = img[:, :, :3].astype(np.float32)
+        img = (color * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    else:
+        img = img[:, :, :3]
+    if bgr:
+        img = img[:, :, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as 8-bit RGB; raises ImageError naming the file on any failure."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, expected an image file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_rgb(data, str(path))
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+__all__ = [
+    "Preprocessing",
+    "NORMALIZATIONS",
+    "RESIZE_MODES",
+    "decode_rgb",
+    "read_rgb",
+    "resize_image",
+    "to_rgb8",
+    "is_image_name",
+    "field",
+]

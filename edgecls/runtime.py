@@ -1,0 +1,202 @@
+"""The light device runtime: artifact + manifest -> top-k labels. numpy, OpenCV and one engine only.
+
+Never imports TensorFlow or Keras (a test proves it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .engines import Engine, open_engine
+from .errors import ModelError, OptionError
+from .manifest import Manifest, load_manifest, read_labels, sha256_file
+from .preprocess import Preprocessing, read_rgb
+
+Prediction = list[tuple[str, float]]
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    """Affine-quantize float values into an integer dtype, saturating at its range."""
+    info = np.iinfo(dtype)
+    q = np.round(x / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def looks_like_probabilities(scores: np.ndarray) -> bool:
+    return bool(scores.min() >= -1e-3 and scores.max() <= 1 + 1e-3
+                and np.allclose(scores.sum(axis=-1), 1.0, atol=0.05))
+
+
+def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 5) -> Prediction:
+    """Highest-scoring (label, score) pairs of one score vector, best first."""
+    k = max(1, min(k, len(scores)))
+    idx = np.argpartition(-scores, k - 1)[:k]
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return [(labels[i], float(scores[i])) for i in idx]
+
+
+class Classifier:
+    """An image classifier over one engine, configured from its artifact's manifest."""
+
+    def __init__(self, engine: Engine, labels: Sequence[str], preprocessing: Preprocessing,
+                 manifest: Manifest | None = None, path: Path | None = None):
+        self.engine = engine
+        self.preprocessing = preprocessing
+        self.manifest = manifest
+        self.path = path
+        shape = engine.input.shape
+        if len(shape) != 4:
+            raise ModelError(f"{path}: expected a 4-D image input, the model has input shape {list(shape)}")
+        # NCHW models (ONNX zoo, PyTorch exports) have the 3 channels in dimension 1.
+        self.layout = "NCHW" if shape[1] == 3 and shape[3] != 3 else "NHWC"
+        classes = int(engine.output.shape[-1])
+        labels = list(labels)
+        if classes > 0 and len(labels) == classes + 1 and labels[0].lower() == "background":
+            labels = labels[1:]  # label files that list a background class the model does not output
+        if classes > 0 and len(labels) != classes:
+            raise ModelError(f"{path}: the model has {classes} outputs but {len(labels)} labels were given")
+        self.labels = labels
+        activation = (manifest.output.get("activation") if manifest else None) or "auto"
+        self.output_activation = activation
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def from_artifact(cls, path: str | Path, labels: Sequence[str] | str | Path | None = None,
+                      preprocessing: Preprocessing | None = None, normalization: str | None = None,
+                      resize: str | None = None, verify_checksum: bool = True,
+                      **engine_options: Any) -> "Classifier":
+        """Open an artifact; its manifest (or embedded metadata) supplies labels and preprocessing.
+
+        For a model without a manifest pass `labels` (a list or a label file) and, for a float
+        input, `normalization` (tf, torch, caffe, unit or raw).
+        """
+        path = Path(path)
+        engine = open_engine(path, **engine_options)
+        manifest = load_manifest(path) or _embedded_manifest(engine, path)
+        if manifest is not None:
+            _check_manifest(manifest, engine, path, verify_checksum)
+        if isinstance(labels, (str, Path)):
+            labels = read_labels(labels)
+        if labels is None:
+            if manifest is None:
+                raise ModelError(f"{path}: no manifest ({path.name}.json) beside the model; pass a label file")
+            labels = manifest.labels
+        if preprocessing is None:
+            if manifest is not None and normalization is None and resize is None:
+                preprocessing = manifest.preprocessing
+            else:
+                preprocessing = _default_preprocessing(engine, path, manifest, normalization, resize)
+        return cls(engine, labels, preprocessing, manifest, path)
+
+    # --- inference ------------------------------------------------------------------
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 picture -> one model input in the engine's dtype and layout (no batch dim)."""
+        return self.to_model_input(self.preprocessing.normalize(self.preprocessing.resize_image(rgb)))
+
+    def to_model_input(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float input(s), NHWC -> the engine's dtype (quantized if needed) and layout."""
+        info = self.engine.input
+        if self.layout == "NCHW":
+            x = np.moveaxis(x, -1, -3)
+        if info.quantized:
+            return quantize(x, info.scale, info.zero_point, info.dtype)
+        return np.ascontiguousarray(x.astype(info.dtype, copy=False))
+
+    def scores_from_inputs(self, batch: np.ndarray) -> np.ndarray:
+        """Run prepared inputs (N, ...) and return class probabilities (N, classes)."""
+        raw = self.engine.run(batch)
+        out = self.engine.output
+        scores = dequantize(raw, out.scale, out.zero_point) if out.quantized else raw.astype(np.float32)
+        scores = scores.reshape(scores.shape[0], -1)
+        if self.output_activation == "logits" or (
+            self.output_activation == "auto" and not looks_like_probabilities(scores)
+        ):
+            scores = softmax(scores)
+        return scores
+
+    def scores(self, images: Iterable[np.ndarray], batch_size: int = 1) -> np.ndarray:
+        """Probabilities for RGB uint8 pictures of any size."""
+        batch = np.stack([self.prepare(img) for img in images])
+        if batch_size <= 1 or self.engine.input.shape[0] == 1:
+            return np.concatenate([self.scores_from_inputs(batch[i : i + 1]) for i in range(len(batch))])
+        return np.concatenate([self.scores_from_inputs(batch[i : i + batch_size])
+                               for i in range(0, len(batch), batch_size)])
+
+    def predict(self, image: np.ndarray | str | Path, top_k_count: int = 5) -> Prediction:
+        """Top-k (label, probability) for one RGB uint8 picture or image file."""
+        rgb = read_rgb(image) if isinstance(image, (str, Path)) else image
+        return top_k(self.scores([rgb])[0], self.labels, top_k_count)
+
+
+def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None,
+                           normalization: str | None, resize: str | None) -> Preprocessing:
+    shape = engine.input.shape
+    nchw = shape[1] == 3 and shape[3] != 3
+    size = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+    if manifest is not None:
+        base = manifest.preprocessing
+        name = normalization or base.normalization
+        return Preprocessing.named(name, base.size, resize or base.resize, base.crop_fraction)
+    if min(size) <= 0:
+        raise ModelError(f"{path}: the model input has a dynamic size {list(shape)}; cannot infer the image size")
+    if normalization is None:
+        info = engine.input
+        if info.quantized and info.dtype == np.uint8:
+            # Quantized uint8 input: feed raw pixels, as pycoral does; the model's own
+            # input quantization (scale, zero point) then is its normalisation.
+            spec = Preprocessing.named("raw", size, resize or "stretch")
+            mean = info.zero_point * info.scale
+            return Preprocessing(size=spec.size, normalization="quantized-input", resize=spec.resize,
+                                 crop_fraction=spec.crop_fraction, channel_order="RGB",
+                                 scale=info.scale, mean=(mean, mean, mean), std=(1.0, 1.0, 1.0))
+        raise OptionError(
+            f"{path}: no manifest and a float input; pass a normalization "
+            "(tf: [-1,1], torch: ImageNet mean/std, caffe: BGR mean, unit: [0,1], raw: 0..255)"
+        )
+    return Preprocessing.named(normalization, size, resize or "stretch")
+
+
+def _embedded_manifest(engine: Engine, path: Path) -> Manifest | None:
+    """A manifest embedded in the model file itself (ONNX metadata_props, OpenVINO rt_info)."""
+    import json
+
+    text = getattr(engine, "metadata", {}).get("edgecls.manifest") or getattr(engine, "rt_info", {}).get("manifest")
+    if not text:
+        return None
+    try:
+        return Manifest.from_dict(json.loads(text), f"{path} (embedded metadata)")
+    except (json.JSONDecodeError, ModelError):
+        return None
+
+
+def _check_manifest(manifest: Manifest, engine: Engine, path: Path, verify_checksum: bool) -> None:
+    expected = manifest.input.get("shape")
+    actual = list(engine.input.shape)
+    if expected and [d for d in expected[1:]] != [d for d in actual[1:]]:
+        raise ModelError(
+            f"{path}: the manifest does not match the model: it says input shape {expected}, "
+            f"the model has {actual}"
+        )
+    classes = int(engine.output.shape[-1])
+    if classes > 0 and len(manifest.labels) != classes:
+        raise ModelError(
+            f"{path}: the manifest does not match the model: {len(manifest.labels)} labels "
+            f"for {classes} outputs"
+        )
+    if verify_checksum and manifest.artifact_sha256 and manifest.artifact_sha256 != sha256_file(path):
+        raise ModelError(
+            f"{path}: the model file does not match its manifest's checksum (replaced or modified "
+            "after export); re-export it or remove the stale manifest"
+        )

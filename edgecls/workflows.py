@@ -1,0 +1,144 @@
+"""Whole jobs built from the layers below: evaluation of any model file, and the quickstart."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as data_mod
+from .errors import DatasetError, OptionError
+from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
+from .manifest import atomic_write_text, load_manifest
+
+
+def _scorer(model: Path, **engine_options: Any):
+    """A function RGB uint8 (resized) images -> probabilities, plus labels and preprocessing."""
+    if model.suffix == ".keras":
+        from .train import KerasScorer
+
+        keras_scorer = KerasScorer(model)
+        return keras_scorer.scores_resized, keras_scorer.labels, keras_scorer.preprocessing, keras_scorer.manifest
+    from .runtime import Classifier
+
+    clf = Classifier.from_artifact(model, **engine_options)
+    return clf.scores, clf.labels, clf.preprocessing, clf.manifest
+
+
+def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", out_dir: str | Path | None = None,
+                   console=None, **engine_options: Any) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 and a confusion-matrix PNG for a Keras model or any
+    exported artifact; with the training split at hand, also the train-vs-validation gap."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    model = Path(model)
+    scores, labels, preprocessing, manifest = _scorer(model, **engine_options)
+    folder = data_mod.scan(dataset)
+    if sorted(folder.classes) != sorted(labels) and not set(folder.classes) <= set(labels):
+        raise DatasetError(f"{dataset}: class folders {folder.classes} do not match the model's labels")
+    split_cfg = (manifest.source.get("split") if manifest else None) or {}
+    if split == "auto":
+        split = "val" if split_cfg else "all"
+    if split not in data_mod.SPLITS:
+        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
+    parts = data_mod.split_indices(folder.targets, split_cfg.get("val_fraction", 0.2),
+                                   split_cfg.get("test_fraction", 0.0), split_cfg.get("seed", 0))
+    # Dataset class index -> model output index, by name.
+    to_model = np.asarray([labels.index(c) for c in folder.classes])
+
+    def run(indices):
+        loaded = data_mod.load_images(folder, indices, preprocessing)
+        if len(loaded.targets) == 0:
+            raise DatasetError(f"{dataset}: no readable images in the {split} split")
+        probs = scores(loaded.images)
+        return compute_metrics(to_model[loaded.targets], probs.argmax(1), labels), loaded.skipped
+
+    metrics, skipped = run(parts[split])
+    if skipped:
+        console.print(data_mod.skipped_summary(skipped))
+    result: dict[str, Any] = {"model": str(model), "dataset": str(dataset), "split": split, **metrics.to_dict(),
+                              "skipped": [[str(p), why] for p, why in skipped]}
+    if split in ("val", "test") and split_cfg:
+        train_metrics, _ = run(parts["train"])
+        result["train_accuracy"] = train_metrics.accuracy
+        warning = overfit_warning(train_metrics.accuracy, metrics.accuracy)
+        if warning:
+            result["warning"] = warning
+    out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["confusion_matrix_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png",
+                                                        f"{model.name} on {split}"))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    result["metrics_json"] = str(out_dir / "metrics.json")
+    result["table"] = format_metrics(metrics)
+    return result
+
+
+def write_digits_dataset(root: str | Path, size: int = 32) -> Path:
+    """The 1,797 real handwritten digit scans shipped in scikit-learn, as 10 class folders of PNGs."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    digits = load_digits()
+    if (root / "9").is_dir() and sum(1 for _ in root.rglob("*.png")) == len(digits.images):
+        return root
+    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+        pixels = (255 - image * (255 / 16)).astype(np.uint8)  # dark ink on white paper, 8-bit gray
+        big = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_CUBIC)
+        folder = root / str(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"digit_{i:04d}.png"), big)
+    return root
+
+
+def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 8, console=None) -> dict[str, Any]:
+    """Digits dataset -> train simple_cnn -> export every format -> evaluate -> bench -> report."""
+    from rich.console import Console
+
+    from .bench import bench, markdown_table, write_reports
+    from .export.pipeline import export_model
+    from .train import TrainConfig, train
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    dataset = write_digits_dataset(out_dir / "digits")
+    console.rule(f"dataset: {dataset} (scikit-learn handwritten digits, 10 classes)")
+    config = TrainConfig(backbone="simple_cnn", weights="none", epochs=epochs, fine_tune_epochs=0,
+                         batch_size=64, val_fraction=0.2, test_fraction=0.1, patience=3)
+    trained = train(dataset, out_dir / "model", config, console=console)
+    console.rule("export")
+    reports = export_model(trained.model_path, "tflite,onnx,openvino", "fp32,int8", out_dir=out_dir / "export",
+                           console=console, max_accuracy_drop=2.0)
+    artifacts = [r.path for r in reports if r.passed]
+    console.rule("evaluate (held-out test split)")
+    evaluations = {}
+    for model in [str(trained.model_path), *artifacts]:
+        result = evaluate_model(model, dataset, split="test", out_dir=out_dir / "eval" / Path(model).name, console=console)
+        evaluations[Path(model).name] = result["accuracy"]
+        console.print(f"{Path(model).name:<24} test accuracy {result['accuracy']:.4f}")
+    console.rule("benchmark")
+    bench_report = bench(artifacts, threads=2, min_runs=50, min_seconds=1.0)
+    json_path, md_path = write_reports(bench_report, out_dir / "bench")
+    elapsed = time.perf_counter() - started
+    lines = ["# edgecls quickstart report", "",
+             f"Dataset: {dataset} (1,797 real 8x8 digit scans from scikit-learn, written as 32x32 PNGs).", "",
+             f"Model: simple_cnn, validation accuracy {trained.metrics['val']['accuracy']:.4f}; "
+             f"training curves: {trained.out_dir / 'training_curves.png'}", "",
+             "| model | test accuracy |", "|---|---|"]
+    lines += [f"| {name} | {acc:.4f} |" for name, acc in evaluations.items()]
+    lines += ["", "## Export verification (validation split)", "",
+              "| artifact | kept | accuracy | drop (pp) | top-1 agreement |", "|---|---|---|---|---|"]
+    for r in reports:
+        lines.append(f"| {r.key} | {'yes' if r.passed else 'no: ' + (r.error or '')} | "
+                     f"{r.accuracy if r.accuracy is not None else '-'} | {r.accuracy_drop_pp} | {r.top1_agreement} |")
+    lines += ["", "## Benchmark", "", markdown_table(bench_report), f"Total wall time: {elapsed:.0f} s", ""]
+    report_path = out_dir / "report.md"
+    atomic_write_text(report_path, "\n".join(lines))
+    return {"report": str(report_path), "model": str(trained.model_path), "artifacts": artifacts,
+            "bench_json": str(json_path), "bench_md": str(md_path), "seconds": elapsed,
+            "failed": [r.key for r in reports if not r.passed]}
