@@ -86,10 +86,21 @@ def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup
         "init_ms": init_ms, "first_inference_ms": first_ms, "latency_ms": stats,
         "throughput_ips": batch * 1e3 / stats["mean"],
         "size_bytes": _artifact_size(path),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "accuracy": (manifest.verification.get("accuracy") if manifest else None),
         "top1_agreement": (manifest.verification.get("top1_agreement") if manifest else None),
     }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM, unlike ru_maxrss, is not inherited across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _artifact_size(path: Path) -> int:

@@ -18,7 +18,7 @@ from .errors import EdgeclsError  # noqa: E402
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="From a folder of labelled photos to a measured, deployed image classifier.")
 err = Console(stderr=True)
-out = Console()
+show = Console()
 
 
 def friendly(fn):
@@ -78,10 +78,10 @@ def train(
                          class_weights=class_weights, augment=augment)
     result = run_train(dataset, out, config, console=err)
     val, tr = result.metrics["val"], result.metrics["train"]
-    out.print(f"model:      {result.model_path}")
-    out.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")
-    out.print(f"curves:     {result.out_dir / 'training_curves.png'}")
-    out.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}")
+    show.print(f"model:      {result.model_path}")
+    show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")
+    show.print(f"curves:     {result.out_dir / 'training_curves.png'}")
+    show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}")
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
 
@@ -115,7 +115,7 @@ def export(
                       f"{-r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
                       f"{r.top1_agreement:.4f}" if r.top1_agreement is not None else "-",
                       f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
-    out.print(table)
+    show.print(table)
     for r in reports:
         if r.error:
             err.print(f"[red]{r.key}:[/] {r.error}")
@@ -155,7 +155,7 @@ def predict(
         if as_json:
             print(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result]}))
         else:
-            out.print(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result), highlight=False)
+            show.print(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result), highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -174,12 +174,12 @@ def evaluate(
 
     options = {"num_threads": threads} if threads and model.suffix != ".keras" else {}
     result = evaluate_model(model, dataset, split, out, console=err, **options)
-    out.print(result["table"])
+    show.print(result["table"])
     if "train_accuracy" in result:
-        out.print(f"train accuracy {result['train_accuracy']:.4f}")
+        show.print(f"train accuracy {result['train_accuracy']:.4f}")
     if result.get("warning"):
         err.print(f"[yellow]warning:[/] {result['warning']}")
-    out.print(f"confusion matrix: {result['confusion_matrix_png']}\nmetrics: {result['metrics_json']}")
+    show.print(f"confusion matrix: {result['confusion_matrix_png']}\nmetrics: {result['metrics_json']}")
 
 
 @app.command()
@@ -199,25 +199,25 @@ def bench(
     report = run_bench(artifacts, threads=threads, batch=batch, warmup=warmup, min_runs=runs, min_seconds=min_time,
                        on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms"))
     json_path, md_path = write_reports(report, out)
-    out.print(markdown_table(report))
-    out.print(f"written: {json_path}, {md_path}")
+    show.print(markdown_table(report))
+    show.print(f"written: {json_path}, {md_path}")
 
 
 @app.command()
 @friendly
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Output folder."),
-    epochs: int = typer.Option(8),
+    epochs: int = typer.Option(15),
 ):
     """The whole pipeline on the embedded digits dataset: train, export, evaluate, benchmark, report."""
     from .workflows import quickstart as run_quickstart
 
     result = run_quickstart(out, epochs, console=err)
-    out.print(Path(result["report"]).read_text())
-    out.print(f"report:    {result['report']}\nmodel:     {result['model']}")
+    show.print(Path(result["report"]).read_text())
+    show.print(f"report:    {result['report']}\nmodel:     {result['model']}")
     for a in result["artifacts"]:
-        out.print(f"artifact:  {a}")
-    out.print(f"bench:     {result['bench_md']}\nwall time: {result['seconds']:.0f} s")
+        show.print(f"artifact:  {a}")
+    show.print(f"bench:     {result['bench_md']}\nwall time: {result['seconds']:.0f} s")
     if result["failed"]:
         err.print(f"[red]exports that failed verification:[/] {', '.join(result['failed'])}")
         raise typer.Exit(1)
@@ -229,7 +229,7 @@ def backbones():
     from .models import recipes
 
     for r in recipes().values():
-        out.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}")
+        show.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}")
 
 
 @app.command()
@@ -238,7 +238,7 @@ def formats():
     from .export import FORMATS
 
     for spec in FORMATS.values():
-        out.print(f"{spec.format:<9} {spec.quant:<8} {spec.suffix:<8} engine={spec.engine:<12} {spec.description}")
+        show.print(f"{spec.format:<9} {spec.quant:<8} {spec.suffix:<8} engine={spec.engine:<12} {spec.description}")
 
 
 def main() -> None:

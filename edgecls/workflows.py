@@ -95,7 +95,7 @@ def write_digits_dataset(root: str | Path, size: int = 32) -> Path:
     return root
 
 
-def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 8, console=None) -> dict[str, Any]:
+def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, console=None) -> dict[str, Any]:
     """Digits dataset -> train simple_cnn -> export every format -> evaluate -> bench -> report."""
     from rich.console import Console
 
@@ -134,8 +134,9 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 8, console
     lines += ["", "## Export verification (validation split)", "",
               "| artifact | kept | accuracy | drop (pp) | top-1 agreement |", "|---|---|---|---|---|"]
     for r in reports:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines.append(f"| {r.key} | {'yes' if r.passed else 'no: ' + (r.error or '')} | "
-                     f"{r.accuracy if r.accuracy is not None else '-'} | {r.accuracy_drop_pp} | {r.top1_agreement} |")
+                     f"{fmt(r.accuracy)} | {fmt(r.accuracy_drop_pp)} | {fmt(r.top1_agreement)} |")
     lines += ["", "## Benchmark", "", markdown_table(bench_report), f"Total wall time: {elapsed:.0f} s", ""]
     report_path = out_dir / "report.md"
     atomic_write_text(report_path, "\n".join(lines))

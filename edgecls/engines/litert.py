@@ -1,7 +1,9 @@
 """LiteRT (TensorFlow Lite) engine: ai-edge-litert, falling back to tflite_runtime. Never TensorFlow."""
 from __future__ import annotations
 
+import ctypes
 import platform
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,36 @@ def is_edgetpu_model(path: str | Path) -> bool:
     return b"edgetpu-custom-op" in Path(path).read_bytes()
 
 
+def check_flatbuffer(path: Path) -> None:
+    """Reject truncated or non-TFLite files before the interpreter sees them (it may crash on them)."""
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier); truncated or corrupt?")
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # tflite_runtime ships no schema; the identifier check above must do
+        return
+    try:
+        model = schema.Model.GetRootAsModel(data, 0)
+        for i in range(model.BuffersLength()):
+            buf = model.Buffers(i)
+            slot = buf._tab.Offset(4)  # the `data` vector
+            if slot:
+                start, length = buf._tab.Vector(slot), buf._tab.VectorLen(slot)
+                if start + length > len(data):
+                    raise IndexError("buffer past end of file")
+            if buf.Offset() > 1 and buf.Offset() + buf.Size() > len(data):
+                raise IndexError("buffer past end of file")
+        for g in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(g)
+            for t in range(graph.TensorsLength()):
+                graph.Tensors(t).ShapeLength()
+            for o in range(graph.OperatorsLength()):
+                graph.Operators(o).InputsLength()
+    except (IndexError, struct.error, ValueError, TypeError):
+        raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?)") from None
+
+
 def _tensor_info(d: dict) -> TensorInfo:
     scale, zero_point = d.get("quantization", (0.0, 0))
     shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
@@ -44,6 +76,7 @@ class LiteRTEngine:
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
                  delegate: str | None = None):
         mod, dist = _interpreter_module()
+        check_flatbuffer(path)
         self.version = _dist_version(dist)
         delegates = []
         if delegate is None and is_edgetpu_model(path):
@@ -51,6 +84,7 @@ class LiteRTEngine:
         if delegate == "edgetpu":
             lib = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
             try:
+                ctypes.CDLL(lib)  # probe first: a failed load_delegate leaves a half-made object behind
                 delegates.append(mod.load_delegate(lib))
             except (ValueError, OSError) as exc:
                 raise ModelError(

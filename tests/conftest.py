@@ -1,0 +1,71 @@
+"""Shared fixtures: real assets from ../shared (or $EDGECLS_ASSETS) and one trained flowers model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assets_dir() -> Path | None:
+    env = os.environ.get("EDGECLS_ASSETS")
+    for candidate in ([Path(env)] if env else []) + [ROOT.parent / "shared"]:
+        if candidate.is_dir() and (candidate / "README.md").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    found = assets_dir()
+    if found is None:
+        pytest.skip("shared assets not found: set EDGECLS_ASSETS or put shared/ beside the checkout")
+    return found
+
+
+@pytest.fixture(scope="session")
+def flowers(assets) -> Path:
+    return assets / "data" / "flowers-small"
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(assets) -> Path:
+    return assets / "models" / "keras" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+
+
+@pytest.fixture(scope="session")
+def coral(assets) -> Path:
+    return assets / "models" / "coral"
+
+
+FLOWERS_CONFIG = dict(backbone="mobilenet_v2", epochs=8, fine_tune_epochs=5, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def flowers_model(tmp_path_factory, flowers, mobilenet_weights):
+    """MobileNetV2 at 224 from the shared ImageNet weights, trained once per test session."""
+    from edgecls.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("flowers_imagenet")
+    return train(flowers, out, TrainConfig(weights=str(mobilenet_weights), **FLOWERS_CONFIG))
+
+
+@pytest.fixture(scope="session")
+def flowers_exports(flowers_model):
+    """The foundation's four artifacts, exported without a gate so the tests judge them."""
+    from edgecls.export.pipeline import export_model
+
+    reports = export_model(flowers_model.model_path, "tflite,onnx,openvino", "fp32,int8",
+                           max_accuracy_drop=100.0)
+    return {r.key: r for r in reports}
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `edgecls` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "edgecls.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout, cwd=ROOT)

@@ -1,0 +1,75 @@
+"""Image-folder datasets: unreadable files are skipped and listed, unusable datasets are clear errors."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from edgecls import data
+from edgecls.errors import DatasetError
+from edgecls.preprocess import Preprocessing
+
+
+def _copy_flowers(flowers, dst, per_class=4):
+    for cls in sorted(p for p in flowers.iterdir() if p.is_dir())[:3]:
+        (dst / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, dst / cls.name / f.name)
+    return dst
+
+
+def test_unreadable_files_are_skipped_and_listed(flowers, tmp_path):
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    cls = sorted(root.iterdir())[0]
+    (cls / "empty.jpg").write_bytes(b"")
+    (cls / "notes.txt").write_text("not an image")
+    (cls / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    (cls / "placeholder.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")  # GIF placeholder
+    folder = data.scan(root)
+    loaded = data.load_images(folder, np.arange(len(folder)), Preprocessing.named("tf", (64, 64)))
+    assert len(loaded.targets) == 12
+    skipped = {p.name: why for p, why in loaded.skipped}
+    assert set(skipped) == {"empty.jpg", "notes.txt", "corrupt.jpg", "placeholder.gif"}
+    assert "empty" in skipped["empty.jpg"]
+    summary = data.skipped_summary(loaded.skipped)
+    assert "skipped 4 unreadable" in summary and str(cls / "corrupt.jpg") in summary
+
+
+def test_empty_class_folder_is_an_error(flowers, tmp_path):
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    (root / "zzz_empty").mkdir()
+    with pytest.raises(DatasetError, match="zzz_empty.*empty"):
+        data.scan(root)
+
+
+def test_single_class_is_an_error(flowers, tmp_path):
+    root = tmp_path / "ds"
+    (root / "only").mkdir(parents=True)
+    shutil.copy(next((flowers / "daisy").iterdir()), root / "only" / "a.jpg")
+    with pytest.raises(DatasetError, match="only one class"):
+        data.scan(root)
+
+
+def test_missing_dataset_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        data.scan(tmp_path / "missing")
+
+
+def test_split_is_deterministic_and_stratified(flowers):
+    folder = data.scan(flowers)
+    a = data.split_indices(folder.targets, 0.2, 0.1, seed=3)
+    b = data.split_indices(folder.targets, 0.2, 0.1, seed=3)
+    c = data.split_indices(folder.targets, 0.2, 0.1, seed=4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["val"], c["val"])
+    assert np.bincount(folder.targets[a["val"]]).tolist() == [8] * 5
+    assert np.bincount(folder.targets[a["test"]]).tolist() == [4] * 5
+    assert not set(a["train"]) & set(a["val"]) and not set(a["val"]) & set(a["test"])
+    assert len(a["train"]) + len(a["val"]) + len(a["test"]) == len(folder)
+
+
+def test_take_per_class_is_balanced():
+    targets = np.array([0] * 50 + [1] * 10 + [2] * 40)
+    chosen = data.take_per_class(targets, 30, seed=0)
+    assert np.bincount(targets[chosen]).tolist() == [10, 10, 10]

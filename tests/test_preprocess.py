@@ -1,0 +1,108 @@
+"""Decoding and preprocessing: one definition, shared by training, calibration, evaluation, runtime."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecls import data
+from edgecls.errors import ImageError, OptionError
+from edgecls.preprocess import Preprocessing, decode_rgb, read_rgb
+
+
+def test_gray_rgba_and_16bit_become_rgb8(tmp_path):
+    gray = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20, 1))
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 2] = 200          # red in BGRA order
+    rgba[:5, :, 3] = 255        # top half opaque, bottom half transparent
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    deep = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+
+    g = read_rgb(tmp_path / "gray.png")
+    assert g.shape == (20, 25, 3) and g.dtype == np.uint8
+    assert np.array_equal(g[..., 0], gray) and np.array_equal(g[..., 0], g[..., 2])
+    r = read_rgb(tmp_path / "rgba.png")
+    assert r.shape == (10, 10, 3)
+    assert tuple(r[0, 0]) == (200, 0, 0)          # opaque red, channels in RGB order
+    assert tuple(r[9, 9]) == (255, 255, 255)      # transparent -> white background
+    d = read_rgb(tmp_path / "deep.png")
+    assert d.dtype == np.uint8 and d[9, 9, 0] == (99 * 600) >> 8
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not a readable image"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "not a readable image"),  # truncated JPEG header
+])
+def test_bad_files_name_the_file(tmp_path, content, expected):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as info:
+        read_rgb(path)
+    assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        read_rgb(tmp_path / "nope.jpg")
+
+
+def test_real_photo_variants_decode(assets):
+    folder = assets / "images" / "labeled-photos"
+    png = read_rgb(folder / "broccoli.png")        # RGBA PNG
+    progressive = read_rgb(folder / "canoe3.jpg")  # progressive JPEG
+    huge = read_rgb(folder / "coffeepot2.jpg")     # 4608x3456
+    assert png.shape[2] == 3 and progressive.shape[2] == 3
+    assert max(huge.shape[:2]) == 4608
+
+
+def test_named_normalizations():
+    px = np.array([[[0, 127.5, 255]]], dtype=np.float32)
+    tf = Preprocessing.named("tf", (1, 1)).normalize(px)
+    assert np.allclose(tf, [[[-1, 0, 1]]])
+    caffe = Preprocessing.named("caffe", (1, 1)).normalize(np.array([[[10, 20, 30]]], np.uint8))
+    assert np.allclose(caffe, [[[30 - 103.939, 20 - 116.779, 10 - 123.68]]], atol=1e-4)  # BGR order
+    torch = Preprocessing.named("torch", (1, 1)).normalize(np.full((1, 1, 3), 255, np.uint8))
+    assert np.allclose(torch, (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-5)
+    with pytest.raises(OptionError, match="unknown normalization"):
+        Preprocessing.named("imagenet", (1, 1))
+
+
+def test_center_crop_differs_from_stretch_and_keeps_center():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, 80:120] = 255  # a white bar in the middle
+    stretch = Preprocessing.named("raw", (50, 50), "stretch").resize_image(img)
+    crop = Preprocessing.named("raw", (50, 50), "center_crop", crop_fraction=1.0).resize_image(img)
+    assert stretch.shape == crop.shape == (50, 50, 3)
+    # Cropping keeps the aspect ratio: the bar is 40/100 of the crop width, 40/200 when stretched.
+    assert (crop[25, :, 0] > 128).sum() == pytest.approx(20, abs=2)
+    assert (stretch[25, :, 0] > 128).sum() == pytest.approx(10, abs=2)
+
+
+def test_manifest_roundtrip_keeps_preprocessing():
+    p = Preprocessing.named("torch", (160, 128), "center_crop", 0.9)
+    assert Preprocessing.from_dict(p.to_dict()) == p
+
+
+def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_path):
+    """The dataset loader, the training batches and the device runtime produce the same tensor."""
+    from edgecls.engines import TensorInfo
+    from edgecls.runtime import Classifier
+    from edgecls.train import _batches
+
+    p = Preprocessing.named("tf", (96, 96))
+    folder = data.scan(flowers)
+    loaded = data.load_images(folder, [0, 1, 2], p)
+    train_x, _ = _batches(loaded.images, loaded.targets, p, 3, None, 0)[0]
+
+    class FakeEngine:  # only the tensor description is used by `prepare`
+        name, version = "none", "0"
+        input = TensorInfo("x", (1, 96, 96, 3), np.dtype(np.float32))
+        output = TensorInfo("y", (1, 5), np.dtype(np.float32))
+
+    clf = Classifier(FakeEngine(), folder.classes, p)
+    runtime_x = np.stack([clf.prepare(read_rgb(f)) for f in loaded.files])
+    assert np.array_equal(runtime_x, train_x)
+    assert np.array_equal(runtime_x, p.normalize(loaded.images))
