@@ -90,18 +90,26 @@ def train(
 @friendly
 def export(
     model: Path = typer.Argument(..., help="A .keras model trained by edgecls."),
-    format: str = typer.Option("tflite", "--format", "-f", help="tflite, onnx, openvino, a comma list, or all."),
-    quant: str = typer.Option("fp32", "--quant", "-q", help="fp32, fp16, dynamic, int8, edgetpu, a comma list, or all."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="tflite, onnx, openvino, a comma list, or all (default tflite)."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="fp32, fp16, dynamic, int8, edgetpu, a comma list, or all (default fp32)."),
+    target: Optional[str] = typer.Option(None, help="Take format and mode from a target profile (see `edgecls targets`)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL's folder/export)."),
     dataset: Optional[Path] = typer.Option(None, help="Dataset for calibration and verification (default: the training set)."),
     calibration: Optional[Path] = typer.Option(None, help="Folder of calibration images (default: training split)."),
-    calibration_count: int = typer.Option(200, help="Number of calibration images (stratified)."),
+    calibration_count: int = typer.Option(300, help="Number of calibration images (stratified; mirrored copies fill a small split)."),
     max_accuracy_drop: float = typer.Option(1.0, help="Gate: largest allowed accuracy drop vs Keras, in points."),
     io_dtype: Optional[str] = typer.Option(None, help="tflite int8 only: uint8 (default) or int8 input/output."),
 ):
     """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
     from .export.pipeline import export_model
 
+    if target:
+        from .targets import get_target
+
+        profile = get_target(target)
+        format, quant = format or profile.export["format"], quant or profile.export["quant"]
+        err.print(f"target {profile.name}: exporting {format}:{quant}")
+    format, quant = format or "tflite", quant or "fp32"
     reports = export_model(model, format, quant, out, dataset, calibration, calibration_count,
                            max_accuracy_drop, io_dtype, console=err)
     from rich.table import Table
@@ -230,6 +238,16 @@ def backbones():
 
     for r in recipes().values():
         show.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}")
+
+
+@app.command("targets")
+def list_targets():
+    """List device target profiles."""
+    from .targets import targets
+
+    for t in targets().values():
+        refs = "; ".join(f"{r['artifact']} {r['latency_ms']} ms" for r in t.references) or "no published reference"
+        show.print(f"{t.name:<14} export {t.export.get('format')}:{t.export.get('quant'):<8} {t.description} [{refs}]", markup=False)
 
 
 @app.command()

@@ -34,15 +34,16 @@ def is_edgetpu_model(path: str | Path) -> bool:
     return b"edgetpu-custom-op" in Path(path).read_bytes()
 
 
-def check_flatbuffer(path: Path) -> None:
-    """Reject truncated or non-TFLite files before the interpreter sees them (it may crash on them)."""
+def check_flatbuffer(path: Path) -> dict[str, str]:
+    """Reject truncated or non-TFLite files before the interpreter sees them (it may crash on
+    them); returns the model's text metadata entries (such as an embedded edgecls manifest)."""
     data = path.read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier); truncated or corrupt?")
     try:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError:  # tflite_runtime ships no schema; the identifier check above must do
-        return
+        return {}
     try:
         model = schema.Model.GetRootAsModel(data, 0)
         for i in range(model.BuffersLength()):
@@ -60,6 +61,13 @@ def check_flatbuffer(path: Path) -> None:
                 graph.Tensors(t).ShapeLength()
             for o in range(graph.OperatorsLength()):
                 graph.Operators(o).InputsLength()
+        metadata = {}
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            name = (entry.Name() or b"").decode("utf-8", "replace")
+            if name.startswith("edgecls."):
+                metadata[name] = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8")
+        return metadata
     except (IndexError, struct.error, ValueError, TypeError):
         raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?)") from None
 
@@ -76,7 +84,7 @@ class LiteRTEngine:
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
                  delegate: str | None = None):
         mod, dist = _interpreter_module()
-        check_flatbuffer(path)
+        self.metadata = check_flatbuffer(path)
         self.version = _dist_version(dist)
         delegates = []
         if delegate is None and is_edgetpu_model(path):
