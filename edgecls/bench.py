@@ -51,17 +51,31 @@ def host_info() -> dict[str, Any]:
 def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup: int = 10,
             warmup_seconds: float = 0.5, min_runs: int = 50, min_seconds: float = 2.0,
             max_runs: int = 100000) -> dict[str, Any]:
-    """Time one artifact in this process: init, first inference, then steady-state runs."""
+    """Time one artifact in this process: init, first inference, then steady-state runs.
+
+    A model without a manifest is timed too: its input is a random tensor of the right shape
+    and type (latency does not depend on pixel values for these networks)."""
+    from .engines import open_engine
+    from .manifest import load_manifest
     from .runtime import Classifier
 
     path = Path(path)
+    manifest = load_manifest(path)
     t0 = time.perf_counter()
-    clf = Classifier.from_artifact(path, num_threads=threads)
+    engine = open_engine(path, num_threads=threads)
     init_ms = (time.perf_counter() - t0) * 1e3
-    h, w = clf.preprocessing.size
-    picture = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    x = np.repeat(clf.prepare(picture)[None], batch, axis=0)
-    run = clf.engine.run
+    rng = np.random.default_rng(0)
+    if manifest is not None:
+        clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
+        h, w = clf.preprocessing.size
+        x = np.repeat(clf.prepare(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[None], batch, axis=0)
+    else:
+        shape = [batch if i == 0 else d for i, d in enumerate(engine.input.shape)]
+        if min(shape) < 1:
+            raise ModelError(f"{path}: dynamic input shape {list(engine.input.shape)}; add a manifest to benchmark it")
+        dtype = engine.input.dtype
+        x = (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
+    run = engine.run
     t0 = time.perf_counter()
     run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -76,12 +90,11 @@ def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup
         run(x)
         samples.append((time.perf_counter() - t) * 1e3)
     stats = latency_stats(samples)
-    manifest = clf.manifest
     return {
         "artifact": str(path), "name": path.name,
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
-        "engine": clf.engine.name, "engine_version": clf.engine.version,
+        "engine": engine.name, "engine_version": engine.version,
         "threads": threads, "batch": batch, "runs": len(samples), "warmup_runs": count,
         "init_ms": init_ms, "first_inference_ms": first_ms, "latency_ms": stats,
         "throughput_ips": batch * 1e3 / stats["mean"],
@@ -89,6 +102,9 @@ def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup
         "peak_rss_mb": peak_rss_mb(),
         "accuracy": (manifest.verification.get("accuracy") if manifest else None),
         "top1_agreement": (manifest.verification.get("top1_agreement") if manifest else None),
+        "accuracy_source": "manifest verification (validation split)" if manifest and manifest.verification else None,
+        # A bounded sample of the raw timings, for distribution plots.
+        "samples_ms": [round(float(v), 4) for v in np.asarray(samples)[:: max(1, len(samples) // 2000)]],
     }
 
 
@@ -125,45 +141,71 @@ def bench_artifact(path: str | Path, isolate: bool = True, **options: Any) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(paths: Sequence[str | Path], on_result=None, **options: Any) -> dict[str, Any]:
-    """Benchmark several artifacts; returns the report document."""
+def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
+          dataset: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Benchmark several artifacts; returns the report document (schema edgecls.bench/1).
+
+    With a target profile, its engine options apply and its reference latencies are attached
+    (as references, not measurements). With a labelled dataset, accuracy and top-1 agreement with
+    the first artifact are measured on it (the validation split when the manifest records one).
+    """
+    target_doc = None
+    if target:
+        from .targets import get_target
+
+        profile = get_target(target)
+        for k, v in profile.engine_options().items():
+            options.setdefault("threads" if k == "num_threads" else k, v)
+        options = {k: v for k, v in options.items() if k in ("threads", "batch", "warmup", "warmup_seconds",
+                                                                "min_runs", "min_seconds", "max_runs")}
+        target_doc = {"name": profile.name, "hardware": profile.hardware, "description": profile.description,
+                      "engine": profile.engine, "references": profile.references}
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ModelError(f"{missing[0]}: artifact not found")
     results = []
     for p in paths:
         result = bench_artifact(p, **options)
         results.append(result)
         if on_result:
             on_result(result)
-    return {"schema": SCHEMA, "host": host_info(), "options": options, "results": results}
+    if dataset is not None:
+        _dataset_accuracy(results, Path(dataset))
+    return {"schema": SCHEMA, "host": host_info(), "options": options, "target": target_doc, "results": results}
+
+
+def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path) -> None:
+    from . import data as data_mod
+    from .runtime import Classifier
+
+    folder = data_mod.scan(dataset)
+    reference = None
+    for r in results:
+        clf = Classifier.from_artifact(r["artifact"])
+        split_cfg = (clf.manifest.source.get("split") if clf.manifest else None) or {}
+        parts = data_mod.split_indices(folder.targets, split_cfg.get("val_fraction", 0.2),
+                                       split_cfg.get("test_fraction", 0.0), split_cfg.get("seed", 0))
+        indices = parts["val"] if split_cfg else parts["all"]
+        loaded = data_mod.load_images(folder, indices, clf.preprocessing)
+        to_model = np.asarray([clf.labels.index(c) for c in folder.classes])
+        predicted = clf.scores(loaded.images).argmax(1)
+        r["accuracy"] = float(np.mean(predicted == to_model[loaded.targets]))
+        r["accuracy_source"] = f"{dataset} ({'val' if split_cfg else 'all'} split, {len(predicted)} images)"
+        reference = predicted if reference is None else reference
+        r["top1_agreement"] = float(np.mean(predicted == reference)) if len(reference) == len(predicted) else None
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    host = report["host"]
-    lines = [
-        f"Measured on {host['cpu']} ({host['cores']} cores), {host['os']}, edgecls {host['edgecls']}, {host['date']}.",
-        "",
-        "| artifact | engine | threads | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) | mean (ms) | throughput (img/s) | peak RSS (MB) | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
-        lines.append(
-            f"| {r['name']} | {r['engine_version']} | {r['threads'] or 'default'} | {r['size_bytes'] / 1e6:.2f} | "
-            f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} | "
-            f"{r['throughput_ips']:.1f} | {r['peak_rss_mb']:.0f} | {acc} |"
-        )
-    return "\n".join(lines) + "\n"
+    from .report import markdown
+
+    return markdown(report).split("\n", 2)[2]
 
 
 def write_reports(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    from .manifest import atomic_write_text
+    from .report import write_all
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(md_path, "# Benchmark\n\n" + markdown_table(report))
-    return json_path, md_path
+    paths = write_all(report, out_dir)
+    return paths["json"], paths["md"]
 
 
 def _worker(argv: list[str]) -> int:

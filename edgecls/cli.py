@@ -194,21 +194,104 @@ def evaluate(
 @friendly
 def bench(
     artifacts: List[Path] = typer.Argument(..., help="Artifacts to measure."),
-    threads: Optional[int] = typer.Option(None, help="Engine threads (default: the engine's)."),
+    target: Optional[str] = typer.Option(None, help="Engine options and reference latencies from a target profile."),
+    dataset: Optional[Path] = typer.Option(None, help="Labelled image-folder dataset: adds accuracy and agreement."),
+    threads: Optional[int] = typer.Option(None, help="Engine threads (default: the target's, else the engine's)."),
     batch: int = typer.Option(1),
     warmup: int = typer.Option(10, help="Minimum warm-up runs."),
+    warmup_time: float = typer.Option(0.5, help="Minimum warm-up seconds."),
     runs: int = typer.Option(50, help="Minimum timed runs."),
     min_time: float = typer.Option(2.0, help="Minimum timed seconds."),
-    out: Path = typer.Option(Path("runs/bench"), help="Folder for bench.json and bench.md."),
+    out: Path = typer.Option(Path("runs/bench"), help="Folder for bench.json, bench.md and bench.html."),
 ):
-    """Latency percentiles, throughput, size and peak memory per artifact."""
-    from .bench import bench as run_bench, markdown_table, write_reports
+    """Latency percentiles, throughput, size, memory (and accuracy) per artifact; JSON, Markdown, HTML."""
+    from .bench import bench as run_bench
+    from .report import markdown, write_all
 
-    report = run_bench(artifacts, threads=threads, batch=batch, warmup=warmup, min_runs=runs, min_seconds=min_time,
-                       on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms"))
-    json_path, md_path = write_reports(report, out)
-    show.print(markdown_table(report))
-    show.print(f"written: {json_path}, {md_path}")
+    options = dict(batch=batch, warmup=warmup, warmup_seconds=warmup_time, min_runs=runs, min_seconds=min_time)
+    if threads:
+        options["threads"] = threads
+    report = run_bench(artifacts, target=target, dataset=dataset,
+                       on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms", markup=False),
+                       **options)
+    paths = write_all(report, out)
+    show.print(markdown(report), markup=False)
+    show.print(f"written: {paths['json']}, {paths['md']}, {paths['html']}", markup=False)
+
+
+report_app = typer.Typer(help="Work with benchmark reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("compare")
+@friendly
+def report_compare(
+    before: Path = typer.Argument(..., help="Earlier bench.json (A)."),
+    after: Path = typer.Argument(..., help="Later bench.json (B)."),
+    fail_on_regression: bool = typer.Option(False, help="Exit 1 when anything regressed by more than 10%."),
+):
+    """What changed between two benchmark runs, per artifact and figure, as ratios B/A."""
+    from .report import compare, load_report
+
+    text, regressions = compare(load_report(before), load_report(after))
+    show.print(text, markup=False)
+    if regressions:
+        err.print("regressions:\n  " + "\n  ".join(regressions), markup=False)
+        if fail_on_regression:
+            raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def stream(
+    artifact: Path = typer.Argument(..., help="A .tflite, .onnx or OpenVINO .xml model."),
+    source: str = typer.Argument(..., help="Camera index, video file, RTSP/HTTP URL, GStreamer pipeline, picamera2[:N] or image folder."),
+    labels: Optional[Path] = typer.Option(None, help="Label file, for a model without a manifest."),
+    normalization: Optional[str] = typer.Option(None, help="For a float model without a manifest."),
+    target: Optional[str] = typer.Option(None, help="Engine options from a target profile (threads, XNNPACK, delegate, OpenVINO hint)."),
+    threads: Optional[int] = typer.Option(None, help="Engine threads (overrides the target's)."),
+    top_k: int = typer.Option(3, "--top-k", "-k"),
+    max_frames: int = typer.Option(0, help="Stop after this many frames (0: until the source ends)."),
+    drop: Optional[bool] = typer.Option(None, "--drop/--no-drop", help="Keep only the newest frame (default: on for live sources)."),
+    fps: float = typer.Option(0.0, help="Play an image folder at this frame rate (0: as fast as possible)."),
+    save: Optional[Path] = typer.Option(None, help="Write an annotated video here (.mp4 or .avi)."),
+    show: bool = typer.Option(False, "--show", help="Show an annotated window (needs OpenCV with GUI)."),
+    json_lines: bool = typer.Option(True, "--json/--no-json", help="JSON lines on stdout."),
+    retries: int = typer.Option(5, help="Reconnection attempts when a live source fails."),
+    retry_interval: float = typer.Option(0.5, help="First reconnection wait in seconds (doubles each time)."),
+    stats_interval: float = typer.Option(5.0, help="Seconds between statistics lines on stderr (0: off)."),
+):
+    """Classify a camera or video stream, pipelined, with live statistics."""
+    from .runtime import Classifier
+    from .stream import JsonLinesSink, Stream, StreamOptions, VideoSink, WindowSink, install_signal_handlers, open_source
+
+    options = {}
+    if target:
+        from .targets import get_target
+
+        options = get_target(target).engine_options()
+    if threads:
+        options["num_threads"] = threads
+    clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, **options)
+    src = open_source(source, fps=fps)
+    sinks = []
+    if json_lines:
+        sinks.append(JsonLinesSink(sys.stdout))
+    if save:
+        sinks.append(VideoSink(save, getattr(src, "fps", 0.0) or fps or 15.0))
+    if show:
+        sinks.append(WindowSink())
+    runner = Stream(clf, src, sinks, StreamOptions(top_k=top_k, max_frames=max_frames, drop_frames=drop,
+                                                   retries=retries, retry_interval=retry_interval,
+                                                   stats_interval=stats_interval),
+                    log=lambda msg: err.print(msg, highlight=False, markup=False))
+    install_signal_handlers(runner)
+    err.print(f"streaming {src.description} through {artifact.name} ({clf.engine.version})", markup=False)
+    summary = runner.run()
+    err.print("summary " + json.dumps(summary), markup=False, highlight=False)
+    if runner.error:
+        err.print(f"[bold red]error:[/] {runner.error}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -83,10 +83,18 @@ class Classifier:
         input, `normalization` (tf, torch, caffe, unit or raw).
         """
         path = Path(path)
+        sidecar = load_manifest(path)
+        if sidecar is not None and verify_checksum and sidecar.artifact_sha256 and path.is_file() \
+                and sidecar.artifact_sha256 != sha256_file(path):
+            # Checked before the engine opens the file: a modified model may not even load.
+            raise ModelError(
+                f"{path}: the model file does not match its manifest's checksum (replaced or modified "
+                "after export); re-export it or remove the stale manifest"
+            )
         engine = open_engine(path, **engine_options)
-        manifest = load_manifest(path) or _embedded_manifest(engine, path)
+        manifest = sidecar or _embedded_manifest(engine, path)
         if manifest is not None:
-            _check_manifest(manifest, engine, path, verify_checksum)
+            _check_manifest(manifest, engine, path)
         if isinstance(labels, (str, Path)):
             labels = read_labels(labels)
         if labels is None:
@@ -134,9 +142,17 @@ class Classifier:
         return np.concatenate([self.scores_from_inputs(batch[i : i + batch_size])
                                for i in range(0, len(batch), batch_size)])
 
-    def predict(self, image: np.ndarray | str | Path, top_k_count: int = 5) -> Prediction:
-        """Top-k (label, probability) for one RGB uint8 picture or image file."""
-        rgb = read_rgb(image) if isinstance(image, (str, Path)) else image
+    def predict(self, image: np.ndarray | str | Path, top_k_count: int = 5, color: str = "RGB") -> Prediction:
+        """Top-k (label, probability) for one image file or uint8 picture (`color="BGR"` for
+        frames straight from OpenCV)."""
+        if isinstance(image, (str, Path)):
+            rgb = read_rgb(image)
+        elif color.upper() == "BGR":
+            rgb = np.ascontiguousarray(image[..., ::-1])
+        elif color.upper() == "RGB":
+            rgb = image
+        else:
+            raise OptionError(f"color must be RGB or BGR, got {color!r}")
         return top_k(self.scores([rgb])[0], self.labels, top_k_count)
 
 
@@ -181,7 +197,7 @@ def _embedded_manifest(engine: Engine, path: Path) -> Manifest | None:
         return None
 
 
-def _check_manifest(manifest: Manifest, engine: Engine, path: Path, verify_checksum: bool) -> None:
+def _check_manifest(manifest: Manifest, engine: Engine, path: Path) -> None:
     expected = manifest.input.get("shape")
     actual = list(engine.input.shape)
     if expected and [d for d in expected[1:]] != [d for d in actual[1:]]:
@@ -194,9 +210,4 @@ def _check_manifest(manifest: Manifest, engine: Engine, path: Path, verify_check
         raise ModelError(
             f"{path}: the manifest does not match the model: {len(manifest.labels)} labels "
             f"for {classes} outputs"
-        )
-    if verify_checksum and manifest.artifact_sha256 and manifest.artifact_sha256 != sha256_file(path):
-        raise ModelError(
-            f"{path}: the model file does not match its manifest's checksum (replaced or modified "
-            "after export); re-export it or remove the stale manifest"
         )

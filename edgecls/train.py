@@ -197,6 +197,11 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     out_dir.mkdir(parents=True, exist_ok=True)
     keras = _keras()
     keras.utils.set_random_seed(config.seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Same seed, same model: runs (and CI) reproduce each other exactly.
+        tf.config.experimental.enable_op_determinism()
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:

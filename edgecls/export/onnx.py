@@ -54,7 +54,10 @@ def _quantize_static(ctx: ExportContext, src: Path):
             return None if x is None else {input_name: x[None].astype(np.float32)}
 
     out = ctx.work_dir / "model_int8_raw.onnx"
+    # CalibMaxIntermediateOutputs bounds memory: by default every activation of every
+    # calibration image is kept until the end (gigabytes for a few hundred 224px images).
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"CalibMaxIntermediateOutputs": 16})
     return onnx.load(str(out))
 

@@ -1,0 +1,77 @@
+"""Export the whole matrix for MobileNetV2 at 224 on flowers-small and measure every artifact.
+
+Prints, per artifact: size, p50 latency at batch 1 and 2 threads, accuracy and top-1 agreement
+with the Keras model, then the int8/fp32 latency ratio per engine. Results go to
+bench/results/flowers_matrix.{json,md}.
+
+    python bench/flowers_matrix.py [--assets ../shared] [--work runs/flowers_matrix] [--retrain]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> int:
+    from edgecls.bench import bench, markdown_table
+    from edgecls.export.pipeline import export_model
+    from edgecls.manifest import atomic_write_text
+    from edgecls.train import TrainConfig, train
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=Path(os.environ.get("EDGECLS_ASSETS", ROOT.parent / "shared")))
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "flowers_matrix")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    model = args.work / "model" / "model.keras"
+    if args.retrain or not model.exists():
+        train(args.assets / "data/flowers-small", model.parent,
+              TrainConfig(weights=str(args.assets / "models/keras/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"),
+                          epochs=8, fine_tune_epochs=5, seed=0))
+    reports = export_model(model, "all", "all", out_dir=args.work / "export", max_accuracy_drop=100.0)
+    kept = [r for r in reports if r.passed]
+    report = bench([r.path for r in kept], threads=args.threads, batch=1, min_runs=50, min_seconds=3.0)
+    by_path = {r.path: r for r in kept}
+    rows = []
+    for res in report["results"]:
+        exp = by_path[res["artifact"]]
+        rows.append({"artifact": f"{exp.format}:{exp.quant}", "engine": res["engine"],
+                     "size_mb": res["size_bytes"] / 1e6, "p50_ms": res["latency_ms"]["p50"],
+                     "accuracy": exp.accuracy, "keras_accuracy": exp.reference_accuracy,
+                     "drop_pp": exp.accuracy_drop_pp, "agreement": exp.top1_agreement,
+                     "max_prob_diff": exp.max_prob_diff})
+    p50 = {r["artifact"]: r["p50_ms"] for r in rows}
+    ratios = {fmt: p50[f"{fmt}:int8"] / p50[f"{fmt}:fp32"] for fmt in ("tflite", "onnx", "openvino")
+              if f"{fmt}:int8" in p50 and f"{fmt}:fp32" in p50}
+    lines = ["| artifact | engine | size (MB) | p50 (ms) | accuracy | Δ vs Keras (pp) | top-1 agreement | max abs Δp |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['artifact']} | {r['engine']} | {r['size_mb']:.2f} | {r['p50_ms']:.2f} | {r['accuracy']:.4f} | "
+                     f"{-r['drop_pp']:+.2f} | {r['agreement']:.4f} | {r['max_prob_diff']:.4f} |")
+    lines += ["", "| engine | int8 / fp32 p50 latency |", "|---|---|"]
+    lines += [f"| {fmt} | {ratio:.2f}x |" for fmt, ratio in ratios.items()]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"host": report["host"], "threads": args.threads, "rows": rows, "int8_fp32_ratio": ratios, "bench": report}
+    atomic_write_text(args.out / "flowers_matrix.json", json.dumps(doc, indent=2) + "\n")
+    host = report["host"]
+    atomic_write_text(args.out / "flowers_matrix.md",
+                      f"# flowers-small MobileNetV2 224: export matrix\n\nHost: {host['cpu']} ({host['cores']} cores), "
+                      f"{host['os']}, {host['date']}; batch 1, {args.threads} threads. Command: "
+                      "`python bench/flowers_matrix.py`.\n\n" + text + "\n\n## Full benchmark\n\n" + markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
