@@ -96,7 +96,7 @@ def export(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL's folder/export)."),
     dataset: Optional[Path] = typer.Option(None, help="Dataset for calibration and verification (default: the training set)."),
     calibration: Optional[Path] = typer.Option(None, help="Folder of calibration images (default: training split)."),
-    calibration_count: int = typer.Option(300, help="Number of calibration images (stratified; mirrored copies fill a small split)."),
+    calibration_count: int = typer.Option(300, help="Number of calibration images, a stratified sample of the training split."),
     max_accuracy_drop: float = typer.Option(1.0, help="Gate: largest allowed accuracy drop vs Keras, in points."),
     io_dtype: Optional[str] = typer.Option(None, help="tflite int8 only: uint8 (default) or int8 input/output."),
 ):

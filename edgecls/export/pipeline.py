@@ -100,11 +100,6 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
             train_targets = folder.targets[split["train"]]
             chosen = split["train"][data_mod.take_per_class(train_targets, calibration_count, seed=1)]
             calib_images = data_mod.load_images(folder, chosen, preprocessing).images
-            if 0 < len(calib_images) < calibration_count:
-                # A small training split: add mirror images (flips are part of training
-                # augmentation, so they stay in the distribution the model was fitted to).
-                extra = calib_images[: calibration_count - len(calib_images), :, ::-1]
-                calib_images = np.concatenate([calib_images, extra])
 
     from ..train import KerasScorer
 
