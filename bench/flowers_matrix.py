@@ -2,7 +2,7 @@
 
 Prints, per artifact: size, p50 latency at batch 1 and 2 threads, accuracy and top-1 agreement
 with the Keras model, then the int8/fp32 latency ratio per engine. Results go to
-bench/results/flowers_matrix.{json,md}.
+bench/results/flowers_matrix.{json,md} and bench/results/flowers/bench.{json,md,html}.
 
     python bench/flowers_matrix.py [--assets ../shared] [--work runs/flowers_matrix] [--retrain]
 """
@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> int:
     from edgecls.bench import bench, markdown_table
+    from edgecls.report import write_all
     from edgecls.export.pipeline import export_model
     from edgecls.manifest import atomic_write_text
     from edgecls.train import TrainConfig, train
@@ -64,6 +65,7 @@ def main() -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"host": report["host"], "threads": args.threads, "rows": rows, "int8_fp32_ratio": ratios, "bench": report}
+    write_all(report, args.out / "flowers")  # bench.json / bench.md / bench.html with plots
     atomic_write_text(args.out / "flowers_matrix.json", json.dumps(doc, indent=2) + "\n")
     host = report["host"]
     atomic_write_text(args.out / "flowers_matrix.md",

@@ -191,7 +191,14 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, val, refere
         if spec.quant == "edgetpu":
             from .tflite import compile_edgetpu
 
-            report.notes["edgetpu"] = compile_edgetpu(final, Path(out_dir))
+            tpu = compile_edgetpu(final, Path(out_dir))
+            report.notes["edgetpu"] = tpu
+            compiled = Path(tpu.get("output", ""))
+            if tpu.get("compiled") and compiled.is_file():
+                # The compiled model gets its own manifest, so the runtime configures itself.
+                manifest.artifact_sha256 = sha256_file(compiled)
+                manifest.source["compiled_from"] = final.name
+                manifest.save(compiled)
         return report
     finally:
         report.seconds = round(time.perf_counter() - started, 2)
