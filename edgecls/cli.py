@@ -67,6 +67,7 @@ def train(
     patience: int = typer.Option(3, help="Early stopping patience on validation loss."),
     class_weights: bool = typer.Option(False, help="Weight classes inversely to their frequency."),
     augment: bool = typer.Option(True, help="Flip/rotate/zoom/contrast augmentation while training."),
+    flip: bool = typer.Option(True, help="Horizontal flips in augmentation (turn off for digits or text)."),
 ):
     """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
     from .train import TrainConfig, train as run_train
@@ -75,7 +76,7 @@ def train(
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
-                         class_weights=class_weights, augment=augment)
+                         class_weights=class_weights, augment=augment, flip=flip)
     result = run_train(dataset, out, config, console=err)
     val, tr = result.metrics["val"], result.metrics["train"]
     show.print(f"model:      {result.model_path}")
@@ -215,7 +216,7 @@ def bench(
                        on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms", markup=False),
                        **options)
     paths = write_all(report, out)
-    show.print(markdown(report), markup=False)
+    show.print(markdown(report), markup=False, soft_wrap=True)
     show.print(f"written: {paths['json']}, {paths['md']}, {paths['html']}", markup=False)
 
 
@@ -234,7 +235,7 @@ def report_compare(
     from .report import compare, load_report
 
     text, regressions = compare(load_report(before), load_report(after))
-    show.print(text, markup=False)
+    show.print(text, markup=False, soft_wrap=True)
     if regressions:
         err.print("regressions:\n  " + "\n  ".join(regressions), markup=False)
         if fail_on_regression:
@@ -304,7 +305,7 @@ def quickstart(
     from .workflows import quickstart as run_quickstart
 
     result = run_quickstart(out, epochs, console=err)
-    show.print(Path(result["report"]).read_text())
+    show.print(Path(result["report"]).read_text(), markup=False, soft_wrap=True)
     show.print(f"report:    {result['report']}\nmodel:     {result['model']}")
     for a in result["artifacts"]:
         show.print(f"artifact:  {a}")

@@ -40,6 +40,7 @@ class TrainConfig:
     patience: int = 3                   # early stopping on validation loss
     class_weights: bool = False
     augment: bool = True
+    flip: bool = True                   # horizontal flips (wrong for digits and text)
     label_smoothing: float = 0.0
 
     def validate(self) -> Recipe:
@@ -221,7 +222,7 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     if config.class_weights:
         counts = np.bincount(train_set.targets, minlength=len(folder.classes))
         class_weight = {i: float(len(train_set.targets) / (len(counts) * c)) for i, c in enumerate(counts) if c}
-    augmentation = Augmentation() if config.augment else None
+    augmentation = Augmentation(flip=config.flip) if config.augment else None
     train_batches = _batches(train_set.images, train_set.targets, preprocessing, config.batch_size, augmentation, config.seed)
     val_batches = _batches(val_set.images, val_set.targets, preprocessing, config.batch_size, None, config.seed)
     loss = keras.losses.SparseCategoricalCrossentropy() if not config.label_smoothing else \

@@ -109,7 +109,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, consol
     dataset = write_digits_dataset(out_dir / "digits")
     console.rule(f"dataset: {dataset} (scikit-learn handwritten digits, 10 classes)")
     config = TrainConfig(backbone="simple_cnn", weights="none", epochs=epochs, fine_tune_epochs=0,
-                         batch_size=64, val_fraction=0.2, test_fraction=0.1, patience=3)
+                         batch_size=64, val_fraction=0.2, test_fraction=0.1, patience=4, flip=False)
     trained = train(dataset, out_dir / "model", config, console=console)
     console.rule("export")
     reports = export_model(trained.model_path, "tflite,onnx,openvino", "fp32,int8", out_dir=out_dir / "export",
