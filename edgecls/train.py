@@ -41,7 +41,6 @@ class TrainConfig:
     class_weights: bool = False
     augment: bool = True
     flip: bool = True                   # horizontal flips (wrong for digits and text)
-    label_smoothing: float = 0.0
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
@@ -142,12 +141,12 @@ class _RichEpochs:
 
         class Callback(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                self.task = progress.add_task(phase, total=epochs)
+                self.task = progress.add_task(phase, total=epochs, metrics="")
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
-                desc = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-                progress.update(self.task, advance=1, description=f"{phase} {desc}")
+                shown = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+                progress.update(self.task, advance=1, metrics=shown)
 
             def on_train_end(self, logs=None):
                 progress.update(self.task, completed=epochs)
@@ -225,13 +224,12 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     augmentation = Augmentation(flip=config.flip) if config.augment else None
     train_batches = _batches(train_set.images, train_set.targets, preprocessing, config.batch_size, augmentation, config.seed)
     val_batches = _batches(val_set.images, val_set.targets, preprocessing, config.batch_size, None, config.seed)
-    loss = keras.losses.SparseCategoricalCrossentropy() if not config.label_smoothing else \
-        keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    loss = keras.losses.SparseCategoricalCrossentropy()
 
     def fit(epochs: int, lr: float, phase: str) -> dict[str, list[float]]:
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, TextColumn("{task.fields[metrics]}"), console=console) as progress:
             hist = model.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=0,
                              class_weight=class_weight, callbacks=[stop, _RichEpochs(progress, phase, epochs)])
         return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
