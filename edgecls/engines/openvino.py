@@ -32,19 +32,30 @@ class OpenVINOEngine:
         config = {"PERFORMANCE_HINT": performance_hint, "INFERENCE_PRECISION_HINT": precision}
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        self._core, self._device, self._config = core, device, config
         try:
-            model = core.read_model(str(path))
-            self.rt_info = {k: str(v) for k, v in _flat_rt_info(model).items()}
-            self._compiled = core.compile_model(model, device, config)
+            self._model = core.read_model(str(path))
+            self.rt_info = {k: str(v) for k, v in _flat_rt_info(self._model).items()}
+            self.input = _info(self._model.input(0))
+            self.output = _info(self._model.output(0))
+            self._compile(1 if self.input.shape[0] == -1 else self.input.shape[0])
         except RuntimeError as exc:
             raise ModelError(f"{path}: not a loadable OpenVINO IR (truncated or corrupt?): {exc}") from None
-        self.input = _info(self._compiled.input(0))
-        self.output = _info(self._compiled.output(0))
+
+    def _compile(self, batch: int) -> None:
+        # A static batch compiles to faster kernels than a dynamic one; another batch size
+        # recompiles (rare: batch 1 on a device, a fixed batch in benchmarks).
+        if self.input.shape[0] == -1:
+            self._model.reshape({0: [batch, *self.input.shape[1:]]})
+        self._compiled = self._core.compile_model(self._model, self._device, self._config)
         self._request = self._compiled.create_infer_request()
+        self._batch = batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        result = self._request.infer({0: batch})
-        return np.array(result[self._compiled.output(0)])
+        if batch.shape[0] != self._batch:
+            self._compile(batch.shape[0])
+        self._request.infer({0: batch}, share_inputs=True)
+        return self._request.get_output_tensor(0).data.copy()
 
 
 def _flat_rt_info(model) -> dict:
