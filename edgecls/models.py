@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from ._resources import table_dir
 from .errors import OptionError
 from .preprocess import Preprocessing
 
@@ -31,18 +31,10 @@ class Recipe:
         return Preprocessing.named(self.normalization, input_size or self.input_size, self.resize)
 
 
-def _recipe_dir() -> Path:
-    # Installed wheels carry the recipes as edgecls/recipes; a source checkout reads models/.
-    packaged = resources.files("edgecls") / "recipes"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "models"
-
-
 def recipes() -> dict[str, Recipe]:
     """All backbone recipes by name."""
     out = {}
-    for path in sorted(_recipe_dir().glob("*.toml")):
+    for path in sorted(table_dir("recipes", "models").glob("*.toml")):
         with open(path, "rb") as f:
             d = tomllib.load(f)
         first_line = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")

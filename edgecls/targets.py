@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from ._resources import table_dir
 from .errors import OptionError
 
 
@@ -30,16 +29,9 @@ class Target:
         return opts
 
 
-def _target_dir() -> Path:
-    packaged = resources.files("edgecls") / "target_profiles"
-    if packaged.is_dir() and any(Path(str(packaged)).glob("*.toml")):
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "targets"
-
-
 def targets() -> dict[str, Target]:
     out = {}
-    for path in sorted(_target_dir().glob("*.toml")):
+    for path in sorted(table_dir("target_profiles", "targets").glob("*.toml")):
         with open(path, "rb") as f:
             d = tomllib.load(f)
         out[d["name"]] = Target(

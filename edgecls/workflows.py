@@ -11,7 +11,7 @@ import numpy as np
 from . import data as data_mod
 from .errors import DatasetError, OptionError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
-from .manifest import atomic_write_text, load_manifest
+from .manifest import atomic_write_text
 
 
 def _scorer(model: Path, **engine_options: Any):

@@ -7,7 +7,7 @@ import pytest
 
 from edgecls import data
 from edgecls.errors import ImageError, OptionError
-from edgecls.preprocess import Preprocessing, decode_rgb, read_rgb
+from edgecls.preprocess import Preprocessing, read_rgb
 
 
 def test_gray_rgba_and_16bit_become_rgb8(tmp_path):

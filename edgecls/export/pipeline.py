@@ -16,7 +16,7 @@ import numpy as np
 from .. import data as data_mod
 from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError
-from ..evaluate import agreement, compute_metrics
+from ..evaluate import agreement
 from ..manifest import Manifest, atomic_write_text, load_manifest, sha256_file
 from ..preprocess import is_image_name
 from ..runtime import Classifier
