@@ -142,13 +142,17 @@ def bench_artifact(path: str | Path, isolate: bool = True, **options: Any) -> di
 
 
 def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
-          dataset: str | Path | None = None, **options: Any) -> dict[str, Any]:
+          dataset: str | Path | None = None, rounds: int = 1, **options: Any) -> dict[str, Any]:
     """Benchmark several artifacts; returns the report document (schema edgecls.bench/1).
 
     With a target profile, its engine options apply and its reference latencies are attached
     (as references, not measurements). With a labelled dataset, accuracy and top-1 agreement with
     the first artifact are measured on it (the validation split when the manifest records one).
+    With several rounds the artifacts are measured in turn, round after round, and their timings
+    pooled, so that a slow phase of a shared machine does not land on one artifact alone.
     """
+    if rounds < 1:
+        raise EdgeclsError(f"rounds must be at least 1, got {rounds}")
     target_doc = None
     if target:
         from .targets import get_target
@@ -163,15 +167,30 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise ModelError(f"{missing[0]}: artifact not found")
-    results = []
-    for p in paths:
-        result = bench_artifact(p, **options)
-        results.append(result)
-        if on_result:
+    per_round = [[bench_artifact(p, **options) for p in paths] for _ in range(rounds)]
+    results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
+    if on_result:
+        for result in results:
             on_result(result)
     if dataset is not None:
         _dataset_accuracy(results, Path(dataset))
-    return {"schema": SCHEMA, "host": host_info(), "options": options, "target": target_doc, "results": results}
+    return {"schema": SCHEMA, "host": host_info(), "options": {**options, "rounds": rounds},
+            "target": target_doc, "results": results}
+
+
+def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of the same artifact: timings pooled, memory at its peak."""
+    if len(rounds) == 1:
+        return rounds[0]
+    pooled = dict(rounds[0])
+    samples = [v for r in rounds for v in r["samples_ms"]]
+    pooled["latency_ms"] = latency_stats(samples)
+    pooled["samples_ms"] = samples[:: max(1, len(samples) // 2000)]
+    pooled["runs"] = sum(r["runs"] for r in rounds)
+    pooled["throughput_ips"] = pooled["batch"] * 1e3 / pooled["latency_ms"]["mean"]
+    pooled["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    pooled["rounds"] = len(rounds)
+    return pooled
 
 
 def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path) -> None:

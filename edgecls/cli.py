@@ -203,6 +203,7 @@ def bench(
     warmup_time: float = typer.Option(0.5, help="Minimum warm-up seconds."),
     runs: int = typer.Option(50, help="Minimum timed runs."),
     min_time: float = typer.Option(2.0, help="Minimum timed seconds."),
+    rounds: int = typer.Option(1, help="Measure the artifacts in turn this many times and pool the timings."),
     out: Path = typer.Option(Path("runs/bench"), help="Folder for bench.json, bench.md and bench.html."),
 ):
     """Latency percentiles, throughput, size, memory (and accuracy) per artifact; JSON, Markdown, HTML."""
@@ -212,7 +213,7 @@ def bench(
     options = dict(batch=batch, warmup=warmup, warmup_seconds=warmup_time, min_runs=runs, min_seconds=min_time)
     if threads:
         options["threads"] = threads
-    report = run_bench(artifacts, target=target, dataset=dataset,
+    report = run_bench(artifacts, target=target, dataset=dataset, rounds=rounds,
                        on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms", markup=False),
                        **options)
     paths = write_all(report, out)

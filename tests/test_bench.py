@@ -46,3 +46,11 @@ def test_bench_real_model_writes_json_and_markdown(coral, tmp_path):
 def test_bench_missing_artifact(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         bench([tmp_path / "none.tflite"])
+
+
+def test_rounds_pool_samples(coral):
+    report = bench([coral / "mobilenet_v1_0.25_128_quant.tflite"], threads=1, min_runs=5, min_seconds=0.1, warmup=1,
+                   warmup_seconds=0.0, rounds=2)
+    r = report["results"][0]
+    assert r["rounds"] == 2 and r["runs"] >= 10 and len(r["samples_ms"]) == r["runs"]
+    assert report["options"]["rounds"] == 2
