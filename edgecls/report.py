@@ -120,7 +120,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
             best = i in front
             ax.scatter(lat, acc, s=70 if best else 35, marker="*" if best else "o",
                        color="tab:red" if best else "tab:blue", zorder=3)
-            ax.annotate(r["name"], (lat, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(r["name"], (lat, acc), textcoords="offset points", xytext=(4, 4 + 10 * (i % 3)), fontsize=8)
         ax.set_xlabel("p50 latency (ms)")
         ax.set_ylabel("accuracy")
         ax.set_title("Accuracy vs latency (red stars: best trade-offs)")
