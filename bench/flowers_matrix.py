@@ -65,7 +65,7 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['artifact']} | {r['engine']} | {r['size_mb']:.2f} | {r['p50_ms']:.2f} | {r['accuracy']:.4f} | "
-                     f"{-r['drop_pp']:+.2f} | {r['agreement']:.4f} | {r['max_prob_diff']:.4f} |")
+                     f"{0.0 - r['drop_pp']:+.2f} | {r['agreement']:.4f} | {r['max_prob_diff']:.4f} |")
     lines += ["", "| engine | int8 / fp32 p50 latency |", "|---|---|"]
     lines += [f"| {fmt} | {ratio:.2f}x |" for fmt, ratio in ratios.items()]
     text = "\n".join(lines)

@@ -115,16 +115,19 @@ def export(
                            max_accuracy_drop, io_dtype, console=err)
     from rich.table import Table
 
-    table = Table(title="export summary")
-    for col in ("artifact", "kept", "size (MB)", "accuracy", "Δ vs Keras (pp)", "top-1 agreement", "max |Δp|", "s"):
-        table.add_column(col)
+    table = Table(title="export summary (accuracy on the validation split; Δ and agreement vs the Keras model)")
+    table.add_column("artifact", no_wrap=True)
+    for col in ("kept", "MB", "accuracy", "Δ pp", "agree", "max|Δp|", "s"):
+        table.add_column(col, no_wrap=True)
     for r in reports:
-        table.add_row(r.path or r.key, "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
+        table.add_row(Path(r.path).name if r.path else r.key, "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
                       f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
-                      f"{-r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
+                      f"{0.0 - r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
                       f"{r.top1_agreement:.4f}" if r.top1_agreement is not None else "-",
                       f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
     show.print(table)
+    if any(r.path for r in reports):
+        show.print(f"artifacts and manifests in {Path(next(r.path for r in reports if r.path)).parent}", markup=False)
     for r in reports:
         if r.error:
             err.print(f"[red]{r.key}:[/] {r.error}")

@@ -1,7 +1,10 @@
 """Shared, lazily built inputs of one export run: the Keras model, SavedModels, calibration data."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -58,3 +61,25 @@ class ExportContext:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def native_output_captured(log: list[str]):
+    """Send what C++ code prints to fds 1 and 2 (converter chatter) to `log` instead of the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            log.append(sink.read().decode("utf-8", "replace"))

@@ -122,7 +122,7 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
                 reports.append(report)
                 status = "ok" if report.passed else "FAILED"
                 console.print(f"{spec.key:<18} {status}  " + (report.error or
-                              f"accuracy {report.accuracy:.4f} ({-report.accuracy_drop_pp:+.2f} pp), "
+                              f"accuracy {report.accuracy:.4f} ({0.0 - report.accuracy_drop_pp:+.2f} pp), "
                               f"agreement {report.top1_agreement:.4f}"))
                 progress.advance(task)
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..manifest import atomic_write_bytes
 from . import ExportSpec
-from .context import ExportContext
+from .context import ExportContext, native_output_captured
 
 METADATA_NAME = "edgecls.manifest"
 
@@ -35,7 +35,14 @@ def export(ctx: ExportContext, spec: ExportSpec, out_path: Path, io_dtype: str |
         io = tf.int8 if (spec.quant == "int8" and io_dtype == "int8") else tf.uint8
         converter.inference_input_type = io
         converter.inference_output_type = io
-    atomic_write_bytes(out_path, with_metadata(converter.convert(), METADATA_NAME, ctx.embedded_manifest.encode()))
+    try:
+        with native_output_captured(ctx.log):
+            flatbuffer = converter.convert()
+    except Exception as exc:
+        # The converter's own log says which op or tensor it could not handle.
+        tail = "\n".join(ctx.log[-1].strip().splitlines()[-5:]) if ctx.log else ""
+        raise RuntimeError(f"{exc}\n{tail}".strip()) from exc
+    atomic_write_bytes(out_path, with_metadata(flatbuffer, METADATA_NAME, ctx.embedded_manifest.encode()))
 
 
 def with_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
