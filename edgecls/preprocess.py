@@ -6,7 +6,7 @@ was trained on. Only numpy and OpenCV are imported here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -231,5 +231,4 @@ __all__ = [
     "resize_image",
     "to_rgb8",
     "is_image_name",
-    "field",
 ]

@@ -104,10 +104,8 @@ def resolve(formats: str | list[str], quants: str | list[str], options: dict[str
     for name, value in (options or {}).items():
         if value is None:
             continue
-        takers = [s for s in specs if name in s.options]
-        if not takers:
-            allowed = sorted({o for s in FORMATS.values() for o in s.options if name == o}) and \
-                [s.key for s in FORMATS.values() if name in s.options]
+        if not any(name in s.options for s in specs):
+            allowed = [s.key for s in FORMATS.values() if name in s.options]
             raise OptionError(f"option {name} does not apply to {', '.join(s.key for s in specs)}"
                               + (f"; it applies to {', '.join(allowed)}" if allowed else ""))
     io_dtype = (options or {}).get("io_dtype")
