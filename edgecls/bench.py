@@ -201,12 +201,10 @@ def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path) -> None:
     reference = None
     for r in results:
         clf = Classifier.from_artifact(r["artifact"])
-        split_cfg = (clf.manifest.source.get("split") if clf.manifest else None) or {}
-        parts = data_mod.split_indices(folder.targets, split_cfg.get("val_fraction", 0.2),
-                                       split_cfg.get("test_fraction", 0.0), split_cfg.get("seed", 0))
-        indices = parts["val"] if split_cfg else parts["all"]
+        split_cfg = clf.manifest.source.get("split") if clf.manifest else None
+        indices = data_mod.recorded_split(folder, split_cfg)["val" if split_cfg else "all"]
         loaded = data_mod.load_images(folder, indices, clf.preprocessing)
-        to_model = np.asarray([clf.labels.index(c) for c in folder.classes])
+        to_model = data_mod.label_indices(folder, clf.labels)
         predicted = clf.scores(loaded.images).argmax(1)
         r["accuracy"] = float(np.mean(predicted == to_model[loaded.targets]))
         r["accuracy_source"] = f"{dataset} ({'val' if split_cfg else 'all'} split, {len(predicted)} images)"

@@ -81,6 +81,21 @@ def split_indices(targets: np.ndarray, val_fraction: float = 0.2, test_fraction:
     return out
 
 
+def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndarray]:
+    """The split a model was trained with, from its manifest's `source.split` (defaults otherwise)."""
+    split = split or {}
+    return split_indices(folder.targets, split.get("val_fraction", 0.2), split.get("test_fraction", 0.0),
+                         split.get("seed", 0))
+
+
+def label_indices(folder: ImageFolder, labels: Sequence[str]) -> np.ndarray:
+    """Model output index of each class folder, matched by name."""
+    missing = [c for c in folder.classes if c not in labels]
+    if missing:
+        raise DatasetError(f"{folder.root}: class folders {missing} are not among the model's labels {list(labels)}")
+    return np.asarray([list(labels).index(c) for c in folder.classes])
+
+
 def load_images(folder: ImageFolder, indices: Sequence[int], preprocessing: Preprocessing,
                 on_progress: Callable[[int], None] | None = None) -> LoadedImages:
     """Decode and resize the chosen files; unreadable files are skipped and listed, never fatal."""

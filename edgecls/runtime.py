@@ -80,7 +80,7 @@ class Classifier:
         as a table lookup per frame: identical results, a fraction of the work.
         """
         values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
-        return np.ascontiguousarray(self.to_model_input(self.preprocessing.normalize(values), layout="NHWC"))
+        return np.ascontiguousarray(self.to_model_input(self.preprocessing.normalize(values)))
 
     # --- construction ---------------------------------------------------------------
     @classmethod
@@ -130,11 +130,9 @@ class Classifier:
         x = cv2.LUT(np.ascontiguousarray(resized), self._lut)
         return np.ascontiguousarray(np.moveaxis(x, -1, -3)) if self.layout == "NCHW" else x
 
-    def to_model_input(self, x: np.ndarray, layout: str | None = None) -> np.ndarray:
-        """Normalised float input(s), NHWC -> the engine's dtype (quantized if needed) and layout."""
+    def to_model_input(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float values -> the engine's input dtype (quantized if needed)."""
         info = self.engine.input
-        if (layout or self.layout) == "NCHW":
-            x = np.moveaxis(x, -1, -3)
         if info.quantized:
             return quantize(x, info.scale, info.zero_point, info.dtype)
         return np.ascontiguousarray(x.astype(info.dtype, copy=False))

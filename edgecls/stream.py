@@ -399,35 +399,36 @@ class Stream:
         self.source.reopen()
         return True
 
-    def _preprocess(self) -> None:
+    def _stage(self, name: str, source, target, work: Callable[[Frame], None]) -> None:
+        """Take frames from `source`, time `work` on each, pass them to `target`; END ends it."""
         while True:
-            frame = self._get(self._captured)
-            if frame is END:
-                break
-            t = time.perf_counter()
-            frame.inputs = self.clf.prepare(frame.rgb)[None]
-            frame.timings["preprocess"] = (time.perf_counter() - t) * 1e3
-            if not self._put(self._prepared, frame):
-                break
-        self._put(self._prepared, END)
-
-    def _infer(self) -> None:
-        while True:
-            frame = self._get(self._prepared)
+            frame = self._get(source)
             if frame is END:
                 break
             t = time.perf_counter()
             try:
-                frame.scores = self.clf.scores_from_inputs(frame.inputs)[0]
-            except Exception as exc:  # noqa: BLE001 - one bad inference must not kill the stream
+                work(frame)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the stream
                 self.stats.add("unreadable")
-                self.log(f"frame {frame.index}: inference failed ({exc}), skipped")
+                self.log(f"frame {frame.index}: {name} failed ({exc}), skipped")
                 continue
-            frame.timings["inference"] = (time.perf_counter() - t) * 1e3
-            frame.inputs = None
-            if not self._put(self._inferred, frame):
+            frame.timings[name] = (time.perf_counter() - t) * 1e3
+            if not self._put(target, frame):
                 break
-        self._put(self._inferred, END)
+        self._put(target, END)
+
+    def _preprocess(self) -> None:
+        def work(frame: Frame) -> None:
+            frame.inputs = self.clf.prepare(frame.rgb)[None]
+
+        self._stage("preprocess", self._captured, self._prepared, work)
+
+    def _infer(self) -> None:
+        def work(frame: Frame) -> None:
+            frame.scores = self.clf.scores_from_inputs(frame.inputs)[0]
+            frame.inputs = None
+
+        self._stage("inference", self._prepared, self._inferred, work)
 
     def run(self) -> dict[str, Any]:
         """Run until the source ends, `max_frames`, or stop(); flush sinks; return statistics."""

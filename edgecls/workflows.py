@@ -37,17 +37,14 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     model = Path(model)
     scores, labels, preprocessing, manifest = _scorer(model, **engine_options)
     folder = data_mod.scan(dataset)
-    if sorted(folder.classes) != sorted(labels) and not set(folder.classes) <= set(labels):
-        raise DatasetError(f"{dataset}: class folders {folder.classes} do not match the model's labels")
+    # Dataset class index -> model output index, by name.
+    to_model = data_mod.label_indices(folder, labels)
     split_cfg = (manifest.source.get("split") if manifest else None) or {}
     if split == "auto":
         split = "val" if split_cfg else "all"
     if split not in data_mod.SPLITS:
         raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
-    parts = data_mod.split_indices(folder.targets, split_cfg.get("val_fraction", 0.2),
-                                   split_cfg.get("test_fraction", 0.0), split_cfg.get("seed", 0))
-    # Dataset class index -> model output index, by name.
-    to_model = np.asarray([labels.index(c) for c in folder.classes])
+    parts = data_mod.recorded_split(folder, split_cfg)
 
     def run(indices):
         loaded = data_mod.load_images(folder, indices, preprocessing)

@@ -73,3 +73,11 @@ def test_take_per_class_is_balanced():
     targets = np.array([0] * 50 + [1] * 10 + [2] * 40)
     chosen = data.take_per_class(targets, 30, seed=0)
     assert np.bincount(targets[chosen]).tolist() == [10, 10, 10]
+
+
+def test_label_indices_match_by_name_and_reject_unknown_classes(flowers):
+    folder = data.scan(flowers)
+    shuffled = ["tulips", "daisy", "roses", "dandelion", "sunflowers", "extra"]
+    assert data.label_indices(folder, shuffled).tolist() == [1, 3, 2, 4, 0]
+    with pytest.raises(DatasetError, match=r"\['tulips'\] are not among the model's labels"):
+        data.label_indices(folder, ["daisy", "dandelion", "roses", "sunflowers"])

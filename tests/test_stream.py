@@ -120,7 +120,7 @@ def test_slow_model_always_works_on_a_recent_frame(coral_model, assets):
                     StreamOptions(stats_interval=0, retries=0))
     summary = stream.run()
     assert summary["dropped"] > 50, summary
-    assert summary["captured"] == summary["processed"] + summary["dropped"] or summary["processed"] + summary["dropped"] >= summary["captured"] - 3
+    assert summary["processed"] + summary["dropped"] == summary["captured"] == 150  # every frame accounted for
     # Each result comes from a frame captured at most a few frames before the result was ready.
     staleness = [captured_so_far - 1 - index for index, captured_so_far, _ in seen]
     assert max(staleness) <= 25, staleness  # 0.08 s of inference + preprocessing at 100 fps

@@ -29,15 +29,9 @@ def _interpreter_module():
         raise missing_extra("ai-edge-litert (or tflite-runtime)", "runtime") from None
 
 
-def is_edgetpu_model(path: str | Path) -> bool:
-    """An Edge TPU-compiled model carries the `edgetpu-custom-op`."""
-    return b"edgetpu-custom-op" in Path(path).read_bytes()
-
-
-def check_flatbuffer(path: Path) -> dict[str, str]:
+def check_flatbuffer(path: Path, data: bytes) -> dict[str, str]:
     """Reject truncated or non-TFLite files before the interpreter sees them (it may crash on
     them); returns the model's text metadata entries (such as an embedded edgecls manifest)."""
-    data = path.read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier); truncated or corrupt?")
     try:
@@ -84,10 +78,12 @@ class LiteRTEngine:
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
                  delegate: str | None = None):
         mod, dist = _interpreter_module()
-        self.metadata = check_flatbuffer(path)
+        data = path.read_bytes()
+        self.metadata = check_flatbuffer(path, data)
         self.version = _dist_version(dist)
         delegates = []
-        if delegate is None and is_edgetpu_model(path):
+        # An Edge TPU-compiled model carries the `edgetpu-custom-op`.
+        if delegate is None and b"edgetpu-custom-op" in data:
             delegate = "edgetpu"
         if delegate == "edgetpu":
             lib = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")

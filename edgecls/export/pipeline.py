@@ -88,9 +88,7 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
     folder = data_mod.scan(dataset)
     if folder.classes != manifest.labels:
         raise DatasetError(f"{dataset}: classes {folder.classes} differ from the model's labels {manifest.labels}")
-    split_cfg = manifest.source.get("split", {})
-    split = data_mod.split_indices(folder.targets, split_cfg.get("val_fraction", 0.2),
-                                   split_cfg.get("test_fraction", 0.0), split_cfg.get("seed", 0))
+    split = data_mod.recorded_split(folder, manifest.source.get("split"))
     val = data_mod.load_images(folder, split["val"], preprocessing)
     calib_images = None
     if any(s.calibrated for s in specs):
