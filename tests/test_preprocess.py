@@ -86,16 +86,18 @@ def test_manifest_roundtrip_keeps_preprocessing():
     assert Preprocessing.from_dict(p.to_dict()) == p
 
 
-def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_path):
-    """The dataset loader, the training batches and the device runtime produce the same tensor."""
+@pytest.mark.parametrize("resize", ["stretch", "center_crop"])
+def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_path, resize):
+    """The dataset loader, the training batches and the device runtime produce the same tensor,
+    also with a cropping recipe (evaluation feeds the loader's output to the runtime)."""
     from edgecls.engines import TensorInfo
     from edgecls.runtime import Classifier
     from edgecls.train import _batches
 
-    p = Preprocessing.named("tf", (96, 96))
+    p = Preprocessing.named("tf", (96, 96), resize)
     folder = data.scan(flowers)
-    loaded = data.load_images(folder, [0, 1, 2], p)
-    train_x, _ = _batches(loaded.images, loaded.targets, p, 3, None, 0)[0]
+    loaded = data.load_images(folder, [0, 1, 2, 50, 199], p)
+    train_x, _ = _batches(loaded.images, loaded.targets, p, 5, None, 0)[0]
 
     class FakeEngine:  # only the tensor description is used by `prepare`
         name, version = "none", "0"
@@ -106,3 +108,43 @@ def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_p
     runtime_x = np.stack([clf.prepare(read_rgb(f)) for f in loaded.files])
     assert np.array_equal(runtime_x, train_x)
     assert np.array_equal(runtime_x, p.normalize(loaded.images))
+    # Evaluation, verification and bench pass the loader's images to the runtime: no second crop.
+    assert np.array_equal(np.stack([clf.prepare(img) for img in loaded.images]), runtime_x)
+
+
+def test_resizing_twice_equals_resizing_once():
+    """center_crop used to crop again when given an already-prepared picture."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    for mode in ("stretch", "center_crop"):
+        p = Preprocessing.named("raw", (64, 80), mode, crop_fraction=0.8)
+        once = p.resize_image(img)
+        assert once.shape == (64, 80, 3)
+        assert np.array_equal(p.resize_image(once), once)
+
+
+def test_center_crop_window_matches_resize_then_crop():
+    """Cutting the window first gives the picture that resizing whole and cropping would give."""
+    img = np.zeros((400, 600, 3), np.uint8)
+    img[150:250, 250:350] = 255  # a centred square, 1/4 of the height
+    p = Preprocessing.named("raw", (100, 100), "center_crop", crop_fraction=0.5)
+    out = p.resize_image(img)
+    # Window: half of the 400x400 centre square = 200x200 around the centre, so the square fills
+    # the middle half of the output in both directions.
+    assert (out[50, :, 0] > 128).sum() == pytest.approx(50, abs=2)
+    assert (out[:, 50, 0] > 128).sum() == pytest.approx(50, abs=2)
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (1080, 1920), (240, 3000)])
+def test_shrinking_is_anti_aliased(shape):
+    """Fine stripes must average to gray, not alias into bands (what a plain bilinear shrink does).
+    Thresholds are far from both outcomes (std ~1 vs ~60), so SIMD rounding differences between
+    AVX2 and AVX-512 builds of OpenCV cannot flip them."""
+    img = np.zeros((*shape, 3), np.uint8)
+    img[:, ::2] = 255
+    img[::2, :] = 255 - img[::2, :]  # a one-pixel checkerboard
+    out = Preprocessing.named("raw", (224, 224)).resize_image(img).astype(np.float32)
+    assert abs(out.mean() - 127.5) < 4
+    assert out.std() < 12
+    aliased = cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    assert aliased.std() > 40  # the pattern does alias without a low-pass step
