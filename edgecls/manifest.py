@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ModelError
+from .errors import ModelError, OptionError
 from .preprocess import Preprocessing
 
 SCHEMA = "edgecls.manifest/1"
@@ -36,24 +37,51 @@ def sha256_file(path: str | Path) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file via a temporary sibling and rename, so readers never see half a file."""
+    """Write a file via a temporary sibling, fsync and rename, so readers never see half a file
+    (not even after a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is read by others
+    # os.open with mode 0o666 lets the process umask decide the permissions (a model file is read
+    # by others), without toggling the umask process-wide as mkstemp + chmod would need.
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")  # a model's final activation; "logits" is read as "none"
+_HEX = set("0123456789abcdef")
 
 
 @dataclass
@@ -71,6 +99,7 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     edgecls_version: str = __version__
     created: str = ""
+    companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,36 +112,186 @@ class Manifest:
             "output": self.output,
             "source": self.source,
             "artifact_sha256": self.artifact_sha256,
+            "companions": dict(self.companions),
             "verification": self.verification,
             "edgecls_version": self.edgecls_version,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "<manifest>") -> "Manifest":
-        if d.get("schema") != SCHEMA:
-            raise ModelError(f"{where}: not an edgecls manifest (schema {d.get('schema')!r}, expected {SCHEMA!r})")
-        try:
-            return cls(
-                format=d["format"],
-                quantization=d["quantization"],
-                labels=[str(x) for x in d["labels"]],
-                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
-                input=dict(d.get("input", {})),
-                output=dict(d.get("output", {})),
-                source=dict(d.get("source", {})),
-                artifact_sha256=d.get("artifact_sha256", ""),
-                verification=dict(d.get("verification", {})),
-                edgecls_version=d.get("edgecls_version", ""),
-                created=d.get("created", ""),
-            )
-        except KeyError as exc:
-            raise ModelError(f"{where}: manifest lacks the field {exc.args[0]!r}") from None
+    def from_dict(cls, d: Any, where: str = "<manifest>") -> "Manifest":
+        """Validate a manifest document (types and ranges) and build it; ModelError names the field."""
+        return _parse_manifest(d, where)
 
     def save(self, artifact: str | Path) -> Path:
+        """Write the manifest beside `artifact`; an OpenVINO IR's weights file gets its checksum too."""
+        artifact = Path(artifact)
+        weights = artifact.with_suffix(".bin")
+        if artifact.suffix.lower() == ".xml" and weights.is_file():
+            self.companions[weights.name] = sha256_file(weights)
         path = manifest_path(artifact)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+class _Invalid(Exception):
+    """One schema violation: (field path, what was expected)."""
+
+
+def _fail(name: str, expected: str, value: Any) -> None:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise _Invalid(f"field {name!r} must be {expected}, got {shown}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _str(d: dict, key: str, name: str, default: str | None = None, allowed: tuple[str, ...] | None = None,
+         nonempty: bool = False) -> str:
+    if key not in d or d[key] is None:
+        if default is None:
+            raise _Invalid(f"manifest lacks the field {name!r}")
+        return default
+    v = d[key]
+    if not isinstance(v, str) or (nonempty and not v.strip()):
+        _fail(name, "a non-empty string" if nonempty else "a string", v)
+    if allowed is not None and v not in allowed:
+        _fail(name, f"one of {', '.join(allowed)}", v)
+    return v
+
+
+def _table(d: dict, key: str, name: str) -> dict[str, Any]:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        _fail(name, "a JSON object", v)
+    return dict(v)
+
+
+def _numbers(v: Any, name: str, count: int, positive: bool = False) -> list[float]:
+    if not isinstance(v, list) or len(v) != count or not all(_is_number(x) for x in v):
+        _fail(name, f"a list of {count} finite numbers", v)
+    if positive and not all(x > 0 for x in v):
+        _fail(name, f"a list of {count} positive numbers", v)
+    return [float(x) for x in v]
+
+
+def _sha(v: Any, name: str) -> str:
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or len(v) != 64 or not set(v) <= _HEX:
+        _fail(name, "a sha256 hex digest (64 lowercase hex digits)", v)
+    return v
+
+
+def _tensor(t: dict[str, Any], name: str) -> None:
+    shape = t.get("shape")
+    if shape is not None and (not isinstance(shape, list) or not all(_is_int(x) and x >= -1 for x in shape)
+                              or not 1 <= len(shape) <= 8):
+        _fail(f"{name}.shape", "a list of 1 to 8 integers (-1 for a dynamic dimension)", shape)
+    dtype = t.get("dtype")
+    if dtype is not None and dtype not in ("float32", "float16", "uint8", "int8", "int16", "int32", "int64"):
+        _fail(f"{name}.dtype", "a tensor type such as float32, uint8 or int8", dtype)
+    q = t.get("quantization")
+    if q is not None:
+        if not isinstance(q, dict) or not _is_number(q.get("scale")) or q["scale"] < 0 \
+                or not _is_int(q.get("zero_point")):
+            _fail(f"{name}.quantization", "null or {scale: number >= 0, zero_point: integer}", q)
+
+
+def _preprocessing(v: Any) -> Preprocessing:
+    from .preprocess import RESIZE_MODES
+
+    if not isinstance(v, dict):
+        _fail("preprocessing", "a JSON object", v)
+    size = v.get("size")
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(x) and 1 <= x <= 16384 for x in size):
+        _fail("preprocessing.size", "[height, width], integers from 1 to 16384", size)
+    scale = v.get("scale")
+    if not _is_number(scale) or scale <= 0:
+        _fail("preprocessing.scale", "a positive number", scale)
+    _numbers(v.get("mean"), "preprocessing.mean", 3)
+    _numbers(v.get("std"), "preprocessing.std", 3, positive=True)
+    _str(v, "normalization", "preprocessing.normalization", default="custom")
+    _str(v, "resize", "preprocessing.resize", default="stretch", allowed=RESIZE_MODES)
+    _str(v, "channel_order", "preprocessing.channel_order", default="RGB", allowed=("RGB", "BGR"))
+    crop = v.get("crop_fraction", 0.875)
+    if not _is_number(crop) or not 0 < crop <= 1:
+        _fail("preprocessing.crop_fraction", "a number in (0, 1]", crop)
+    return Preprocessing.from_dict(v)
+
+
+def _parse_manifest(d: Any, where: str) -> Manifest:
+    if not isinstance(d, dict):
+        raise ModelError(f"{where}: not an edgecls manifest (expected a JSON object, got {type(d).__name__})")
+    if d.get("schema") != SCHEMA:
+        raise ModelError(f"{where}: not an edgecls manifest (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+    try:
+        labels = d.get("labels")
+        if labels is None:
+            raise _Invalid("manifest lacks the field 'labels'")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            _fail("labels", "a non-empty list of strings", labels)
+        if "preprocessing" not in d:
+            raise _Invalid("manifest lacks the field 'preprocessing'")
+        tables = {key: _table(d, key, key) for key in ("input", "output", "source", "verification")}
+        _tensor(tables["input"], "input")
+        _tensor(tables["output"], "output")
+        activation = tables["output"].get("activation")
+        if activation == "logits":
+            tables["output"]["activation"] = "none"
+        elif activation is not None and activation not in ACTIVATIONS:
+            _fail("output.activation", f"null or one of {', '.join(ACTIVATIONS)}", activation)
+        for key in ("accuracy", "top1_agreement", "val_accuracy", "train_accuracy", "reference_accuracy"):
+            v = tables["verification"].get(key)
+            if v is not None and (not _is_number(v) or not 0 <= v <= 1):
+                _fail(f"verification.{key}", "null or a number from 0 to 1", v)
+        split = tables["source"].get("split")
+        if split is not None and not isinstance(split, dict):
+            _fail("source.split", "null or a JSON object", split)
+        companions = _table(d, "companions", "companions")
+        for name, sha in companions.items():
+            if "/" in name or "\\" in name or name in ("", ".", ".."):
+                _fail("companions", "file names beside the artifact", name)
+            _sha(sha, f"companions.{name}")
+        return Manifest(
+            format=_str(d, "format", "format", nonempty=True),
+            quantization=_str(d, "quantization", "quantization", nonempty=True),
+            labels=list(labels),
+            preprocessing=_preprocessing(d["preprocessing"]),
+            **tables,
+            artifact_sha256=_sha(d.get("artifact_sha256"), "artifact_sha256"),
+            edgecls_version=_str(d, "edgecls_version", "edgecls_version", default=""),
+            created=_str(d, "created", "created", default=""),
+            companions=companions,
+        )
+    except _Invalid as exc:
+        raise ModelError(f"{where}: invalid manifest: {exc}") from None
+    except OptionError as exc:
+        raise ModelError(f"{where}: invalid manifest: {exc}") from None
+
+
+def verify_checksums(artifact: str | Path, manifest: Manifest) -> None:
+    """Refuse an artifact (or a companion file such as OpenVINO's .bin) whose bytes differ from
+    what its manifest recorded. Run before an engine opens the file: a modified model may not load."""
+    artifact = Path(artifact)
+    checks = [(artifact, manifest.artifact_sha256)] if manifest.artifact_sha256 else []
+    checks += [(artifact.with_name(name), sha) for name, sha in manifest.companions.items()]
+    for path, expected in checks:
+        if not path.is_file():
+            raise ModelError(f"{path}: missing; the manifest {manifest_path(artifact).name} lists it with a checksum")
+        if sha256_file(path) != expected:
+            raise ModelError(
+                f"{path}: the file does not match its manifest's checksum (replaced or modified after "
+                f"export); re-export it or remove the stale manifest {manifest_path(artifact).name}"
+            )
 
 
 def load_manifest(artifact: str | Path) -> Manifest | None:
@@ -122,8 +301,10 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the manifest ({exc.strerror})") from None
     return Manifest.from_dict(data, str(path))
 
 
