@@ -98,7 +98,11 @@ def label_indices(folder: ImageFolder, labels: Sequence[str]) -> np.ndarray:
 
 def load_images(folder: ImageFolder, indices: Sequence[int], preprocessing: Preprocessing,
                 on_progress: Callable[[int], None] | None = None) -> LoadedImages:
-    """Decode and resize the chosen files; unreadable files are skipped and listed, never fatal."""
+    """Decode and resize the chosen files; unreadable files are skipped and listed.
+
+    A class that had files among `indices` but none readable is a DatasetError naming it: its
+    absence would otherwise pass silently into accuracies and macro averages.
+    """
     h, w = preprocessing.size
     images = np.empty((len(indices), h, w, 3), dtype=np.uint8)
     kept, skipped = [], []
@@ -111,7 +115,23 @@ def load_images(folder: ImageFolder, indices: Sequence[int], preprocessing: Prep
             skipped.append((path, str(exc).removeprefix(f"{path}: ")))
         if on_progress:
             on_progress(1)
+    _check_every_class_readable(folder, indices, kept, skipped)
     return LoadedImages(images[: len(kept)], folder.targets[kept], [folder.files[i] for i in kept], skipped)
+
+
+def _check_every_class_readable(folder: ImageFolder, indices: Sequence[int], kept: list[int],
+                                skipped: list[tuple[Path, str]]) -> None:
+    wanted = set(folder.targets[np.asarray(indices, dtype=np.int64)].tolist())
+    lost = sorted(wanted - set(folder.targets[np.asarray(kept, dtype=np.int64)].tolist()))
+    if not lost:
+        return
+    dirs = [folder.root / folder.classes[c] for c in lost]
+    names = ", ".join(f"'{d.name}' ({d})" for d in dirs)
+    theirs = [(p, why) for p, why in skipped if any(d in p.parents for d in dirs)]
+    raise DatasetError(
+        f"no readable images for class {names}: every selected file failed to decode; fix or remove "
+        f"them, or remove the class folder\n{skipped_summary(theirs, limit=5)}"
+    )
 
 
 def take_per_class(targets: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import DatasetError
+
 OVERFIT_GAP = 0.10  # train accuracy this far above validation accuracy earns a warning
 
 
@@ -34,7 +36,12 @@ class Metrics:
             for label, p, r, f, s in zip(self.labels, precision, recall, f1, actual)
         }
 
+    def absent(self) -> list[str]:
+        """Labels with no images in the evaluated set: left out of the macro averages."""
+        return [label for label, n in zip(self.labels, self.confusion.sum(axis=1)) if n == 0]
+
     def macro(self) -> dict[str, float]:
+        """Unweighted mean over the classes that have images (see `absent`)."""
         rows = [v for v in self.per_class().values() if v["support"] > 0]
         return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in ("precision", "recall", "f1")}
 
@@ -43,6 +50,7 @@ class Metrics:
             "count": self.count,
             "accuracy": self.accuracy,
             "macro": self.macro(),
+            "macro_excludes": self.absent(),
             "per_class": self.per_class(),
             "labels": self.labels,
             "confusion_matrix": self.confusion.tolist(),
@@ -50,6 +58,9 @@ class Metrics:
 
 
 def compute_metrics(targets: Sequence[int], predictions: Sequence[int], labels: Sequence[str]) -> Metrics:
+    """Confusion matrix of model output indices; an empty set is a DatasetError, not accuracy 0 or 1."""
+    if len(targets) == 0:
+        raise DatasetError("no images to evaluate")
     n = len(labels)
     cm = np.zeros((n, n), dtype=np.int64)
     np.add.at(cm, (np.asarray(targets, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
@@ -72,29 +83,40 @@ def overfit_warning(train_accuracy: float, val_accuracy: float, gap: float = OVE
     return None
 
 
+MAX_PLOTTED_CLASSES = 60  # beyond this, only the classes that occur are drawn, without cell counts
+
+
 def plot_confusion(metrics: Metrics, path: str | Path, title: str = "Confusion matrix") -> Path:
+    """A row-normalised confusion matrix PNG (large label sets: the classes that occur only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(metrics.labels)
-    cm = metrics.confusion
-    size = max(4.0, 0.55 * n + 2)
+    cm, labels = metrics.confusion, metrics.labels
+    if len(labels) > MAX_PLOTTED_CLASSES:
+        # An ImageNet model has 1000 classes; a dataset of a few would otherwise make a figure of
+        # hundreds of inches (gigabytes of pixels).
+        keep = np.flatnonzero((cm.sum(axis=0) + cm.sum(axis=1)) > 0)
+        cm, labels = cm[np.ix_(keep, keep)], [labels[i] for i in keep]
+        title += f" ({len(labels)} of {len(metrics.labels)} classes occur)"
+    n = len(labels)
+    size = min(40.0, max(4.0, 0.55 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     row_sums = cm.sum(axis=1, keepdims=True)
     normalized = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
     ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), metrics.labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), metrics.labels)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title}\naccuracy {metrics.accuracy:.3f} on {metrics.count} images")
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                        color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+    if n <= MAX_PLOTTED_CLASSES:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                            color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,4 +134,7 @@ def format_metrics(metrics: Metrics) -> str:
     m = metrics.macro()
     lines.append(f"{'macro avg':<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {metrics.count:7d}")
     lines.append(f"accuracy {metrics.accuracy:.4f}")
+    if metrics.absent():
+        lines.append(f"WARNING: no images for {len(metrics.absent())} class(es), left out of the macro "
+                     f"averages: {', '.join(metrics.absent())}")
     return "\n".join(lines)

@@ -81,3 +81,64 @@ def test_label_indices_match_by_name_and_reject_unknown_classes(flowers):
     assert data.label_indices(folder, shuffled).tolist() == [1, 3, 2, 4, 0]
     with pytest.raises(DatasetError, match=r"\['tulips'\] are not among the model's labels"):
         data.label_indices(folder, ["daisy", "dandelion", "roses", "sunflowers"])
+
+
+def test_class_with_no_readable_images_is_an_error(flowers, tmp_path):
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    broken = root / "zz_broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    (broken / "b.png").write_bytes(b"")
+    folder = data.scan(root)
+    with pytest.raises(DatasetError, match=r"class 'zz_broken' \(.*zz_broken\)") as info:
+        data.load_images(folder, np.arange(len(folder)), Preprocessing.named("tf", (32, 32)))
+    assert "a.jpg" in str(info.value)
+    # A selection without that class's files is fine.
+    loaded = data.load_images(folder, np.flatnonzero(folder.targets != 3), Preprocessing.named("tf", (32, 32)))
+    assert len(loaded.targets) == 12
+
+
+def test_evaluate_refuses_a_class_with_no_readable_images(assets, coral, tmp_path):
+    """It used to report accuracy 1.0 and macro F1 1.0, with the broken class at support 0."""
+    from edgecls.workflows import evaluate_model
+
+    root = tmp_path / "ds"
+    (root / "macaw").mkdir(parents=True)
+    shutil.copy(assets / "images/imagenet-photos/parrot.jpg", root / "macaw" / "parrot.jpg")
+    hotdog = root / "hotdog, hot dog, red hot"
+    hotdog.mkdir()
+    (hotdog / "hot_dog.jpg").write_bytes((assets / "images/imagenet-photos/hot_dog.jpg").read_bytes()[:300])
+    model = coral / "mobilenet_v2_1.0_224_quant.tflite"
+    labels = coral / "imagenet_labels.txt"
+    with pytest.raises(DatasetError, match="no readable images for class 'hotdog, hot dog, red hot'"):
+        evaluate_model(model, root, out_dir=tmp_path / "eval", labels=labels)
+    # With the photo repaired both classes count; the 999 labels without images are stated.
+    (hotdog / "hot_dog.jpg").write_bytes((assets / "images/imagenet-photos/hot_dog.jpg").read_bytes())
+    result = evaluate_model(model, root, out_dir=tmp_path / "eval", labels=labels)
+    assert result["accuracy"] == 1.0 and result["count"] == 2
+    assert len(result["macro_excludes"]) == 999 and "daisy" in result["macro_excludes"]
+    assert "left out of the macro averages" in result["table"]
+
+
+def test_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from edgecls.evaluate import compute_metrics
+
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c", "d", "e"]
+    targets = rng.choice([0, 1, 2, 4], 300)          # class "d" has no images
+    predictions = np.where(rng.random(300) < 0.6, targets, rng.integers(0, 5, 300))
+    m = compute_metrics(targets, predictions, labels)
+    assert m.accuracy == pytest.approx(accuracy_score(targets, predictions))
+    p, r, f, s = precision_recall_fscore_support(targets, predictions, labels=range(5), zero_division=0)
+    per_class = m.per_class()
+    for i, label in enumerate(labels):
+        assert [per_class[label][k] for k in ("precision", "recall", "f1", "support")] == pytest.approx(
+            [p[i], r[i], f[i], s[i]])
+    present = [0, 1, 2, 4]
+    macro = precision_recall_fscore_support(targets, predictions, labels=present, average="macro", zero_division=0)
+    assert [m.macro()[k] for k in ("precision", "recall", "f1")] == pytest.approx(macro[:3])
+    assert m.absent() == ["d"]
+    with pytest.raises(DatasetError, match="no images"):
+        compute_metrics([], [], labels)
