@@ -2,6 +2,7 @@
 through the shared preprocessing. numpy and OpenCV only, so the device can evaluate too."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,16 +39,24 @@ class LoadedImages:
 
 
 def scan(root: str | Path) -> ImageFolder:
-    """List an image-folder dataset; raises DatasetError if it cannot be a classification set."""
+    """List an image-folder dataset; raises DatasetError if it cannot be a classification set.
+
+    Symbolic links are followed, but one that leads back into the dataset (a loop such as
+    `cycle -> .`, or a second name for a folder or file already listed) is refused: it would
+    make a duplicate class or count the same photo twice.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found (expected one sub-folder per class)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
+    seen_dirs: dict[Path, Path] = {root.resolve(): root}
+    seen_files: dict[Path, Path] = {}
     files, targets = [], []
     for index, d in enumerate(class_dirs):
-        members = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        _visit_dir(d, seen_dirs)
+        members = _class_files(d, seen_dirs, seen_files)
         if not members:
             raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images")
         files.extend(members)
@@ -57,6 +66,38 @@ def scan(root: str | Path) -> ImageFolder:
             f"{root}: only one class ('{class_dirs[0].name}'); a classifier needs at least two class folders"
         )
     return ImageFolder(root, [d.name for d in class_dirs], files, np.asarray(targets, dtype=np.int64))
+
+
+def _visit_dir(path: Path, seen: dict[Path, Path]) -> None:
+    """Record a folder about to be listed; refuse one reached before or enclosing the dataset."""
+    real = path.resolve()
+    root_real = next(iter(seen))
+    if real in seen or real in root_real.parents:
+        first = seen.get(real, real)
+        what = "the dataset folder or one above it" if real == root_real or real in root_real.parents \
+            else f"'{first}', already listed"
+        raise DatasetError(f"{path}: a link to {real}, which is {what}: a loop or a duplicate class; "
+                           "remove the link or move it out of the dataset")
+    seen[real] = path
+
+
+def _class_files(class_dir: Path, seen_dirs: dict[Path, Path], seen_files: dict[Path, Path]) -> list[Path]:
+    members = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in dirnames:
+            _visit_dir(Path(dirpath) / name, seen_dirs)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            real = path.resolve()
+            if real in seen_files:
+                raise DatasetError(f"{path}: the same file as {seen_files[real]} (a link); each photo may "
+                                   "appear once in a dataset, in one class")
+            seen_files[real] = path
+            members.append(path)
+    return sorted(members)
 
 
 def split_indices(targets: np.ndarray, val_fraction: float = 0.2, test_fraction: float = 0.0,

@@ -142,3 +142,27 @@ def test_metrics_agree_with_scikit_learn():
     assert m.absent() == ["d"]
     with pytest.raises(DatasetError, match="no images"):
         compute_metrics([], [], labels)
+
+
+@pytest.mark.parametrize("link,target,message", [
+    ("cycle", ".", "the dataset folder or one above it"),              # used to become a 4th class of everything
+    ("daisy_again", "daisy", "already listed"),                        # a duplicate class
+    ("daisy/up", "..", "the dataset folder or one above it"),          # a loop inside a class
+    ("roses/copy.jpg", None, "the same file as"),                      # one photo in two classes
+])
+def test_symlink_loops_and_duplicates_are_refused(flowers, tmp_path, link, target, message):
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    if target is None:
+        target = next((root / "daisy").iterdir())
+    (root / link).symlink_to(target)
+    with pytest.raises(DatasetError, match=message) as info:
+        data.scan(root)
+    assert str(root / link) in str(info.value)
+
+
+def test_symlink_to_an_outside_folder_is_a_class(flowers, tmp_path):
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    (root / "tulips").symlink_to(flowers / "tulips")
+    folder = data.scan(root)
+    assert folder.classes == ["daisy", "dandelion", "roses", "tulips"]
+    assert np.bincount(folder.targets).tolist() == [4, 4, 4, 40]
