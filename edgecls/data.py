@@ -122,11 +122,40 @@ def split_indices(targets: np.ndarray, val_fraction: float = 0.2, test_fraction:
     return out
 
 
+def split_record(folder: ImageFolder, parts: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The files of each split, relative to the dataset root, for the model's manifest."""
+    return {k: [folder.files[i].relative_to(folder.root).as_posix() for i in parts[k]] for k in ("train", "val", "test")}
+
+
 def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndarray]:
-    """The split a model was trained with, from its manifest's `source.split` (defaults otherwise)."""
+    """The split a model was trained with, from its manifest's `source.split`.
+
+    Manifests since file lists were recorded (`split.files`) get exactly those files: photos added
+    to the folder later belong to no split (only to "all"). A recorded validation or test file that
+    is gone is a DatasetError; a training file that is gone is left out. Older manifests
+    (fractions and seed only) recompute the split over the folder as it is now.
+    """
     split = split or {}
-    return split_indices(folder.targets, split.get("val_fraction", 0.2), split.get("test_fraction", 0.0),
-                         split.get("seed", 0))
+    recorded = split.get("files")
+    if recorded is None:
+        return split_indices(folder.targets, split.get("val_fraction", 0.2), split.get("test_fraction", 0.0),
+                             split.get("seed", 0))
+    if not isinstance(recorded, dict) or not all(
+            isinstance(recorded.get(k, []), list) and all(isinstance(f, str) for f in recorded.get(k, []))
+            for k in ("train", "val", "test")):
+        raise DatasetError("the manifest's source.split.files is not {train, val, test: [file, ...]}; "
+                           "retrain or remove the field")
+    index = {f.relative_to(folder.root).as_posix(): i for i, f in enumerate(folder.files)}
+    gone = [f for k in ("val", "test") for f in recorded.get(k, []) if f not in index]
+    if gone:
+        raise DatasetError(
+            f"{folder.root}: {len(gone)} file(s) of the validation/test split recorded with the model are "
+            f"missing (e.g. {', '.join(gone[:3])}); restore them, evaluate another split, or retrain"
+        )
+    out = {k: np.sort(np.asarray([index[f] for f in recorded.get(k, []) if f in index], dtype=np.int64))
+           for k in ("train", "val", "test")}
+    out["all"] = np.arange(len(folder.files))
+    return out
 
 
 def label_indices(folder: ImageFolder, labels: Sequence[str]) -> np.ndarray:

@@ -78,18 +78,25 @@ def _keras():
 
 def build_model(recipe: Recipe, num_classes: int, input_size: tuple[int, int], weights: str | None,
                 dropout: float = 0.2):
-    """Backbone (called in inference mode, so batch norm statistics stay fixed) + new head."""
+    """Backbone + new head. A pretrained backbone starts frozen and runs in inference mode (its
+    batch norm statistics stay fixed); one without pretrained weights trains whole, batch norm
+    included: a frozen random backbone would leave only the head to learn."""
     keras = _keras()
     backbone = build_feature_extractor(recipe, input_size, weights)
-    backbone.trainable = recipe.application == ""  # from-scratch models train whole
+    backbone.trainable = trains_whole(recipe, weights)
     inputs = keras.Input((*input_size, 3), name="image")
-    x = backbone(inputs, training=False)
+    x = backbone(inputs) if backbone.trainable else backbone(inputs, training=False)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgecls_{recipe.name}"), backbone
+
+
+def trains_whole(recipe: Recipe, weights: str | None) -> bool:
+    """Whether the backbone trains from the start (no pretrained weights to keep)."""
+    return weights is None or recipe.application == ""
 
 
 def _unfreeze_top(backbone, fine_tune_from: str) -> int:
@@ -236,7 +243,9 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
 
     history = fit(config.epochs, config.learning_rate, "phase 1 (head)")
     phase_boundary = len(history.get("loss", []))
-    if config.fine_tune_epochs and recipe.fine_tune_from:
+    if config.fine_tune_epochs and trains_whole(recipe, weights):
+        console.print("no fine-tuning phase: without pretrained weights the whole network trained from the start")
+    elif config.fine_tune_epochs and recipe.fine_tune_from:
         unfrozen = _unfreeze_top(backbone, recipe.fine_tune_from)
         console.print(f"phase 2: fine-tuning the top {unfrozen} backbone layers from '{recipe.fine_tune_from}'")
         fine = fit(config.fine_tune_epochs, config.fine_tune_learning_rate, "phase 2 (fine-tune)")
@@ -269,7 +278,9 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
         source={
             "backbone": recipe.name, "weights": str(config.weights or recipe.weights),
             "dataset": str(Path(dataset).resolve()),
-            "split": {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.seed},
+            # The file lists, not just (fractions, seed): photos added later must not move between splits.
+            "split": {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.seed,
+                      "files": data_mod.split_record(folder, split)},
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         },
         artifact_sha256=sha256_file(model_path),

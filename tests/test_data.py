@@ -166,3 +166,37 @@ def test_symlink_to_an_outside_folder_is_a_class(flowers, tmp_path):
     folder = data.scan(root)
     assert folder.classes == ["daisy", "dandelion", "roses", "tulips"]
     assert np.bincount(folder.targets).tolist() == [4, 4, 4, 40]
+
+
+def test_recorded_split_ignores_photos_added_later(flowers, tmp_path):
+    """Recomputing (fractions, seed) over a grown folder moved training photos into validation."""
+    root = _copy_flowers(flowers, tmp_path / "ds", per_class=10)
+    folder = data.scan(root)
+    parts = data.split_indices(folder.targets, 0.2, 0.1, seed=0)
+    record = {"val_fraction": 0.2, "test_fraction": 0.1, "seed": 0, "files": data.split_record(folder, parts)}
+    assert len(record["files"]["val"]) == 6 and all(not f.startswith("/") for f in record["files"]["val"])
+
+    shutil.copy(next((flowers / "daisy").iterdir()), root / "daisy" / "000_new.jpg")  # sorts first
+    grown = data.scan(root)
+    recomputed = data.split_indices(grown.targets, 0.2, 0.1, seed=0)
+    assert {grown.files[i].name for i in recomputed["val"]} != {folder.files[i].name for i in parts["val"]}
+    recorded = data.recorded_split(grown, record)
+    for k in ("train", "val", "test"):
+        assert [grown.files[i] for i in recorded[k]] == [folder.files[i] for i in parts[k]]
+    assert len(recorded["all"]) == len(folder) + 1
+    # Old manifests (fractions and seed only) still work, recomputed as before.
+    old = data.recorded_split(grown, {"val_fraction": 0.2, "test_fraction": 0.1, "seed": 0})
+    assert all(np.array_equal(old[k], recomputed[k]) for k in recomputed)
+
+
+def test_recorded_split_with_a_missing_validation_file_is_an_error(flowers, tmp_path):
+    root = _copy_flowers(flowers, tmp_path / "ds", per_class=10)
+    folder = data.scan(root)
+    parts = data.split_indices(folder.targets, 0.2, 0.0, seed=0)
+    record = {"files": data.split_record(folder, parts)}
+    (root / record["files"]["val"][0]).unlink()
+    (root / record["files"]["train"][0]).unlink()
+    with pytest.raises(DatasetError, match=f"1 file.*missing.*{record['files']['val'][0]}"):
+        data.recorded_split(data.scan(root), record)
+    with pytest.raises(DatasetError, match="source.split.files"):
+        data.recorded_split(folder, {"files": {"val": "daisy/a.jpg"}})

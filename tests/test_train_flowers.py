@@ -31,7 +31,8 @@ def test_training_writes_model_curves_and_two_phases(flowers_model):
 def test_without_pretrained_weights_stays_near_chance(flowers, flowers_model, tmp_path):
     from edgecls.train import TrainConfig, train
 
-    config = {**FLOWERS_CONFIG, "epochs": 5, "fine_tune_epochs": 0}
+    # 96 px: the whole network trains without pretrained weights, which costs more per epoch.
+    config = {**FLOWERS_CONFIG, "epochs": 5, "fine_tune_epochs": 0, "input_size": (96, 96)}
     scratch = train(flowers, tmp_path, TrainConfig(weights="none", **config))
     chance_level = scratch.metrics["val"]["accuracy"]
     assert chance_level <= 0.45, chance_level  # chance is 0.2 for five balanced classes
@@ -44,3 +45,28 @@ def test_bad_weights_path_is_a_clear_error(flowers, tmp_path):
 
     with pytest.raises(OptionError, match="no such file"):
         train(flowers, tmp_path, TrainConfig(weights=str(tmp_path / "missing.weights.h5")))
+
+
+def test_manifest_records_the_split_files(flowers, flowers_model):
+    from edgecls import data
+
+    split = json.loads((flowers_model.out_dir / "model.keras.json").read_text())["source"]["split"]
+    assert {k: len(v) for k, v in split["files"].items()} == {"train": 160, "val": 40, "test": 0}
+    parts = data.recorded_split(data.scan(flowers), split)
+    assert sorted(data.scan(flowers).files[i].relative_to(flowers).as_posix() for i in parts["val"]) == \
+        sorted(split["files"]["val"])
+
+
+def test_no_pretrained_weights_trains_the_whole_backbone(mobilenet_weights):
+    """`--weights none` used to leave a frozen random MobileNetV2 under a trainable head."""
+    from edgecls.models import get_recipe
+    from edgecls.train import build_model
+
+    recipe = get_recipe("mobilenet_v2")
+    scratch, backbone = build_model(recipe, 5, (64, 64), None)
+    assert backbone.trainable
+    trainable = sum(int(w.numpy().size) for w in scratch.trainable_weights)
+    assert trainable > 2_000_000  # MobileNetV2's 2.2 M convolution weights, not the 6,405 of the head
+    pretrained, backbone = build_model(recipe, 5, (224, 224), str(mobilenet_weights))
+    assert not backbone.trainable
+    assert sum(int(w.numpy().size) for w in pretrained.trainable_weights) == 1280 * 5 + 5
