@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, ImageError
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, is_image_name
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -219,6 +219,40 @@ def take_per_class(targets: np.ndarray, count: int, seed: int = 0) -> np.ndarray
                 chosen.append(int(idx[depth]))
         depth += 1
     return np.sort(np.asarray(chosen))
+
+
+def load_calibration_folder(path: str | Path, preprocessing: Preprocessing, count: int,
+                            seed: int = 0) -> LoadedImages:
+    """About `count` images from a folder for quantization calibration.
+
+    An image-folder dataset is sampled evenly over its class sub-folders (stratified, seeded, so
+    the same files every time) rather than taking the alphabetically first files, which would
+    calibrate on the first classes only. Unreadable files are skipped and listed.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: calibration folder not found")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+    if not files:
+        raise DatasetError(f"{path}: no image files for calibration")
+    # A file's class is its top sub-folder; files directly in `path` form one group.
+    group = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else "" for f in files]
+    names = sorted(set(group))
+    targets = np.asarray([names.index(g) for g in group], dtype=np.int64)
+    chosen = take_per_class(targets, count, seed)
+    h, w = preprocessing.size
+    images = np.empty((len(chosen), h, w, 3), dtype=np.uint8)
+    kept, skipped = [], []
+    for i in chosen:
+        try:
+            images[len(kept)] = preprocessing.load(files[i])
+            kept.append(int(i))
+        except ImageError as exc:
+            skipped.append((files[i], str(exc).removeprefix(f"{files[i]}: ")))
+    if not kept:
+        raise DatasetError(f"{path}: none of the {len(chosen)} sampled calibration images is readable\n"
+                           + skipped_summary(skipped, limit=5))
+    return LoadedImages(images[: len(kept)], targets[kept], [files[i] for i in kept], skipped)
 
 
 def skipped_summary(skipped: Sequence[tuple[Path, str]], limit: int = 20) -> str:

@@ -200,3 +200,26 @@ def test_recorded_split_with_a_missing_validation_file_is_an_error(flowers, tmp_
         data.recorded_split(data.scan(root), record)
     with pytest.raises(DatasetError, match="source.split.files"):
         data.recorded_split(folder, {"files": {"val": "daisy/a.jpg"}})
+
+
+def test_calibration_folder_is_sampled_per_class_and_reports_skipped(flowers, tmp_path, capsys):
+    """It used to take the alphabetically first files (daisy only) and hide unreadable ones."""
+    from edgecls.export.pipeline import _calibration_from_dir
+
+    root = tmp_path / "calib"
+    shutil.copytree(flowers, root, ignore=shutil.ignore_patterns("*.txt"))
+    broken = sorted((root / "daisy").iterdir())
+    for f in broken:
+        f.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    p = Preprocessing.named("tf", (32, 32))
+    a = data.load_calibration_folder(root, p, 20, seed=1)
+    b = data.load_calibration_folder(root, p, 20, seed=1)
+    assert a.files == b.files and np.array_equal(a.images, b.images)
+    assert {f.parent.name for f in a.files} == {"dandelion", "roses", "sunflowers", "tulips"}
+    assert np.bincount(a.targets).tolist() == [0, 4, 4, 4, 4]
+    assert len(a.skipped) == 4 and all(f.parent.name == "daisy" for f, _ in a.skipped)
+    images = _calibration_from_dir(root, p, 20)
+    assert images.shape == (16, 32, 32, 3)
+    assert "calibration: skipped 4 unreadable" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="none of the 4 sampled"):
+        data.load_calibration_folder(root / "daisy", p, 4)

@@ -18,7 +18,6 @@ from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError
 from ..evaluate import agreement
 from ..manifest import Manifest, atomic_write_text, load_manifest, sha256_file
-from ..preprocess import is_image_name
 from ..runtime import Classifier
 from . import ExportSpec, resolve
 from .context import ExportContext
@@ -44,20 +43,16 @@ class ArtifactReport:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def _calibration_from_dir(path: Path, preprocessing, count: int) -> np.ndarray:
-    """Images from a folder (flat, or an image-folder dataset) for calibration."""
-    if not path.is_dir():
-        raise DatasetError(f"{path}: calibration folder not found")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))[:count]
-    images = []
-    for f in files:
-        try:
-            images.append(preprocessing.load(f))
-        except Exception:  # unreadable calibration files are skipped like dataset files
-            continue
-    if not images:
-        raise DatasetError(f"{path}: no readable calibration images")
-    return np.stack(images)
+def _calibration_from_dir(path: Path, preprocessing, count: int, console=None) -> np.ndarray:
+    """Images from a folder (flat, or an image-folder dataset sampled per class) for calibration;
+    unreadable files are skipped and listed."""
+    loaded = data_mod.load_calibration_folder(path, preprocessing, count, seed=1)
+    if loaded.skipped:
+        from rich.console import Console
+        from rich.markup import escape
+
+        (console or Console(stderr=True)).print(escape("calibration: " + data_mod.skipped_summary(loaded.skipped)))
+    return loaded.images
 
 
 def export_model(model_path: str | Path, formats: str | list[str] = "tflite", quants: str | list[str] = "fp32",
