@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import EdgeclsError, ModelError
+from .errors import EdgeclsError, ModelError, OptionError
 
 SCHEMA = "edgecls.bench/1"
 
@@ -48,22 +48,21 @@ def host_info() -> dict[str, Any]:
             "edgecls": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup: int = 10,
+def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batch: int = 1, warmup: int = 10,
             warmup_seconds: float = 0.5, min_runs: int = 50, min_seconds: float = 2.0,
             max_runs: int = 100000) -> dict[str, Any]:
     """Time one artifact in this process: init, first inference, then steady-state runs.
 
-    A model without a manifest is timed too: its input is a random tensor of the right shape
-    and type (latency does not depend on pixel values for these networks)."""
-    from .engines import open_engine
-    from .manifest import load_manifest
-    from .runtime import Classifier
+    The artifact is opened as every loader opens it (checksums and structure checked against its
+    manifest) with exactly `engine_options`. A model without a manifest is timed too: its input is
+    a random tensor of the right shape and type (latency does not depend on pixel values here)."""
+    from .runtime import Classifier, open_artifact
 
     path = Path(path)
-    manifest = load_manifest(path)
+    engine_options = dict(engine_options or {})
     t0 = time.perf_counter()
-    engine = open_engine(path, num_threads=threads)
-    init_ms = (time.perf_counter() - t0) * 1e3
+    engine, manifest = open_artifact(path, **engine_options)
+    init_ms = (time.perf_counter() - t0) * 1e3  # includes the checksum, as every real start does
     rng = np.random.default_rng(0)
     if manifest is not None:
         clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
@@ -95,7 +94,7 @@ def measure(path: str | Path, threads: int | None = None, batch: int = 1, warmup
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
         "engine": engine.name, "engine_version": engine.version,
-        "threads": threads, "batch": batch, "runs": len(samples), "warmup_runs": count,
+        "threads": engine_options.get("num_threads"), "engine_options": engine_options, "batch": batch, "runs": len(samples), "warmup_runs": count,
         "init_ms": init_ms, "first_inference_ms": first_ms, "latency_ms": stats,
         "throughput_ips": batch * 1e3 / stats["mean"],
         "size_bytes": _artifact_size(path),
@@ -126,55 +125,93 @@ def _artifact_size(path: Path) -> int:
     return size
 
 
-def bench_artifact(path: str | Path, isolate: bool = True, **options: Any) -> dict[str, Any]:
-    """Measure one artifact, in a worker process unless `isolate` is False."""
+DEFAULT_TIMEOUT_S = 900.0
+
+
+def bench_artifact(path: str | Path, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+                   **options: Any) -> dict[str, Any]:
+    """Measure one artifact, in a worker process unless `isolate` is False; a worker that runs
+    longer than `timeout` seconds (a hung engine or delegate) is killed and reported."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: artifact not found")
     if not isolate:
         return measure(path, **options)
     cmd = [sys.executable, "-m", "edgecls.bench", str(path), json.dumps(options)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgeclsError(f"{path}: benchmark worker did not finish within {timeout:g} s and was stopped "
+                           "(a hung engine or delegate?); raise --timeout for a slow model") from None
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
         raise EdgeclsError(f"{path}: benchmark failed: {message}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def check_options(batch: int = 1, warmup: int = 0, warmup_seconds: float = 0.0, min_runs: int = 1,
+                  min_seconds: float = 0.0, max_runs: int = 1, rounds: int = 1, threads: int | None = None,
+                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Range-check benchmark settings before any work starts."""
+    for name, value, low in (("batch", batch, 1), ("runs", min_runs, 1), ("max_runs", max_runs, 1),
+                             ("rounds", rounds, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
+        if not 0 <= value < float("inf"):
+            raise OptionError(f"{name} must be a number >= 0, got {value!r}")
+    if threads is not None and threads < 1:
+        raise OptionError(f"threads must be at least 1, got {threads}")
+    if not 0 < timeout < float("inf"):
+        raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
 def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
-          dataset: str | Path | None = None, rounds: int = 1, **options: Any) -> dict[str, Any]:
+          dataset: str | Path | None = None, rounds: int = 1, threads: int | None = None,
+          activation: str | None = None, timeout: float = DEFAULT_TIMEOUT_S, on_note=None,
+          **options: Any) -> dict[str, Any]:
     """Benchmark several artifacts; returns the report document (schema edgecls.bench/1).
 
-    With a target profile, its engine options apply and its reference latencies are attached
-    (as references, not measurements). With a labelled dataset, accuracy and top-1 agreement with
-    the first artifact are measured on it (the validation split when the manifest records one).
-    With several rounds the artifacts are measured in turn, round after round, and their timings
-    pooled, so that a slow phase of a shared machine does not land on one artifact alone.
+    Each artifact runs with the engine options that `stream` would use for it (the target
+    profile's table for its engine, then `threads`); they are recorded per result. With a
+    target its reference latencies are attached (as references, not measurements). With a
+    labelled dataset, accuracy and top-1 agreement with the first artifact are measured on it
+    (the validation split when the manifest records one). With several rounds the artifacts are
+    measured in turn, round after round, and their timings pooled, so that a slow phase of a
+    shared machine does not land on one artifact alone.
     """
-    if rounds < 1:
-        raise EdgeclsError(f"rounds must be at least 1, got {rounds}")
+    from .targets import engine_options_for
+
+    check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    unknown = sorted(set(options) - {"batch", "warmup", "warmup_seconds", "min_runs", "min_seconds", "max_runs"})
+    if unknown:
+        raise OptionError(f"unknown benchmark option {unknown[0]!r}")
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ModelError(f"{missing[0]}: artifact not found")
     target_doc = None
+    setups = []
+    for p in paths:
+        engine_options, notes = engine_options_for(p, target, threads)
+        setups.append(engine_options)
+        for note in notes:
+            (on_note or (lambda _: None))(note)
     if target:
         from .targets import get_target
 
         profile = get_target(target)
-        for k, v in profile.engine_options().items():
-            options.setdefault("threads" if k == "num_threads" else k, v)
-        options = {k: v for k, v in options.items() if k in ("threads", "batch", "warmup", "warmup_seconds",
-                                                                "min_runs", "min_seconds", "max_runs")}
         target_doc = {"name": profile.name, "hardware": profile.hardware, "description": profile.description,
-                      "engine": profile.engine, "references": profile.references}
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise ModelError(f"{missing[0]}: artifact not found")
-    per_round = [[bench_artifact(p, **options) for p in paths] for _ in range(rounds)]
+                      "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references}
+    per_round = [[bench_artifact(p, timeout=timeout, engine_options=o, **options) for p, o in zip(paths, setups)]
+                 for _ in range(rounds)]
     results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
     if on_result:
         for result in results:
             on_result(result)
     if dataset is not None:
-        _dataset_accuracy(results, Path(dataset))
-    return {"schema": SCHEMA, "host": host_info(), "options": {**options, "rounds": rounds},
+        _dataset_accuracy(results, Path(dataset), setups, activation)
+    return {"schema": SCHEMA, "host": host_info(),
+            "options": {**options, "threads": threads, "rounds": rounds, "timeout_s": timeout},
             "target": target_doc, "results": results}
 
 
@@ -193,14 +230,15 @@ def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
-def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path) -> None:
+def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path, setups: list[dict[str, Any]],
+                      activation: str | None = None) -> None:
     from . import data as data_mod
     from .runtime import Classifier
 
     folder = data_mod.scan(dataset)
     reference = None
-    for r in results:
-        clf = Classifier.from_artifact(r["artifact"])
+    for r, engine_options in zip(results, setups):
+        clf = Classifier.from_artifact(r["artifact"], activation=activation, **engine_options)
         split_cfg = clf.manifest.source.get("split") if clf.manifest else None
         indices = data_mod.recorded_split(folder, split_cfg)["val" if split_cfg else "all"]
         loaded = data_mod.load_images(folder, indices, clf.preprocessing)

@@ -1,4 +1,8 @@
-"""The `edgecls` command line. Each command imports its layer only when it runs."""
+"""The `edgecls` command line. Each command imports its layer only when it runs.
+
+User-supplied text (paths, labels, messages) is printed escaped or with markup off: a file named
+`photo[copy].jpg` prints as it is named.
+"""
 from __future__ import annotations
 
 import json
@@ -10,30 +14,37 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the output
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+from . import cli_light  # noqa: E402
+from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, one_of, positive, within  # noqa: E402
 
-from .errors import EdgeclsError  # noqa: E402
+cli_light.fast_predict()  # a plain `edgecls predict` runs and exits here, before Typer and Rich load
+
+import typer  # noqa: E402
+
+from .errors import EdgeclsError, OptionError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="From a folder of labelled photos to a measured, deployed image classifier.")
-err = Console(stderr=True)
-show = Console()
+err = LazyConsole(stderr=True)
+show = LazyConsole()
 
 
 def friendly(fn):
-    """Turn edgecls errors into one red line and exit code 2, Ctrl-C into 130."""
+    """Turn edgecls errors into one red line and exit code 2; Ctrl-C into 130 and SIGTERM into
+    143, after the command's own clean-up has run."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except EdgeclsError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(exc)}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
+            terminated = cli_light.interrupted_exit_code() == 143
+            err.print("terminated (SIGTERM); stopped and cleaned up" if terminated else "interrupted; stopped and cleaned up",
+                      markup=False, highlight=False)
+            raise typer.Exit(cli_light.interrupted_exit_code()) from None
 
     return wrapper
 
@@ -42,10 +53,16 @@ def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
     if value is None:
         return None
     try:
-        parts = [int(v) for v in value.lower().replace("x", ",").split(",") if v]
+        parts = [int(v) for v in value.lower().replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise EdgeclsError(f"--input-size {value!r}: expected N or HxW, such as 160 or 224x224") from None
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1 or max(parts) > 4096:
+        raise OptionError(f"--input-size {value!r}: expected N or HxW with sizes from 1 to 4096, such as 160 or 224x224")
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _threads(value: Optional[int]) -> None:
+    at_least("--threads", value, 1)
 
 
 @app.command()
@@ -70,21 +87,33 @@ def train(
     flip: bool = typer.Option(True, help="Horizontal flips in augmentation (turn off for digits or text)."),
 ):
     """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
+    size = _size(input_size)
+    at_least("--epochs", epochs, 1)
+    at_least("--fine-tune-epochs", fine_tune_epochs, 0)
+    at_least("--batch-size", batch_size, 1)
+    within("--learning-rate", learning_rate, 0, 10, low_open=True)
+    within("--fine-tune-learning-rate", fine_tune_learning_rate, 0, 10, low_open=True)
+    within("--val-fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    within("--test-fraction", test_fraction, 0, 1, high_open=True)
+    if val_fraction + test_fraction >= 1:
+        raise OptionError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training images")
+    at_least("--seed", seed, 0)
+    at_least("--patience", patience, 0)
     from .train import TrainConfig, train as run_train
 
-    config = TrainConfig(backbone=backbone, weights=weights, input_size=_size(input_size), epochs=epochs,
+    config = TrainConfig(backbone=backbone, weights=weights, input_size=size, epochs=epochs,
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip)
-    result = run_train(dataset, out, config, console=err)
+    result = run_train(dataset, out, config, console=err.get())
     val, tr = result.metrics["val"], result.metrics["train"]
-    show.print(f"model:      {result.model_path}")
+    show.print(f"model:      {result.model_path}", markup=False)
     show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")
-    show.print(f"curves:     {result.out_dir / 'training_curves.png'}")
-    show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}")
+    show.print(f"curves:     {result.out_dir / 'training_curves.png'}", markup=False)
+    show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}", markup=False)
     for w in result.warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+        err.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 @app.command()
@@ -102,6 +131,12 @@ def export(
     io_dtype: Optional[str] = typer.Option(None, help="tflite int8 only: uint8 (default) or int8 input/output."),
 ):
     """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
+    for name, value in (("--format", format), ("--quant", quant)):
+        if value is not None and not all(part.strip() for part in value.split(",")):
+            raise OptionError(f"{name} {value!r}: expected a name or a comma list of names, such as tflite,onnx")
+    at_least("--calibration-count", calibration_count, 1)
+    within("--max-accuracy-drop", max_accuracy_drop, 0, 100)
+    one_of("--io-dtype", io_dtype, ("uint8", "int8"))
     from .export.pipeline import export_model
 
     if target:
@@ -109,10 +144,10 @@ def export(
 
         profile = get_target(target)
         format, quant = format or profile.export["format"], quant or profile.export["quant"]
-        err.print(f"target {profile.name}: exporting {format}:{quant}")
+        err.print(f"target {profile.name}: exporting {format}:{quant}", markup=False)
     format, quant = format or "tflite", quant or "fp32"
     reports = export_model(model, format, quant, out, dataset, calibration, calibration_count,
-                           max_accuracy_drop, io_dtype, console=err)
+                           max_accuracy_drop, io_dtype, console=err.get())
     from rich.table import Table
 
     table = Table(title="export summary (accuracy on the validation split; Δ and agreement vs the Keras model)")
@@ -120,7 +155,7 @@ def export(
     for col in ("kept", "MB", "accuracy", "Δ pp", "agree", "max|Δp|", "s"):
         table.add_column(col, no_wrap=True)
     for r in reports:
-        table.add_row(Path(r.path).name if r.path else r.key, "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
+        table.add_row(escape(Path(r.path).name if r.path else r.key), "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
                       f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
                       f"{0.0 - r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
                       f"{r.top1_agreement:.4f}" if r.top1_agreement is not None else "-",
@@ -130,10 +165,11 @@ def export(
         show.print(f"artifacts and manifests in {Path(next(r.path for r in reports if r.path)).parent}", markup=False)
     for r in reports:
         if r.error:
-            err.print(f"[red]{r.key}:[/] {r.error}")
+            err.print(f"[red]{escape(r.key)}:[/] {escape(r.error)}")
         tpu = r.notes.get("edgetpu")
         if tpu:
-            err.print(f"edgetpu: {tpu.get('message') or ('compiled: %s ops on the Edge TPU, %s on the CPU' % (tpu.get('ops_on_edgetpu'), tpu.get('ops_on_cpu')))}")
+            err.print(f"edgetpu: {tpu.get('message') or ('compiled: %s ops on the Edge TPU, %s on the CPU' % (tpu.get('ops_on_edgetpu'), tpu.get('ops_on_cpu')))}",
+                      markup=False)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
 
@@ -148,38 +184,27 @@ def predict(
     resize: Optional[str] = typer.Option(None, help="stretch | center_crop."),
     top_k: int = typer.Option(3, "--top-k", "-k"),
     threads: Optional[int] = typer.Option(None),
+    activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image."),
     explain: bool = typer.Option(False, "--explain", help="Also write a class activation map overlay per image "
                                  "(artifacts exported with the explain option)."),
     explain_out: Path = typer.Option(Path("runs/explain"), help="Folder for the --explain overlays."),
 ):
     """Classify images with an exported artifact through the light runtime."""
-    from .errors import ImageError
-    from .runtime import Classifier
+    # A plain call never gets here: cli_light.fast_predict runs it without Typer and Rich. Both
+    # share the option checks and the predict loop.
+    cli_light.check_predict_options(top_k, threads, activation)
+    clf = cli_light.open_classifier(artifact, labels, normalization, resize, threads, activation)
 
-    clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
-                                   num_threads=threads)
-    failed = 0
-    for image in images:
-        try:
-            result = clf.predict(image, top_k)
-        except ImageError as exc:
-            failed += 1
-            err.print(f"[red]skipped[/] {exc}", highlight=False)
-            continue
-        cam = None
-        if explain:
-            from .cam import explain_artifact
+    def overlay(image: Path) -> Optional[dict]:
+        from .cam import explain_artifact
 
-            cam = explain_artifact(clf, image, explain_out)["overlay"]
-        if as_json:
-            print(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result],
-                              **({"overlay": cam} if cam else {})}))
-        else:
-            show.print(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result), highlight=False,
-                       markup=False)
-            if cam:
-                show.print(f"  overlay: {cam}", highlight=False, markup=False)
+        cam = explain_artifact(clf, image, explain_out)["overlay"]
+        return {"overlay": cam} if cam else None
+
+    failed = cli_light.run_predict(clf, images, top_k, as_json, lambda line: print(line, flush=True),
+                                   lambda line: print(line, file=sys.stderr, flush=True),
+                                   overlay if explain else None)
     if failed:
         raise typer.Exit(1)
 
@@ -192,18 +217,23 @@ def evaluate(
     split: str = typer.Option("auto", help="train | val | test | all | auto (val when the model records its split)."),
     out: Optional[Path] = typer.Option(None, help="Output folder for metrics.json and the confusion matrix."),
     threads: Optional[int] = typer.Option(None),
+    activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrix, overfitting check."""
+    _threads(threads)
+    one_of("--activation", activation, ("softmax", "none"))
+    one_of("--split", split, ("train", "val", "test", "all", "auto"))
     from .workflows import evaluate_model
 
-    options = {"num_threads": threads} if threads and model.suffix != ".keras" else {}
-    result = evaluate_model(model, dataset, split, out, console=err, **options)
-    show.print(result["table"])
+    options = {"num_threads": threads, "activation": activation} if model.suffix != ".keras" else {}
+    result = evaluate_model(model, dataset, split, out, console=err.get(),
+                            **{k: v for k, v in options.items() if v is not None})
+    show.print(result["table"], markup=False, highlight=False)
     if "train_accuracy" in result:
         show.print(f"train accuracy {result['train_accuracy']:.4f}")
     if result.get("warning"):
-        err.print(f"[yellow]warning:[/] {result['warning']}")
-    show.print(f"confusion matrix: {result['confusion_matrix_png']}\nmetrics: {result['metrics_json']}")
+        err.print(f"[yellow]warning:[/] {escape(result['warning'])}")
+    show.print(f"confusion matrix: {result['confusion_matrix_png']}\nmetrics: {result['metrics_json']}", markup=False)
 
 
 @app.command()
@@ -219,17 +249,28 @@ def bench(
     runs: int = typer.Option(50, help="Minimum timed runs."),
     min_time: float = typer.Option(2.0, help="Minimum timed seconds."),
     rounds: int = typer.Option(1, help="Measure the artifacts in turn this many times and pool the timings."),
+    timeout: float = typer.Option(900.0, help="Seconds one artifact's measurement may take before it is stopped."),
+    activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP + " Used with --dataset."),
     out: Path = typer.Option(Path("runs/bench"), help="Folder for bench.json, bench.md and bench.html."),
 ):
-    """Latency percentiles, throughput, size, memory (and accuracy) per artifact; JSON, Markdown, HTML."""
-    from .bench import bench as run_bench
-    from .report import markdown, write_all
+    """Latency percentiles, throughput, size, memory (and accuracy) per artifact; JSON, Markdown, HTML.
+
+    Each artifact runs with exactly the engine options `stream` would give it (recorded in the report)."""
+    from .bench import bench as run_bench, check_options
 
     options = dict(batch=batch, warmup=warmup, warmup_seconds=warmup_time, min_runs=runs, min_seconds=min_time)
-    if threads:
-        options["threads"] = threads
-    report = run_bench(artifacts, target=target, dataset=dataset, rounds=rounds,
-                       on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms", markup=False),
+    _threads(threads)
+    positive("--timeout", timeout)
+    one_of("--activation", activation, ("softmax", "none"))
+    check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    from .report import markdown, write_all
+
+    report = run_bench(artifacts, target=target, dataset=dataset, rounds=rounds, threads=threads,
+                       activation=activation, timeout=timeout,
+                       on_result=lambda r: err.print(f"{r['name']}: p50 {r['latency_ms']['p50']:.2f} ms "
+                                                     f"(engine options {json.dumps(r.get('engine_options', {}))})",
+                                                     markup=False, highlight=False),
+                       on_note=lambda note: err.print(f"note: {note}", markup=False, highlight=False),
                        **options)
     paths = write_all(report, out)
     show.print(markdown(report), markup=False, soft_wrap=True)
@@ -277,19 +318,27 @@ def stream(
     retries: int = typer.Option(5, help="Reconnection attempts when a live source fails."),
     retry_interval: float = typer.Option(0.5, help="First reconnection wait in seconds (doubles each time)."),
     stats_interval: float = typer.Option(5.0, help="Seconds between statistics lines on stderr (0: off)."),
+    activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
 ):
     """Classify a camera or video stream, pipelined, with live statistics."""
+    _threads(threads)
+    at_least("--top-k", top_k, 1)
+    at_least("--max-frames", max_frames, 0)
+    at_least("--fps", fps, 0)
+    at_least("--retries", retries, 0)
+    at_least("--retry-interval", retry_interval, 0)
+    at_least("--stats-interval", stats_interval, 0)
+    one_of("--activation", activation, ("softmax", "none"))
     from .runtime import Classifier
     from .stream import JsonLinesSink, Stream, StreamOptions, VideoSink, WindowSink, install_signal_handlers, open_source
+    from .targets import engine_options_for
 
-    options = {}
-    if target:
-        from .targets import get_target
-
-        options = get_target(target).engine_options()
-    if threads:
-        options["num_threads"] = threads
-    clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, **options)
+    # The same call as `bench --target`: both run an artifact with the same engine options.
+    options, notes = engine_options_for(artifact, target, threads)
+    for note in notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, activation=activation,
+                                   **options)
     src = open_source(source, fps=fps)
     sinks = []
     if json_lines:
@@ -307,7 +356,7 @@ def stream(
     summary = runner.run()
     err.print("summary " + json.dumps(summary), markup=False, highlight=False)
     if runner.error:
-        err.print(f"[bold red]error:[/] {runner.error}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(runner.error)}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -318,16 +367,17 @@ def quickstart(
     epochs: int = typer.Option(15),
 ):
     """The whole pipeline on the embedded digits dataset: train, export, evaluate, benchmark, report."""
+    at_least("--epochs", epochs, 1)
     from .workflows import quickstart as run_quickstart
 
-    result = run_quickstart(out, epochs, console=err)
+    result = run_quickstart(out, epochs, console=err.get())
     show.print(Path(result["report"]).read_text(), markup=False, soft_wrap=True)
-    show.print(f"report:    {result['report']}\nmodel:     {result['model']}")
+    show.print(f"report:    {result['report']}\nmodel:     {result['model']}", markup=False)
     for a in result["artifacts"]:
-        show.print(f"artifact:  {a}")
-    show.print(f"bench:     {result['bench_md']}\nwall time: {result['seconds']:.0f} s")
+        show.print(f"artifact:  {a}", markup=False)
+    show.print(f"bench:     {result['bench_md']}\nwall time: {result['seconds']:.0f} s", markup=False)
     if result["failed"]:
-        err.print(f"[red]exports that failed verification:[/] {', '.join(result['failed'])}")
+        err.print(f"[red]exports that failed verification:[/] {escape(', '.join(result['failed']))}")
         raise typer.Exit(1)
 
 
@@ -337,7 +387,7 @@ def backbones():
     from .models import recipes
 
     for r in recipes().values():
-        show.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}")
+        show.print(f"{r.name:<20} {r.input_size[0]}x{r.input_size[1]}  {r.normalization:<6} {r.description}", markup=False)
 
 
 @app.command("targets")
@@ -347,7 +397,8 @@ def list_targets():
 
     for t in targets().values():
         refs = "; ".join(f"{r['artifact']} {r['latency_ms']} ms" for r in t.references) or "no published reference"
-        show.print(f"{t.name:<14} export {t.export.get('format')}:{t.export.get('quant'):<8} {t.description} [{refs}]", markup=False)
+        show.print(f"{t.name:<14} export {t.export.get('format')}:{t.export.get('quant'):<8} {t.description} [{refs}]; "
+                   f"suits {', '.join(t.artifacts)}; engine options for {', '.join(sorted(t.engines))}", markup=False)
 
 
 @app.command()
@@ -356,7 +407,7 @@ def formats():
     from .export import FORMATS
 
     for spec in FORMATS.values():
-        show.print(f"{spec.format:<9} {spec.quant:<8} {spec.suffix:<8} engine={spec.engine:<12} {spec.description}")
+        show.print(f"{spec.format:<9} {spec.quant:<8} {spec.suffix:<8} engine={spec.engine:<12} {spec.description}", markup=False)
 
 
 # --- explanations, ensembles, cross-validation and tuning (issue 10) ---------------------------
@@ -396,7 +447,38 @@ def explain(
                        f"{g['shown']} shown)", highlight=False)
 
 
+@app.command()
+@friendly
+def ensemble(
+    models: List[Path] = typer.Argument(..., help="Two or more .keras models trained by edgecls on the same classes."),
+    out: Path = typer.Option(Path("runs/ensemble"), help="Output folder for model.keras, its manifest and metrics."),
+    dataset: Optional[Path] = typer.Option(None, help="Dataset for the validation comparison (default: the members' training set)."),
+):
+    """Average several models' probabilities in one Keras model that exports, evaluates and benchmarks like any."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .ensemble import build_ensemble
+
+    result = build_ensemble(models, out, dataset)
+    show.print(f"model:      {escape(str(result.model_path))}", highlight=False)
+    if result.metrics:
+        table = Table(title=f"validation split ({result.metrics['count']} images)")
+        for col in ("model", "file", "accuracy", "balanced acc", "macro F1"):
+            table.add_column(col, no_wrap=col != "file")
+        for name, row in result.metrics.items():
+            if isinstance(row, dict):
+                table.add_row(name, escape(row["model"]), f"{row['accuracy']:.4f}", f"{row['balanced_accuracy']:.4f}",
+                              f"{row['macro_f1']:.4f}")
+        show.print(table)
+        show.print(f"ensemble vs best member ({result.metrics['best_member']}): "
+                   f"{result.metrics['gain_over_best_member_pp']:+.2f} pp")
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}")
+
+
 def main() -> None:
+    cli_light.install_sigterm()
     app()
 
 

@@ -32,23 +32,32 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdgeclsError(f"{path}: benchmark report not found")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EdgeclsError(f"{path}: not a JSON benchmark report ({exc})") from None
+    except OSError as exc:
+        raise EdgeclsError(f"{path}: cannot read the report ({exc.strerror})") from None
+    if not isinstance(doc, dict):
+        raise EdgeclsError(f"{path}: not an edgecls benchmark report (a JSON {type(doc).__name__}, expected an object)")
     if not str(doc.get("schema", "")).startswith("edgecls.bench/"):
         raise EdgeclsError(f"{path}: not an edgecls benchmark report (schema {doc.get('schema')!r})")
+    results, host = doc.get("results"), doc.get("host")
+    if not isinstance(host, dict) or not isinstance(results, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) for r in results):
+        raise EdgeclsError(f"{path}: damaged benchmark report: expected 'host' (an object) and 'results' "
+                           "(a list of objects with a 'name')")
     return doc
 
 
 def provenance(report: dict[str, Any]) -> str:
     """One paragraph on where the figures come from."""
-    host = report["host"]
+    host = {k: report["host"].get(k, "?") for k in ("cpu", "cores", "machine", "os", "python", "edgecls", "date")}
     text = (f"Measured on this host: {host['cpu']} ({host['cores']} cores, {host['machine']}), {host['os']}, "
             f"Python {host['python']}, edgecls {host['edgecls']}, {host['date']}.")
     target = report.get("target")
-    if target:
-        text += (f" Target profile '{target['name']}' ({target['hardware']}) supplied the engine options; "
-                 f"these figures are host measurements, not measurements on {target['hardware']}.")
+    if isinstance(target, dict) and target.get("name"):
+        text += (f" Target profile '{target['name']}' ({target.get('hardware', '?')}) supplied the engine options; "
+                 f"these figures are host measurements, not measurements on {target.get('hardware', '?')}.")
     return text
 
 
@@ -73,6 +82,10 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['size_bytes'] / 1e6:.2f} | {r['init_ms']:.0f} | {r['first_inference_ms']:.1f} | {lat['p50']:.2f} | "
                      f"{lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± {lat['std']:.2f} | "
                      f"{r['throughput_ips']:.1f} | {r['peak_rss_mb']:.0f} | {acc} | {agr} |")
+    setups = [f"- {r['name']}: {json.dumps(r['engine_options'], sort_keys=True)}"
+              for r in report["results"] if r.get("engine_options") is not None]
+    if setups:
+        lines += ["", "Engine options each artifact ran with (the same as `edgecls stream` applies):", "", *setups]
     target = report.get("target")
     if target:
         lines += ["", f"## Published reference latencies for {target['name']} (not measured here)", ""]
@@ -186,7 +199,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
         cells = []
         for field, label, lower_is_better in COMPARED:
             va, vb = _get(rows_a[name], field), _get(rows_b[name], field)
-            if va is None or vb is None or va == 0:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb)) or va == 0:
                 cells.append("-")
                 continue
             ratio = vb / va

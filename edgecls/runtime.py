@@ -11,7 +11,7 @@ import numpy as np
 
 from .engines import Engine, open_engine
 from .errors import ModelError, OptionError
-from .manifest import Manifest, load_manifest, read_labels, sha256_file
+from .manifest import Manifest, load_manifest, read_labels, verify_checksums
 from .preprocess import Preprocessing, read_rgb
 
 Prediction = list[tuple[str, float]]
@@ -34,6 +34,27 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+def resolve_activation(engine: Engine, manifest: Manifest | None, explicit: str | None = None) -> str | None:
+    """The model's final activation, decided once when the model is opened: an explicit choice,
+    else the manifest, else the model's graph (a final Softmax op). None when nothing tells.
+
+    "softmax" and "sigmoid" outputs are used as they are; "none" (logits) gets a softmax. Never
+    guessed from the values: a uint8 softmax output of an uncertain image sums to well below 1."""
+    if explicit is not None:
+        explicit = "none" if explicit == "logits" else explicit
+        if explicit not in ACTIVATIONS:
+            raise OptionError(f"--activation {explicit!r}: expected softmax (the model outputs probabilities) "
+                              "or none (it outputs logits)")
+        return explicit
+    declared = manifest.output.get("activation") if manifest else None
+    if declared:
+        return "none" if declared == "logits" else declared
+    return getattr(engine, "output_activation", None)
+
+
 def looks_like_probabilities(scores: np.ndarray) -> bool:
     return bool(scores.min() >= -1e-3 and scores.max() <= 1 + 1e-3
                 and np.allclose(scores.sum(axis=-1), 1.0, atol=0.05))
@@ -51,7 +72,7 @@ class Classifier:
     """An image classifier over one engine, configured from its artifact's manifest."""
 
     def __init__(self, engine: Engine, labels: Sequence[str], preprocessing: Preprocessing,
-                 manifest: Manifest | None = None, path: Path | None = None):
+                 manifest: Manifest | None = None, path: Path | None = None, activation: str | None = None):
         self.engine = engine
         self.preprocessing = preprocessing
         self.manifest = manifest
@@ -68,8 +89,7 @@ class Classifier:
         if classes > 0 and len(labels) != classes:
             raise ModelError(f"{path}: the model has {classes} outputs but {len(labels)} labels were given")
         self.labels = labels
-        activation = (manifest.output.get("activation") if manifest else None) or "auto"
-        self.output_activation = activation
+        self.output_activation = resolve_activation(engine, manifest, activation)
         self._lut = self._pixel_lut()
 
     def _pixel_lut(self) -> np.ndarray:
@@ -86,26 +106,16 @@ class Classifier:
     @classmethod
     def from_artifact(cls, path: str | Path, labels: Sequence[str] | str | Path | None = None,
                       preprocessing: Preprocessing | None = None, normalization: str | None = None,
-                      resize: str | None = None, verify_checksum: bool = True,
+                      resize: str | None = None, verify_checksum: bool = True, activation: str | None = None,
                       **engine_options: Any) -> "Classifier":
         """Open an artifact; its manifest (or embedded metadata) supplies labels and preprocessing.
 
         For a model without a manifest pass `labels` (a list or a label file) and, for a float
-        input, `normalization` (tf, torch, caffe, unit or raw).
+        input, `normalization` (tf, torch, caffe, unit or raw); `activation` (softmax or none)
+        when its graph does not show whether it outputs probabilities.
         """
         path = Path(path)
-        sidecar = load_manifest(path)
-        if sidecar is not None and verify_checksum and sidecar.artifact_sha256 and path.is_file() \
-                and sidecar.artifact_sha256 != sha256_file(path):
-            # Checked before the engine opens the file: a modified model may not even load.
-            raise ModelError(
-                f"{path}: the model file does not match its manifest's checksum (replaced or modified "
-                "after export); re-export it or remove the stale manifest"
-            )
-        engine = open_engine(path, **engine_options)
-        manifest = sidecar or _embedded_manifest(engine, path)
-        if manifest is not None:
-            _check_manifest(manifest, engine, path)
+        engine, manifest = open_artifact(path, verify_checksum, **engine_options)
         if isinstance(labels, (str, Path)):
             labels = read_labels(labels)
         if labels is None:
@@ -117,7 +127,10 @@ class Classifier:
                 preprocessing = manifest.preprocessing
             else:
                 preprocessing = _default_preprocessing(engine, path, manifest, normalization, resize)
-        return cls(engine, labels, preprocessing, manifest, path)
+        clf = cls(engine, labels, preprocessing, manifest, path, activation)
+        if clf.output_activation is None:
+            raise ModelError(f"{path}: {_UNKNOWN_ACTIVATION}")
+        return clf
 
     # --- inference ------------------------------------------------------------------
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
@@ -143,9 +156,9 @@ class Classifier:
         out = self.engine.output
         scores = dequantize(raw, out.scale, out.zero_point) if out.quantized else raw.astype(np.float32)
         scores = scores.reshape(scores.shape[0], -1)
-        if self.output_activation == "logits" or (
-            self.output_activation == "auto" and not looks_like_probabilities(scores)
-        ):
+        if self.output_activation is None:
+            raise ModelError(f"{self.path}: {_UNKNOWN_ACTIVATION}")
+        if self.output_activation == "none":
             scores = softmax(scores)
         return scores
 
@@ -169,6 +182,10 @@ class Classifier:
         else:
             raise OptionError(f"color must be RGB or BGR, got {color!r}")
         return top_k(self.scores([rgb])[0], self.labels, top_k_count)
+
+
+_UNKNOWN_ACTIVATION = ("cannot tell whether the model outputs probabilities (no manifest, and its graph could "
+                       "not be read); pass --activation softmax (it ends in a softmax) or none (it outputs logits)")
 
 
 def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None,
@@ -212,17 +229,48 @@ def _embedded_manifest(engine: Engine, path: Path) -> Manifest | None:
         return None
 
 
-def _check_manifest(manifest: Manifest, engine: Engine, path: Path) -> None:
-    expected = manifest.input.get("shape")
-    actual = list(engine.input.shape)
-    if expected and [d for d in expected[1:]] != [d for d in actual[1:]]:
-        raise ModelError(
-            f"{path}: the manifest does not match the model: it says input shape {expected}, "
-            f"the model has {actual}"
-        )
+def open_artifact(path: str | Path, verify_checksum: bool = True, **engine_options: Any) -> tuple[Engine, Manifest | None]:
+    """Open a model file with its engine after checking it against its manifest: the checksums
+    (model file and companions such as OpenVINO's .bin) before the engine reads it, the model's
+    structure (tensor shapes, types, quantization, label count) after. Every loader goes through here."""
+    path = Path(path)
+    sidecar = load_manifest(path)
+    if sidecar is not None and verify_checksum and path.is_file():
+        verify_checksums(path, sidecar)
+    engine = open_engine(path, **engine_options)
+    manifest = sidecar or _embedded_manifest(engine, path)
+    if manifest is not None:
+        check_structure(manifest, engine, path)
+    return engine, manifest
+
+
+def _mismatch(path: Path, what: str, said: Any, actual: Any) -> ModelError:
+    return ModelError(f"{path}: the model does not match its manifest: the manifest says {what} {said}, "
+                      f"the model has {actual}; re-export it or remove the stale manifest")
+
+
+def _same_dims(said: Sequence[int], actual: Sequence[int]) -> bool:
+    """Shapes agree apart from the batch dimension and dynamic (-1) dimensions."""
+    return len(said) == len(actual) and all(a == b or a == -1 or b == -1 for a, b in zip(said[1:], actual[1:]))
+
+
+def check_structure(manifest: Manifest, engine: Engine, path: Path) -> None:
+    """Cross-check the model's input/output tensors and class count against its manifest."""
+    for side, info in (("input", engine.input), ("output", engine.output)):
+        said = manifest.input if side == "input" else manifest.output
+        shape = said.get("shape")
+        if shape and not _same_dims(shape, info.shape):
+            raise _mismatch(path, f"{side} shape", list(shape), list(info.shape))
+        dtype = said.get("dtype")
+        if dtype and dtype != np.dtype(info.dtype).name:
+            raise _mismatch(path, f"{side} type", dtype, np.dtype(info.dtype).name)
+        if "quantization" in said and dtype:
+            q = said["quantization"]
+            actual = {"scale": info.scale, "zero_point": info.zero_point} if info.quantized else None
+            if (q is None) != (actual is None) or (q is not None and actual is not None and (
+                    q["zero_point"] != actual["zero_point"]
+                    or not np.isclose(q["scale"], actual["scale"], rtol=1e-5, atol=0))):
+                raise _mismatch(path, f"{side} quantization", q, actual)
     classes = int(engine.output.shape[-1])
     if classes > 0 and len(manifest.labels) != classes:
-        raise ModelError(
-            f"{path}: the manifest does not match the model: {len(manifest.labels)} labels "
-            f"for {classes} outputs"
-        )
+        raise _mismatch(path, "labels for", f"{len(manifest.labels)} classes", f"{classes} outputs")

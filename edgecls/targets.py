@@ -1,9 +1,10 @@
-"""Device target profiles (``targets/<name>.toml``): suitable artifacts, engine options and
-published reference latencies, each with its source."""
+"""Device target profiles (``targets/<name>.toml``): suitable artifacts, engine options per
+engine and published reference latencies, each with its source."""
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._resources import table_dir
@@ -15,31 +16,48 @@ class Target:
     name: str
     description: str
     hardware: str
-    artifacts: list[str]
+    artifacts: list[str]                   # suitable "format:quant" artifacts, best first
     export: dict[str, str]
-    input_size: tuple[int, int]
-    engine: dict[str, Any]
+    engines: dict[str, dict[str, Any]]     # engine name -> options for `open_engine`
     references: list[dict[str, Any]] = field(default_factory=list)
 
-    def engine_options(self) -> dict[str, Any]:
-        """Options for `open_engine` (zero threads means the engine's default)."""
-        opts = {k: v for k, v in self.engine.items() if k != "name"}
+    def engine_options(self, engine: str) -> dict[str, Any]:
+        """Options for `open_engine` with `engine` (zero threads means the engine's default).
+
+        A profile without a table for that engine is an error, not an empty set of options:
+        the artifact would silently run unlike the target."""
+        if engine not in self.engines:
+            raise OptionError(
+                f"target {self.name} has no options for the {engine} engine; it has options for "
+                f"{', '.join(sorted(self.engines)) or 'no engine'} (suitable artifacts: {', '.join(self.artifacts)})"
+            )
+        opts = dict(self.engines[engine])
         if not opts.get("num_threads"):
             opts.pop("num_threads", None)
         return opts
+
+    def suits(self, kind: str) -> bool:
+        """Whether a "format:quant" artifact is among the profile's suitable ones."""
+        return kind in self.artifacts
+
+
+def _load(path: Path) -> Target:
+    with open(path, "rb") as f:
+        d = tomllib.load(f)
+    engines = d.get("engines", {})
+    if "engine" in d or not isinstance(engines, dict) or not all(isinstance(v, dict) for v in engines.values()):
+        raise OptionError(f"{path}: engine options go in one [engines.<engine>] table per engine "
+                          "(litert, onnxruntime, openvino)")
+    return Target(name=d["name"], description=d.get("description", ""), hardware=d.get("hardware", ""),
+                  artifacts=list(d.get("artifacts", [])), export=dict(d.get("export", {})),
+                  engines={k: dict(v) for k, v in engines.items()}, references=list(d.get("reference", [])))
 
 
 def targets() -> dict[str, Target]:
     out = {}
     for path in sorted(table_dir("target_profiles", "targets").glob("*.toml")):
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-        out[d["name"]] = Target(
-            name=d["name"], description=d.get("description", ""), hardware=d.get("hardware", ""),
-            artifacts=list(d.get("artifacts", [])), export=dict(d.get("export", {})),
-            input_size=tuple(d.get("input_size", (224, 224))), engine=dict(d.get("engine", {})),
-            references=list(d.get("reference", [])),
-        )
+        target = _load(path)
+        out[target.name] = target
     return out
 
 
@@ -48,3 +66,32 @@ def get_target(name: str) -> Target:
     if name not in table:
         raise OptionError(f"unknown target {name!r}; known targets: {', '.join(sorted(table))}")
     return table[name]
+
+
+def artifact_kind(path: str | Path) -> str | None:
+    """"format:quant" of an artifact from its manifest (None without one)."""
+    from .manifest import load_manifest
+
+    manifest = load_manifest(path)
+    return f"{manifest.format}:{manifest.quantization}" if manifest else None
+
+
+def engine_options_for(artifact: str | Path, target: str | None = None,
+                       threads: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The engine options an artifact runs with under a target profile (and a thread override),
+    and notes for the user. `stream` and `bench` both call this, so they run the same setup."""
+    from .engines import engine_for
+
+    engine = engine_for(artifact).name
+    options: dict[str, Any] = {}
+    notes: list[str] = []
+    if target:
+        profile = get_target(target)
+        options = profile.engine_options(engine)
+        kind = artifact_kind(artifact)
+        if kind is not None and not profile.suits(kind):
+            notes.append(f"{Path(artifact).name} is {kind}, not among target {profile.name}'s suitable artifacts "
+                         f"({', '.join(profile.artifacts)})")
+    if threads:
+        options["num_threads"] = threads
+    return options, notes

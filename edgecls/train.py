@@ -18,7 +18,7 @@ from . import data as data_mod
 from .augment import Augmentation
 from .errors import EdgeclsError, ModelError, OptionError
 from .evaluate import Metrics, compute_metrics, overfit_warning, plot_confusion
-from .manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
+from .manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file, verify_checksums
 from .models import Recipe, build_feature_extractor, get_recipe, resolve_weights
 from .preprocess import Preprocessing
 
@@ -171,10 +171,16 @@ class KerasScorer:
             raise ModelError(f"{path}: no manifest ({manifest_path(path).name}); train with edgecls or write one")
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
+        verify_checksums(path, manifest)
         keras = _keras()
         try:
-            self.model = keras.saving.load_model(path, compile=False)
+            # safe_mode refuses archives that would run code on load (Lambda layers, custom objects).
+            self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises a variety of errors for damaged archives
+            if "safe_mode" in str(exc) or "safe mode" in str(exc):
+                raise ModelError(f"{path}: refused: the model contains code that would run when it is loaded "
+                                 "(such as a Lambda layer), which safe mode does not allow; rebuild it without "
+                                 "such layers") from None
             raise ModelError(f"{path}: not a loadable .keras model (truncated or corrupt?): {exc}") from None
         self.manifest = manifest
         self.labels = manifest.labels

@@ -76,7 +76,7 @@ def test_targets_profiles():
     names = set(targets())
     assert {"raspberrypi4", "raspberrypi5", "coral-usb", "laptop-cpu"} <= names
     coral = get_target("coral-usb")
-    assert coral.export == {"format": "tflite", "quant": "edgetpu"} and coral.engine_options()["delegate"] == "edgetpu"
+    assert coral.export == {"format": "tflite", "quant": "edgetpu"} and coral.engine_options("litert")["delegate"] == "edgetpu"
     pi4 = get_target("raspberrypi4")
     assert {r["artifact"]: r["latency_ms"] for r in pi4.references} == {"tflite:fp32": 46.0, "tflite:int8": 17.0}
     assert all(r["source"] for t in targets().values() for r in t.references)
@@ -93,3 +93,51 @@ def test_bench_cli_unknown_target_and_missing_artifact(tmp_path, coral):
         from edgecls.bench import bench
 
         bench([tmp_path / "nope.tflite"])
+
+
+def test_target_engine_options_follow_the_artifacts_engine(assets, coral):
+    """Options per engine: an ONNX artifact under raspberrypi4 gets onnxruntime's options, not
+    LiteRT's use_xnnpack (which onnxruntime refuses)."""
+    from edgecls.runtime import Classifier
+    from edgecls.targets import engine_options_for
+
+    onnx = assets / "models/onnx/mobilenetv2-12-int8.onnx"
+    options, _ = engine_options_for(onnx, "raspberrypi4")
+    assert options == {"num_threads": 4}
+    clf = Classifier.from_artifact(onnx, labels=coral / "imagenet_labels.txt", normalization="torch", **options)
+    assert clf.engine.name == "onnxruntime"
+    assert engine_options_for(coral / "mobilenet_v2_1.0_224_quant.tflite", "raspberrypi4", threads=2)[0] == \
+        {"num_threads": 2, "use_xnnpack": True}
+    with pytest.raises(OptionError, match="target coral-usb has no options for the onnxruntime engine"):
+        engine_options_for(onnx, "coral-usb")
+    # Every profile's tables name real engines and only options those engines take.
+    from edgecls.engines import ENGINES
+
+    for t in targets().values():
+        assert t.engines and t.artifacts
+        for engine, opts in t.engines.items():
+            assert set(opts) <= set(ENGINES[engine].options), (t.name, engine)
+
+
+def test_stream_and_bench_under_a_target_use_the_same_engine_options(assets, coral, tmp_path):
+    onnx = assets / "models/onnx/mobilenetv2-12-int8.onnx"
+    result = run_cli("stream", onnx, assets / "images" / "imagenet-photos", "--target", "raspberrypi4",
+                     "--labels", coral / "imagenet_labels.txt", "--normalization", "torch", "--max-frames", "2",
+                     "--stats-interval", "0")
+    assert result.returncode == 0, result.stderr
+    assert "use_xnnpack" not in result.stderr
+    from edgecls.bench import bench
+
+    report = bench([onnx], target="raspberrypi4", min_runs=2, min_seconds=0.0, warmup=1, warmup_seconds=0.0)
+    assert report["results"][0]["engine_options"] == {"num_threads": 4}
+    assert report["target"]["engines"]["onnxruntime"] == {"num_threads": 4}
+
+
+def test_bench_under_coral_target_never_silently_drops_the_edgetpu_delegate(coral, tmp_path):
+    """Without the Edge TPU runtime the delegate cannot load: an error naming it, not a CPU run
+    reported as the target's."""
+    result = run_cli("bench", coral / "mobilenet_v2_1.0_224_quant.tflite", "--target", "coral-usb", "--runs", "2",
+                     "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert "libedgetpu" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bench.json").exists()

@@ -40,6 +40,9 @@ class Engine(Protocol):
     version: str
     input: TensorInfo
     output: TensorInfo
+    # The model's final activation read from its graph: "softmax", "sigmoid", "none" (logits),
+    # or None when the graph cannot be read.
+    output_activation: str | None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch already in the model's input dtype and layout; returns raw output."""

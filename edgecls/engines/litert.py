@@ -55,7 +55,7 @@ def check_flatbuffer(path: Path, data: bytes) -> dict[str, str]:
                 graph.Tensors(t).ShapeLength()
             for o in range(graph.OperatorsLength()):
                 graph.Operators(o).InputsLength()
-        metadata = {}
+        metadata = {"edgecls.output_activation": _final_activation(schema, model)}
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             name = (entry.Name() or b"").decode("utf-8", "replace")
@@ -64,6 +64,36 @@ def check_flatbuffer(path: Path, data: bytes) -> dict[str, str]:
         return metadata
     except (IndexError, struct.error, ValueError, TypeError):
         raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?)") from None
+
+
+def _final_activation(schema, model) -> str:
+    """The activation that produces the first output of the main graph: softmax, sigmoid or none.
+
+    Quantize/dequantize and reshapes after it are looked through (int8 models end in
+    softmax -> quantize; some converters add a reshape)."""
+    ops = schema.BuiltinOperator
+    passthrough = {ops.QUANTIZE, ops.DEQUANTIZE, ops.RESHAPE, ops.SQUEEZE}
+    graph = model.Subgraphs(0)
+    producer = {}
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        for j in range(op.OutputsLength()):
+            producer[op.Outputs(j)] = op
+    tensor = graph.Outputs(0)
+    for _ in range(8):
+        op = producer.get(tensor)
+        if op is None:
+            return "none"
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == ops.SOFTMAX:
+            return "softmax"
+        if builtin == ops.LOGISTIC:
+            return "sigmoid"
+        if builtin not in passthrough or op.InputsLength() == 0:
+            return "none"
+        tensor = op.Inputs(0)
+    return "none"
 
 
 def _tensor_info(d: dict) -> TensorInfo:
@@ -80,6 +110,8 @@ class LiteRTEngine:
         mod, dist = _interpreter_module()
         data = path.read_bytes()
         self.metadata = check_flatbuffer(path, data)
+        # From the graph: "softmax" / "sigmoid" / "none" (logits); None when it cannot be read.
+        self.output_activation = self.metadata.pop("edgecls.output_activation", None)
         self.version = _dist_version(dist)
         delegates = []
         # An Edge TPU-compiled model carries the `edgetpu-custom-op`.

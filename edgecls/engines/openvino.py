@@ -38,6 +38,7 @@ class OpenVINOEngine:
             self.rt_info = {k: str(v) for k, v in _flat_rt_info(self._model).items()}
             self.input = _info(self._model.input(0))
             self.output = _info(self._model.output(0))
+            self.output_activation = _final_activation(self._model)
             self._compile(1 if self.input.shape[0] == -1 else self.input.shape[0])
         except RuntimeError as exc:
             raise ModelError(f"{path}: not a loadable OpenVINO IR (truncated or corrupt?): {exc}") from None
@@ -56,6 +57,27 @@ class OpenVINOEngine:
             self._compile(batch.shape[0])
         self._request.infer({0: batch}, share_inputs=True)
         return self._request.get_output_tensor(0).data.copy()
+
+
+_PASSTHROUGH = {"Convert", "FakeQuantize", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+def _final_activation(model) -> str | None:
+    """softmax, sigmoid or none (logits) from the op feeding the first result; None if unknown."""
+    try:
+        node = model.get_results()[0].input_value(0).get_node()
+        for _ in range(8):
+            kind = node.get_type_name()
+            if kind in ("Softmax", "SoftMax"):
+                return "softmax"
+            if kind == "Sigmoid":
+                return "sigmoid"
+            if kind not in _PASSTHROUGH:
+                return "none"
+            node = node.input_value(0).get_node()
+    except (RuntimeError, AttributeError, IndexError):
+        return None
+    return "none"
 
 
 def _flat_rt_info(model) -> dict:

@@ -1,0 +1,189 @@
+"""The light half of the command line: option checks, escaped output, the predict loop, and a
+fast path that runs `edgecls predict` without importing Typer or Rich.
+
+A cold `edgecls predict` on a device pays for every import; Typer and Rich cost about as much
+as OpenCV. `edgecls.cli` calls `fast_predict()` before it imports them: when the command line is
+a plain predict call it runs here and exits; anything else (help, unknown options, --explain)
+falls through to the full Typer command line, which shares `run_predict`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import EdgeclsError, ImageError, OptionError
+
+ACTIVATION_HELP = ("The model's final activation, for a model without a manifest whose graph does not show it: "
+                   "softmax (outputs are probabilities, used as they are) or none (logits; edgecls applies softmax).")
+
+
+class LazyConsole:
+    """A Rich console created on first use, so commands that print plain lines never import Rich."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr = stderr
+        self._console = None
+
+    def get(self):
+        """The Rich console itself (for progress bars and the layers below)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+def escape(text: Any) -> str:
+    """User-supplied text (paths, labels, messages) made safe to print through Rich markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(str(text))
+
+
+# --- option checks: every range is checked before any work starts -------------------------
+def at_least(option: str, value: float | None, low: float) -> None:
+    if value is not None and not (value >= low and math.isfinite(value)):
+        raise OptionError(f"{option} must be at least {low:g}, got {value!r}")
+
+
+def positive(option: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise OptionError(f"{option} must be a positive number, got {value!r}")
+
+
+def within(option: str, value: float | None, low: float, high: float, low_open: bool = False,
+           high_open: bool = False) -> None:
+    if value is None:
+        return
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise OptionError(f"{option} must be in {interval}, got {value!r}")
+
+
+def one_of(option: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise OptionError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
+
+
+def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
+    at_least("--top-k", top_k, 1)
+    at_least("--threads", threads, 1)
+    one_of("--activation", activation, ("softmax", "none"))
+
+
+# --- predict ---------------------------------------------------------------------------------
+def open_classifier(artifact: Path, labels: Path | None, normalization: str | None, resize: str | None,
+                    threads: int | None, activation: str | None):
+    from .runtime import Classifier
+
+    return Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
+                                    activation=activation, num_threads=threads)
+
+
+def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Callable[[str], None],
+                warn: Callable[[str], None], extra: Callable[[Path], dict[str, str] | None] | None = None) -> int:
+    """Classify each image and print one line each (plain text, never markup); unreadable images
+    are reported and skipped. Returns the number skipped."""
+    failed = 0
+    for image in images:
+        try:
+            result = clf.predict(image, top_k)
+        except ImageError as exc:
+            failed += 1
+            warn(f"skipped {exc}")
+            continue
+        more = extra(image) if extra else None
+        if as_json:
+            out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})}))
+        else:
+            out(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result))
+            for key, value in (more or {}).items():
+                out(f"  {key}: {value}")
+    return failed
+
+
+class _Fallback(Exception):
+    """The command line is not a plain predict call: let the full command line handle it."""
+
+
+def _parse_predict(argv: list[str]) -> dict[str, Any]:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # help texts and usage errors come from the full command line
+            raise _Fallback(message)
+
+    p = Parser(add_help=False, allow_abbrev=False)
+    p.add_argument("artifact", type=Path)
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--normalization")
+    p.add_argument("--resize")
+    p.add_argument("--top-k", "-k", type=int, default=3)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--activation")
+    p.add_argument("--json", dest="as_json", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    if rest or any(str(i).startswith("-") for i in args.images):
+        raise _Fallback("options the fast path does not know")
+    return vars(args)
+
+
+def install_sigterm() -> None:
+    """SIGTERM (a service stop, `timeout`, a container shutdown) unwinds like Ctrl-C: the same
+    clean-up runs (finally blocks, temporary folders) and the command says it was stopped."""
+
+    def handler(signum, frame):
+        global TERMINATED
+        TERMINATED = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, handler)
+
+
+TERMINATED = False
+
+
+def interrupted_exit_code() -> int:
+    return 143 if TERMINATED else 130
+
+
+def fast_predict() -> None:
+    """Run `edgecls predict ...` here and exit, when the process is the edgecls command and the
+    call is a plain predict; otherwise return without side effects."""
+    argv = sys.argv[1:]
+    launched = Path(sys.argv[0]).name in ("edgecls", "edgecls.exe", "cli.py")
+    if not launched or argv[:1] != ["predict"] or "--help" in argv or os.environ.get("EDGECLS_NO_FAST_PATH"):
+        return
+    try:
+        args = _parse_predict(argv[1:])
+    except _Fallback:
+        return
+    install_sigterm()
+
+    def warn(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        check_predict_options(args["top_k"], args["threads"], args["activation"])
+        clf = open_classifier(args["artifact"], args["labels"], args["normalization"], args["resize"],
+                              args["threads"], args["activation"])
+        failed = run_predict(clf, args["images"], args["top_k"], args["as_json"],
+                             lambda line: print(line, flush=True), warn)
+    except EdgeclsError as exc:
+        warn(f"error: {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        warn("terminated" if TERMINATED else "interrupted")
+        sys.exit(interrupted_exit_code())
+    sys.exit(1 if failed else 0)
