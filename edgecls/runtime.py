@@ -69,7 +69,15 @@ def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 5) -> Prediction:
 
 
 class Classifier:
-    """An image classifier over one engine, configured from its artifact's manifest."""
+    """An image classifier over one engine, configured from its artifact's manifest.
+
+    Thread safety: `prepare` only reads immutable state (the preprocessing and the pixel lookup
+    table), so any number of threads may call it at once. Everything that runs the engine
+    (`scores_from_inputs`, `scores`, `predict`) must be called by one thread at a time: a LiteRT
+    interpreter, for one, holds its input and output tensors in place between calls. The stream
+    keeps to this (one preprocessing thread, one inference thread); for parallel inference, open
+    one Classifier per thread.
+    """
 
     def __init__(self, engine: Engine, labels: Sequence[str], preprocessing: Preprocessing,
                  manifest: Manifest | None = None, path: Path | None = None, activation: str | None = None):

@@ -49,7 +49,8 @@ class Frame:
 
 # --- sources ----------------------------------------------------------------------------
 class Source(Protocol):
-    live: bool
+    live: bool          # frames arrive in real time: drop stale ones rather than queue them
+    finite: bool        # ends by itself (a file, a folder): no reconnection at its end
     description: str
 
     def read(self) -> tuple[bool, np.ndarray | None, str]:
@@ -69,10 +70,20 @@ class OpenCVSource:
         self._cv2 = cv2
         self.spec = spec
         self.is_camera = spec.isdigit()
-        self.live = not Path(spec).is_file()
+        self.finite = Path(spec).is_file()
+        self.live = not self.finite
         self.description = f"camera {spec}" if self.is_camera else spec
+        self._first = None
         if not self._open():
             raise SourceError(f"{spec}: cannot open this video source (no such camera, file or stream)")
+        if self.finite:
+            # Some backends "open" any file; a video file must yield a frame to count as one.
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None or bgr.size == 0:
+                self._cap.release()
+                raise SourceError(f"{spec}: no video frame could be decoded (not a video file, or a codec "
+                                  "this OpenCV build lacks)")
+            self._first = bgr
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
 
     def _open(self) -> bool:
@@ -90,7 +101,10 @@ class OpenCVSource:
         return bool(self._cap.isOpened())
 
     def read(self):
-        ok, bgr = self._cap.read()
+        if self._first is not None:
+            ok, bgr, self._first = True, self._first, None
+        else:
+            ok, bgr = self._cap.read()
         if not ok:
             return False, None, ""
         if bgr is None or bgr.size == 0:
@@ -106,9 +120,11 @@ class OpenCVSource:
 
 
 class FolderSource:
-    """The images of a folder, in name order, played as a stream (optionally at a frame rate)."""
+    """The images of a folder, in name order, played as a stream (optionally at a frame rate:
+    then it behaves like a camera, dropping frames the model has no time for, and still ends
+    after its last image)."""
 
-    live = False
+    finite = True
 
     def __init__(self, folder: str | Path, fps: float = 0.0, loop: int = 1):
         self.folder = Path(folder)
@@ -118,14 +134,13 @@ class FolderSource:
         self.description = f"folder {self.folder} ({len(self.files)} images)"
         self.fps, self.loop, self._i = fps, loop, 0
         self.live = fps > 0
+        self.interval = 1.0 / fps if fps > 0 else 0.0  # the capture thread paces reads (stoppable)
 
     def read(self):
         if self._i >= len(self.files) * self.loop:
             return False, None, ""
         path = self.files[self._i % len(self.files)]
         self._i += 1
-        if self.fps:
-            time.sleep(1.0 / self.fps)
         try:
             return True, read_rgb(path), path.name
         except ImageError:
@@ -142,6 +157,7 @@ class Picamera2Source:
     """The Raspberry Pi camera through Picamera2 (RGB888 frames straight from the ISP)."""
 
     live = True
+    finite = False
 
     def __init__(self, index: int = 0, size: tuple[int, int] = (640, 480)):
         try:
@@ -250,7 +266,7 @@ class StreamStats:
     """Counts and a bounded window of latencies: memory stays flat however long the stream runs."""
 
     def __init__(self, window: int = 10000):
-        self.captured = self.processed = self.dropped = self.unreadable = 0
+        self.captured = self.processed = self.dropped = self.unreadable = self.failed = 0
         self.latencies: deque[float] = deque(maxlen=window)
         self.started = time.perf_counter()
         self._lock = threading.Lock()
@@ -264,7 +280,7 @@ class StreamStats:
         lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
         p50, p90, p99 = np.percentile(lat, [50, 90, 99])
         return {"captured": self.captured, "processed": self.processed, "dropped": self.dropped,
-                "unreadable": self.unreadable, "seconds": round(elapsed, 3),
+                "unreadable": self.unreadable, "failed": self.failed, "seconds": round(elapsed, 3),
                 "fps": round(self.processed / elapsed, 2) if elapsed > 0 else 0.0,
                 "latency_ms": {"p50": round(float(p50), 2), "p90": round(float(p90), 2), "p99": round(float(p99), 2)}}
 
@@ -306,10 +322,17 @@ class StreamOptions:
     retry_interval: float = 0.5         # seconds, doubled after each failed attempt
     stats_interval: float = 5.0         # seconds between live statistics lines (0: none)
     queue_size: int = 2
+    max_failures: int = 10              # a stage failing on this many frames in a row stops the stream
 
 
 class Stream:
-    """Runs a classifier over a source into sinks; `run()` returns the final statistics."""
+    """Runs a classifier over a source into sinks; `run()` returns the final statistics.
+
+    Threads: the capture thread alone reads and closes the source; one thread calls
+    `Classifier.prepare` and one other `Classifier.scores_from_inputs` (see the Classifier's
+    notes on thread safety); sinks run in the thread that called `run()`. Every wait polls the
+    stop event, so stop() ends the stream within about 0.1 s plus the work in progress.
+    """
 
     def __init__(self, classifier, source: Source, sinks: Iterable[Sink], options: StreamOptions | None = None,
                  log: Callable[[str], None] | None = None):
@@ -357,19 +380,29 @@ class Stream:
                     item = None
             if item is not None:
                 return item
-            if self.stop_event.is_set() and not isinstance(q, LatestFrame):
+            if self.stop_event.is_set():
                 return END
 
     def _capture(self) -> None:
         index, failures = 0, 0
+        finite = getattr(self.source, "finite", not self.source.live)
+        interval = getattr(self.source, "interval", 0.0)
+        next_read = time.perf_counter()
         try:
             while not self.stop_event.is_set():
                 if self.opts.max_frames and index >= self.opts.max_frames:
                     break
+                if interval:  # a paced source (a folder at --fps): wait, but wake on stop()
+                    delay = next_read - time.perf_counter()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        break
+                    next_read = max(next_read, time.perf_counter()) + interval
                 ok, rgb, name = self.source.read()
                 if not ok:
-                    if not self.source.live:
-                        break  # end of file: a clean end
+                    if finite:  # end of a file or folder: a clean end, unless nothing came at all
+                        if self.stats.captured == 0:
+                            self.error = f"{self.source.description}: ended without a single readable frame"
+                        break
                     if not self._reconnect(failures := failures + 1):
                         break
                     continue
@@ -386,6 +419,12 @@ class Stream:
             self.error = f"capture failed: {exc}"
         finally:
             self._put(self._captured, END)
+            # Released here, by the thread that reads it: releasing a VideoCapture from another
+            # thread while read() runs is undefined behaviour in OpenCV's backends.
+            try:
+                self.source.close()
+            except Exception as exc:  # noqa: BLE001 - the stream is over; say so and go on
+                self.log(f"{self.source.description}: closing failed ({exc})")
 
     def _reconnect(self, attempt: int) -> bool:
         if attempt > self.opts.retries:
@@ -400,7 +439,12 @@ class Stream:
         return True
 
     def _stage(self, name: str, source, target, work: Callable[[Frame], None]) -> None:
-        """Take frames from `source`, time `work` on each, pass them to `target`; END ends it."""
+        """Take frames from `source`, time `work` on each, pass them to `target`; END ends it.
+
+        One failing frame is skipped; `max_failures` in a row (a broken engine, not a bad frame)
+        stop the stream with that error.
+        """
+        failures = 0
         while True:
             frame = self._get(source)
             if frame is END:
@@ -409,9 +453,15 @@ class Stream:
             try:
                 work(frame)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the stream
-                self.stats.add("unreadable")
+                failures += 1
+                self.stats.add("failed")
                 self.log(f"frame {frame.index}: {name} failed ({exc}), skipped")
+                if failures >= self.opts.max_failures:
+                    self.error = f"{name} failed on {failures} frames in a row; stopping: {exc}"
+                    self.stop_event.set()
+                    break
                 continue
+            failures = 0
             frame.timings[name] = (time.perf_counter() - t) * 1e3
             if not self._put(target, frame):
                 break
@@ -458,11 +508,12 @@ class Stream:
             self.stop_event.set()
             for th in threads:
                 th.join(timeout=5)
+                if th.is_alive():
+                    self.log(f"{th.name} did not stop within 5 s (blocked in the source or engine); left behind")
             for sink in self.sinks:
                 close = getattr(sink, "close", None)
                 if close:
                     close()
-            self.source.close()
         return self.stats.summary()
 
 

@@ -214,7 +214,7 @@ def test_manifest_that_does_not_match_its_model(coral_model, tmp_path):
     copy.write_bytes(model.read_bytes())
     Manifest("tflite", "int8", ["a", "b"], Preprocessing.named("tf", (224, 224)),
              input={"shape": [1, 160, 160, 3]}).save(copy)
-    with pytest.raises(ModelError, match="manifest does not match the model.*input shape"):
+    with pytest.raises(ModelError, match="(manifest does not match the model|model does not match its manifest).*input shape"):
         Classifier.from_artifact(copy)
 
 
@@ -223,3 +223,112 @@ def test_bgr_frames_through_the_api(coral_model, assets):
     clf = Classifier.from_artifact(model, labels=labels)
     bgr = cv2.imread(str(assets / "images/imagenet-photos/parrot.jpg"))
     assert clf.predict(bgr, 1, color="BGR")[0][0] == "macaw"
+
+
+class BrokenEngine(SlowEngine):
+    """A real engine that has started failing on every call (a lost accelerator, say)."""
+
+    def run(self, batch):
+        raise RuntimeError("delegate lost")
+
+
+def _photo_folder(assets, folder, names=PHOTOS[:3]):
+    folder.mkdir()
+    for i, name in enumerate(names):
+        (folder / f"{i}_{name}").write_bytes((assets / "images/imagenet-photos" / name).read_bytes())
+    return folder
+
+
+def test_folder_at_a_frame_rate_ends_cleanly_after_its_last_image(assets, coral_model, tmp_path):
+    """It used to be retried as a lost camera for 15 s, then exit 1."""
+    model, labels = coral_model
+    folder = _photo_folder(assets, tmp_path / "frames")
+    started = time.perf_counter()
+    result = run_cli("stream", model, folder, "--labels", labels, "--fps", "20", "--stats-interval", "0")
+    assert result.returncode == 0, result.stderr
+    assert "reconnecting" not in result.stderr
+    assert 1 <= len(result.stdout.splitlines()) <= 3
+    assert time.perf_counter() - started < 14  # interpreter start-up and model load, not 15 s of retries
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("these are my notes, not a video\n")
+    result = run_cli("stream", model, notes, "--labels", labels, "--stats-interval", "0")
+    assert result.returncode != 0 and "notes.mp4" in result.stderr, result.stderr
+
+
+def test_a_finite_source_without_frames_is_an_error(coral_model):
+    """A file some backend opens but that yields no frame used to end with rc 0 and 0 frames."""
+    model, labels = coral_model
+
+    class NoFrames:
+        live, finite, description = False, True, "notes.txt"
+        closed_by = None
+
+        def read(self):
+            return False, None, ""
+
+        def reopen(self):
+            return False
+
+        def close(self):
+            pass
+
+    stream = Stream(Classifier.from_artifact(model, labels=labels), NoFrames(), [], StreamOptions(stats_interval=0))
+    assert stream.run()["processed"] == 0
+    assert stream.error == "notes.txt: ended without a single readable frame"
+
+
+def test_a_stage_that_keeps_failing_stops_the_stream_with_its_error(assets, coral_model, tmp_path):
+    """Every exception used to become an 'unreadable frame', forever."""
+    import threading
+
+    model, labels = coral_model
+    clf = Classifier.from_artifact(model, labels=labels)
+    clf.engine = BrokenEngine(clf.engine, 0)
+    endless = FolderSource(_photo_folder(assets, tmp_path / "frames"), loop=10**6)
+    logs = []
+    stream = Stream(clf, endless, [], StreamOptions(stats_interval=0, max_failures=5), log=logs.append)
+    runner = threading.Thread(target=stream.run, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the stream kept going on a broken engine"
+    assert stream.error == "inference failed on 5 frames in a row; stopping: delegate lost"
+    assert stream.stats.failed == 5 and stream.stats.unreadable == 0
+    assert sum("inference failed (delegate lost)" in line for line in logs) == 5
+
+
+def test_stop_reaches_waiting_stages_and_the_capture_thread_releases_the_source(coral_model):
+    """Stages waiting on a live mailbox ignored stop(); the source was released from another thread."""
+    import threading
+
+    model, labels = coral_model
+    gate = threading.Event()
+
+    class StuckCamera:
+        live, finite, description = True, False, "stuck camera"
+        closed_by = None
+
+        def read(self):
+            gate.wait(10)  # a camera that stopped delivering: read() blocks
+            return False, None, ""
+
+        def reopen(self):
+            return False
+
+        def close(self):
+            StuckCamera.closed_by = threading.current_thread().name
+
+    stream = Stream(Classifier.from_artifact(model, labels=labels), StuckCamera(), [],
+                    StreamOptions(stats_interval=0, retries=0), log=lambda m: None)
+    alive = {}
+
+    def later():
+        time.sleep(0.3)
+        stream.stop()
+        time.sleep(1.0)  # the stages had a second to notice
+        alive.update({t.name: t.is_alive() for t in threading.enumerate() if t.name.startswith("edgecls-")})
+        gate.set()
+
+    threading.Thread(target=later, daemon=True).start()
+    stream.run()
+    assert alive.get("edgecls-_preprocess") is None and alive.get("edgecls-_infer") is None, alive
+    assert StuckCamera.closed_by == "edgecls-_capture"
