@@ -58,3 +58,105 @@ def test_formats_and_backbones_listed():
     listed = run_cli("backbones").stdout
     for name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0", "simple_cnn"):
         assert name in listed
+
+
+# --- issue 11: escaped output, range-checked options ---------------------------------------------
+def _escaped_setup(coral, assets, tmp_path):
+    import shutil
+
+    photo = tmp_path / "photo[copy].jpg"
+    shutil.copy(assets / "images/imagenet-photos/parrot.jpg", photo)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join("[/]" if line == "macaw" else line
+                                for line in (coral / "imagenet_labels.txt").read_text().splitlines()) + "\n")
+    return photo, labels
+
+
+def test_user_text_is_printed_as_it_is_never_as_markup(coral, assets, tmp_path):
+    """A file named photo[copy].jpg and a label `[/]` print verbatim, through both the fast predict
+    path and the full command line; a path with `[/` in an error message does not crash Rich."""
+    photo, labels = _escaped_setup(coral, assets, tmp_path)
+    model = coral / "mobilenet_v2_1.0_224_quant.tflite"
+    for env in ({}, {"EDGECLS_NO_FAST_PATH": "1"}):
+        result = run_cli("predict", model, photo, "--labels", labels, env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"{photo}: [/] (" in result.stdout, result.stdout
+    bad = tmp_path / "[/oops" / "m[red].tflite"
+    for env in ({}, {"EDGECLS_NO_FAST_PATH": "1"}):
+        result = run_cli("predict", bad, photo, "--labels", labels, env=env)
+        assert result.returncode == 2 and f"{bad}: model file not found" in result.stderr.replace("\n", "")
+        assert "MarkupError" not in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("stream", model, tmp_path, "--labels", labels, "--max-frames", "1", "--stats-interval", "0")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["top_k"][0][0] == "[/]"
+
+
+def test_fast_and_full_predict_print_the_same(coral, assets, tmp_path):
+    photo, labels = _escaped_setup(coral, assets, tmp_path)
+    args = ["predict", coral / "mobilenet_v2_1.0_224_quant.tflite", photo, tmp_path / "gone.jpg", "--labels", labels, "-k", "2"]
+    fast, full = run_cli(*args), run_cli(*args, env={"EDGECLS_NO_FAST_PATH": "1"})
+    assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr) == \
+        (1, full.stdout, f"skipped {tmp_path / 'gone.jpg'}: no such file\n")
+
+
+BAD_OPTIONS = [
+    (["train", "{flowers}", "--learning-rate", "-1"], "--learning-rate must be in (0, 10], got -1.0"),
+    (["train", "{flowers}", "--learning-rate", "0"], "--learning-rate must be in (0, 10]"),
+    (["train", "{flowers}", "--input-size", "x"], "--input-size 'x': expected N or HxW"),
+    (["train", "{flowers}", "--input-size", "0"], "--input-size '0': expected N or HxW"),
+    (["train", "{flowers}", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "{flowers}", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+    (["train", "{flowers}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["predict", "{model}", "{photo}", "--labels", "{labels}", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+    (["predict", "{model}", "{photo}", "--labels", "{labels}", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["export", "{tmp}/m.keras", "--format", ""], "--format '': expected a name or a comma list"),
+    (["export", "{tmp}/m.keras", "--format", "tflite,"], "--format 'tflite,'"),
+    (["export", "{tmp}/m.keras", "--max-accuracy-drop", "-1"], "--max-accuracy-drop must be in [0, 100], got -1.0"),
+    (["export", "{tmp}/m.keras", "--calibration-count", "0"], "--calibration-count must be at least 1"),
+    (["bench", "{model}", "--runs", "0"], "runs must be an integer >= 1, got 0"),
+    (["bench", "{model}", "--batch", "0"], "batch must be an integer >= 1, got 0"),
+    (["bench", "{model}", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["bench", "{model}", "--timeout", "0"], "--timeout must be a positive number"),
+    (["stream", "{model}", "{tmp}", "--fps", "-1"], "--fps must be at least 0, got -1.0"),
+    (["stream", "{model}", "{tmp}", "--max-frames", "-1"], "--max-frames must be at least 0, got -1"),
+    (["stream", "{model}", "{tmp}", "--top-k", "0"], "--top-k must be at least 1"),
+    (["evaluate", "{model}", "{flowers}", "--threads", "0"], "--threads must be at least 1"),
+    (["evaluate", "{model}", "{flowers}", "--split", "valid"], "--split 'valid': expected one of train, val"),
+    (["quickstart", "--epochs", "0", "--out", "{tmp}/q"], "--epochs must be at least 1"),
+    (["report", "compare", "{tmp}/list.json", "{tmp}/list.json"], "a JSON list, expected an object"),
+]
+
+
+def test_every_option_is_range_checked_before_work(coral, assets, flowers, tmp_path):
+    """Each bad value is one clear line and exit code 2, before anything is trained, converted,
+    measured or written."""
+    (tmp_path / "list.json").write_text("[1, 2]")
+    values = {"flowers": flowers, "model": coral / "mobilenet_v2_1.0_224_quant.tflite", "tmp": tmp_path,
+              "photo": assets / "images/imagenet-photos/parrot.jpg", "labels": coral / "imagenet_labels.txt"}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in BAD_OPTIONS:
+        result = run_cli(*[a.format(**values) for a in args])
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr.replace("\n", ""), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_predict_prints_only_edgecls_output(coral, assets):
+    """No LiteRT `INFO: Created TensorFlow Lite XNNPACK delegate` line, on either predict path;
+    LiteRT's other stderr output is still passed on (it is captured only around its set-up)."""
+    for env in ({}, {"EDGECLS_NO_FAST_PATH": "1"}):
+        result = run_cli("predict", coral / "mobilenet_v2_1.0_224_quant.tflite", assets / "images/imagenet-photos/parrot.jpg",
+                         "--labels", coral / "imagenet_labels.txt", env=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.count("\n") == 1 and "macaw" in result.stdout
+
+
+def test_litert_stderr_filter_keeps_other_lines():
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom edgecls.engines.litert import quiet_stderr\nwith quiet_stderr():\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\nERROR: real problem\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "ERROR: real problem\n"

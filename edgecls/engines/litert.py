@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import struct
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +99,45 @@ def _final_activation(schema, model) -> str:
     return "none"
 
 
+# LiteRT's C++ log lines that are not the user's business (printed on every interpreter).
+CHATTER = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextmanager
+def quiet_stderr():
+    """Capture file descriptor 2 while LiteRT's C++ code runs, then pass on every line except
+    its routine INFO chatter: warnings and errors still reach the user."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    sink = os.memfd_create("edgecls-stderr") if hasattr(os, "memfd_create") else _temp_fd()
+    os.dup2(sink, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.lseek(sink, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(sink, 1 << 16):
+            chunks.append(chunk)
+        os.close(sink)
+        kept = [line for line in b"".join(chunks).splitlines(keepends=True) if not line.startswith(CHATTER)]
+        if kept:
+            os.write(2, b"".join(kept))
+
+
+def _temp_fd() -> int:
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="edgecls-stderr-")
+    os.unlink(name)
+    return fd
+
+
 def _tensor_info(d: dict) -> TensorInfo:
     scale, zero_point = d.get("quantization", (0.0, 0))
     shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
@@ -138,9 +180,10 @@ class LiteRTEngine:
         if not use_xnnpack and hasattr(mod, "OpResolverType"):
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self._interp = mod.Interpreter(model_path=str(path), num_threads=num_threads,
-                                           experimental_delegates=delegates or None, **kwargs)
-            self._interp.allocate_tensors()
+            with quiet_stderr():
+                self._interp = mod.Interpreter(model_path=str(path), num_threads=num_threads,
+                                               experimental_delegates=delegates or None, **kwargs)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?): {exc}") from None
         self.input = _tensor_info(self._interp.get_input_details()[0])
@@ -151,8 +194,9 @@ class LiteRTEngine:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] != self._batch:
-            self._interp.resize_tensor_input(self._in_index, list(batch.shape))
-            self._interp.allocate_tensors()
+            with quiet_stderr():
+                self._interp.resize_tensor_input(self._in_index, list(batch.shape))
+                self._interp.allocate_tensors()
             self._batch = batch.shape[0]
         self._interp.set_tensor(self._in_index, batch)
         self._interp.invoke()
@@ -160,6 +204,11 @@ class LiteRTEngine:
 
 
 def _dist_version(dist: str) -> str:
+    # The package's own __version__ first: importlib.metadata costs tens of ms at a cold start.
+    package = "ai_edge_litert" if dist == "ai-edge-litert" else "tflite_runtime"
+    found = getattr(sys.modules.get(package), "__version__", None)
+    if found:
+        return f"{dist} {found}"
     from importlib.metadata import PackageNotFoundError, version
 
     try:
