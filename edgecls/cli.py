@@ -21,7 +21,7 @@ cli_light.fast_predict()  # a plain `edgecls predict` runs and exits here, befor
 
 import typer  # noqa: E402
 
-from .errors import EdgeclsError, OptionError  # noqa: E402
+from .errors import EdgeclsError, OptionError, stop_requested  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="From a folder of labelled photos to a measured, deployed image classifier.")
@@ -33,18 +33,26 @@ def friendly(fn):
     """Turn edgecls errors into one red line and exit code 2; Ctrl-C into 130 and SIGTERM into
     143, after the command's own clean-up has run."""
 
+    def stopped() -> typer.Exit:
+        terminated = cli_light.interrupted_exit_code() == 143
+        err.print("terminated (SIGTERM); stopped and cleaned up" if terminated else "interrupted; stopped and cleaned up",
+                  markup=False, highlight=False)
+        return typer.Exit(cli_light.interrupted_exit_code())
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except EdgeclsError as exc:
+            if stop_requested():  # an interrupt that surfaced as another error
+                raise stopped() from None
             err.print(f"[bold red]error:[/] {escape(exc)}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            terminated = cli_light.interrupted_exit_code() == 143
-            err.print("terminated (SIGTERM); stopped and cleaned up" if terminated else "interrupted; stopped and cleaned up",
-                      markup=False, highlight=False)
-            raise typer.Exit(cli_light.interrupted_exit_code()) from None
+            raise stopped() from None
+        if stop_requested():  # an interrupt swallowed by a broad `except` below: never report success
+            raise stopped()
+        return result
 
     return wrapper
 
@@ -129,6 +137,9 @@ def export(
     calibration_count: int = typer.Option(300, help="Number of calibration images, a stratified sample of the training split."),
     max_accuracy_drop: float = typer.Option(1.0, help="Gate: largest allowed accuracy drop vs Keras, in points."),
     io_dtype: Optional[str] = typer.Option(None, help="tflite int8 only: uint8 (default) or int8 input/output."),
+    int8_cpu: Optional[str] = typer.Option(None, help="CPU class int8 artifacts are made for: portable (default: "
+                                           "correct on every CPU), x86-vnni, x86-avx2, arm; default: the target's."),
+    min_agreement: Optional[float] = typer.Option(None, help="Gate: least top-1 agreement with Keras (0..1)."),
 ):
     """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
     for name, value in (("--format", format), ("--quant", quant)):
@@ -137,6 +148,11 @@ def export(
     at_least("--calibration-count", calibration_count, 1)
     within("--max-accuracy-drop", max_accuracy_drop, 0, 100)
     one_of("--io-dtype", io_dtype, ("uint8", "int8"))
+    from .cpu import INT8_CPU_CLASSES
+
+    one_of("--int8-cpu", int8_cpu, tuple(INT8_CPU_CLASSES))
+    if min_agreement is not None:
+        within("--min-agreement", min_agreement, 0, 1)
     from .export.pipeline import export_model
 
     if target:
@@ -147,10 +163,13 @@ def export(
         err.print(f"target {profile.name}: exporting {format}:{quant}", markup=False)
     format, quant = format or "tflite", quant or "fp32"
     reports = export_model(model, format, quant, out, dataset, calibration, calibration_count,
-                           max_accuracy_drop, io_dtype, console=err.get())
+                           max_accuracy_drop, io_dtype, console=err.get(), int8_cpu=int8_cpu,
+                           min_agreement=min_agreement, target=target)
     from rich.table import Table
 
-    table = Table(title="export summary (accuracy on the validation split; Δ and agreement vs the Keras model)")
+    count = next((r.notes["count"] for r in reports if "count" in r.notes), None)
+    table = Table(title=f"export summary (on {count} verification images; Δ and agreement vs the Keras model, "
+                        "agreement with its 95% interval)")
     table.add_column("artifact", no_wrap=True)
     for col in ("kept", "MB", "accuracy", "Δ pp", "agree", "max|Δp|", "s"):
         table.add_column(col, no_wrap=True)
@@ -158,7 +177,8 @@ def export(
         table.add_row(escape(Path(r.path).name if r.path else r.key), "yes" if r.passed else "[red]no[/]", f"{r.size_bytes / 1e6:.2f}",
                       f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
                       f"{0.0 - r.accuracy_drop_pp:+.2f}" if r.accuracy_drop_pp is not None else "-",
-                      f"{r.top1_agreement:.4f}" if r.top1_agreement is not None else "-",
+                      f"{r.top1_agreement:.4f} [{r.notes['agreement_ci95'][0]:.3f}-{r.notes['agreement_ci95'][1]:.3f}]"
+                      if r.top1_agreement is not None else "-",
                       f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
     show.print(table)
     if any(r.path for r in reports):

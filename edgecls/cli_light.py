@@ -140,22 +140,24 @@ def _parse_predict(argv: list[str]) -> dict[str, Any]:
 
 def install_sigterm() -> None:
     """SIGTERM (a service stop, `timeout`, a container shutdown) unwinds like Ctrl-C: the same
-    clean-up runs (finally blocks, temporary folders) and the command says it was stopped."""
+    clean-up runs (finally blocks, temporary folders) and the command says it was stopped. Both
+    record the request, so that code catching broad exceptions can tell an interrupt apart."""
+    from .errors import request_stop
 
     def handler(signum, frame):
-        global TERMINATED
-        TERMINATED = True
+        request_stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
         raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, handler)
-
-
-TERMINATED = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
+            signal.signal(sig, handler)
 
 
 def interrupted_exit_code() -> int:
-    return 143 if TERMINATED else 130
+    """128 + the signal number, as a shell reports a process stopped by that signal."""
+    from .errors import stop_requested
+
+    return 143 if stop_requested() == "SIGTERM" else 130
 
 
 def fast_predict() -> None:
@@ -184,6 +186,6 @@ def fast_predict() -> None:
         warn(f"error: {exc}")
         sys.exit(2)
     except KeyboardInterrupt:
-        warn("terminated" if TERMINATED else "interrupted")
+        warn("terminated (SIGTERM)" if interrupted_exit_code() == 143 else "interrupted")
         sys.exit(interrupted_exit_code())
     sys.exit(1 if failed else 0)

@@ -31,3 +31,18 @@ def missing_extra(package: str, extra: str) -> EdgeclsError:
     return EdgeclsError(
         f"{package} is not installed; install it with: pip install 'edgecls[{extra}]'"
     )
+
+
+_STOP = {"signal": None}
+
+
+def request_stop(signal_name: str) -> None:
+    """Record that the user or the system asked the process to stop (SIGINT, SIGTERM)."""
+    _STOP["signal"] = signal_name
+
+
+def stop_requested() -> str | None:
+    """The signal that asked this process to stop, or None. Code that catches broad exceptions
+    (converters fail in many ways) checks this and re-raises KeyboardInterrupt: an interrupt that
+    lands inside a C extension can surface as another exception type."""
+    return _STOP["signal"]

@@ -224,3 +224,67 @@ def test_openvino_weights_file_is_checksummed(assets, tmp_path):
     xml.with_suffix(".bin").write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"model\.bin: the file does not match its manifest's checksum"):
         Classifier.from_artifact(xml)
+
+
+# --- item 14: SIGTERM is handled like Ctrl-C ------------------------------------------------------
+def _small_dataset(flowers, root: Path, per_class: int = 12) -> Path:
+    for name in ("daisy", "roses"):
+        (root / name).mkdir(parents=True)
+        for photo in sorted((flowers / name).iterdir())[:per_class]:
+            shutil.copy(photo, root / name / photo.name)
+    return root
+
+
+def _terminate_when(cmd: list[str], ready, env: dict, timeout: float = 240):
+    """Start the edgecls command line, send SIGTERM once `ready()` holds, return the result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", *map(str, cmd)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be stopped: " + proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_sigterm_during_train_stops_cleanly(flowers, tmp_path):
+    data = _small_dataset(flowers, tmp_path / "ds")
+    out = tmp_path / "out"
+    rc, _, err = _terminate_when(["train", data, "--backbone", "simple_cnn", "--weights", "none", "--input-size", "32",
+                                  "--epochs", "500", "--patience", "500", "--fine-tune-epochs", "0", "--out", out],
+                                 lambda: out.is_dir(), {})
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert not (out / "model.keras").exists() and not list(out.glob(".*tmp*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_keras_model(flowers, tmp_path_factory):
+    from edgecls.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = _small_dataset(flowers, root / "ds")
+    return train(data, root / "model", TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32),
+                                                   epochs=1, fine_tune_epochs=0, batch_size=8)).model_path
+
+
+def test_sigterm_during_export_cleans_up(tiny_keras_model, tmp_path):
+    """Stopped while an artifact is being staged: no .staging-* folder in the output, nothing left
+    under the temporary folder, a message and exit code 143."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "export"
+    rc, _, err = _terminate_when(["export", tiny_keras_model, "--format", "tflite,onnx,openvino", "--quant", "fp32,int8",
+                                  "--out", out, "--max-accuracy-drop", "100"],
+                                 lambda: any(out.glob(".staging-*")), {"TMPDIR": str(temp)})
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert not list(out.glob(".staging-*"))
+    assert not [p for p in temp.iterdir() if p.name.startswith("edgecls")], list(temp.iterdir())
