@@ -288,3 +288,49 @@ def test_sigterm_during_export_cleans_up(tiny_keras_model, tmp_path):
     assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
     assert not list(out.glob(".staging-*"))
     assert not [p for p in temp.iterdir() if p.name.startswith("edgecls")], list(temp.iterdir())
+
+
+# --- item 15: hygiene --------------------------------------------------------------------------
+def test_bench_worker_has_a_timeout(coral):
+    from edgecls.bench import bench_artifact
+
+    with pytest.raises(EdgeclsError, match="did not finish within 0.05 s and was stopped"):
+        bench_artifact(coral / "mobilenet_v2_1.0_224_quant.tflite", timeout=0.05, min_runs=1)
+
+
+def test_keras_model_checksum_and_safe_mode(tiny_keras_model, tmp_path):
+    import keras
+
+    from edgecls.manifest import load_manifest
+    from edgecls.train import KerasScorer
+
+    # A modified .keras file beside its manifest is refused before Keras reads it.
+    model = tmp_path / "model.keras"
+    data = bytearray(tiny_keras_model.read_bytes())
+    data[-30] ^= 0xFF
+    model.write_bytes(bytes(data))
+    shutil.copy(tiny_keras_model.with_name("model.keras.json"), tmp_path / "model.keras.json")
+    with pytest.raises(ModelError, match="does not match its manifest's checksum"):
+        KerasScorer(model)
+    # A Lambda layer would run code on load: safe mode refuses it, and says so.
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs)))
+    lam = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(lam)
+    manifest = load_manifest(tiny_keras_model)
+    manifest.artifact_sha256 = sha256_file(lam)
+    manifest.save(lam)
+    with pytest.raises(ModelError, match="safe mode") as info:
+        KerasScorer(lam)
+    assert "truncated or corrupt" not in str(info.value)
+
+
+def test_packaging_metadata():
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"].startswith(">=3.11")  # tomllib is 3.11+
+    assert project["license"] == "Apache-2.0"  # SPDX string: the table form is deprecated by setuptools
+    assert any(d.startswith("hypothesis") for d in project["optional-dependencies"]["dev"])
