@@ -1,7 +1,15 @@
-"""Training-time augmentation on RGB uint8 pictures with OpenCV: flip, rotation, zoom, contrast.
+"""Training-time augmentation, split where each part runs fastest.
 
-It runs in the input pipeline, never inside the model, so exported models contain no random
-ops (which would need TFLite Flex ops) and the same code serves every Keras backend.
+* Cheap photometric and flip augmentation (`InModelAugment`) runs batched inside the
+  training-only wrapper model, on the accelerator, after the uint8 batch leaves the host.
+* Geometric augmentation (rotation, zoom) runs on the host with OpenCV `warpAffine` in the
+  feeder's worker threads (OpenCV releases the GIL, so threads use all cores). Keras'
+  `RandomRotation`/`RandomZoom` resample ~30x slower than a MobileNetV2 step on a GPU (issue 9),
+  and on this CPU `bench/train_throughput.py --aug` measures the two formulations side by side.
+
+Neither part is ever saved: the exported model contains no random ops (which would need
+TFLite Flex ops) and the same code serves every Keras backend. Randomness is seeded per
+(seed, epoch, batch) on the host and by a Keras SeedGenerator in the model, so runs reproduce.
 """
 from __future__ import annotations
 
@@ -16,22 +24,96 @@ class Augmentation:
     rotation_degrees: float = 15.0
     zoom: float = 0.1          # scale in [1 - zoom, 1 + zoom]
     contrast: float = 0.1      # contrast factor in [1 - contrast, 1 + contrast]
+    brightness: float = 0.0    # added offset in [-brightness, brightness] x 255
 
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotation_degrees or self.zoom)
+
+    def warp(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random rotation and zoom of one RGB uint8 picture (OpenCV, reflecting borders)."""
         import cv2
 
         h, w = image.shape[:2]
-        out = image
-        if self.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
         angle = rng.uniform(-self.rotation_degrees, self.rotation_degrees) if self.rotation_degrees else 0.0
         scale = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom else 1.0
-        if angle or scale != 1.0:
-            matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-            out = cv2.warpAffine(np.ascontiguousarray(out), matrix, (w, h), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT_101)
+        if not angle and scale == 1.0:
+            return image
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        return cv2.warpAffine(np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101)
+
+    def warp_batch(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`warp` applied to each picture of a uint8 batch (a new array)."""
+        return np.stack([self.warp(img, rng) for img in batch]) if self.geometric else batch
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Every augmentation on one picture on the host (reference path, used by benchmarks)."""
+        out = image[:, ::-1] if self.flip and rng.random() < 0.5 else image
+        out = self.warp(out, rng)
         if self.contrast:
             factor = rng.uniform(1 - self.contrast, 1 + self.contrast)
             mean = out.mean(axis=(0, 1), keepdims=True)
             out = np.clip((out.astype(np.float32) - mean) * factor + mean, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(out)
+
+
+_LAYERS: dict[str, type] = {}
+
+
+def keras_layers() -> dict[str, type]:
+    """The training wrapper's Keras layers, built on first use (Keras is imported lazily)."""
+    if _LAYERS:
+        return _LAYERS
+    import keras
+    from keras import ops
+
+    class InModelAugment(keras.layers.Layer):
+        """Batched random flip, brightness and contrast on 0..255 float pixels; identity unless training."""
+
+        def __init__(self, flip=True, contrast=0.1, brightness=0.0, seed=0, **kwargs):
+            super().__init__(**kwargs)
+            self.flip, self.contrast, self.brightness = flip, contrast, brightness
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, x, training=False):
+            if not training:
+                return x
+            n = ops.shape(x)[0]
+            if self.flip:
+                coin = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < 0.5
+                x = ops.where(coin, ops.flip(x, axis=2), x)
+            if self.brightness:
+                x = x + keras.random.uniform((n, 1, 1, 1), -self.brightness, self.brightness,
+                                             seed=self.seed_generator) * 255.0
+            if self.contrast:
+                factor = keras.random.uniform((n, 1, 1, 1), 1 - self.contrast, 1 + self.contrast,
+                                              seed=self.seed_generator)
+                mean = ops.mean(x, axis=(1, 2), keepdims=True)
+                x = (x - mean) * factor + mean
+            return ops.clip(x, 0.0, 255.0) if (self.brightness or self.contrast) else x
+
+    class Normalize(keras.layers.Layer):
+        """uint8/float pixels -> model inputs, exactly as `Preprocessing.normalize` (float32)."""
+
+        def __init__(self, scale, mean, std, bgr=False, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+            self.scale, self.mean, self.std, self.bgr = float(scale), list(mean), list(std), bgr
+
+        def call(self, x):
+            x = ops.cast(x, "float32")
+            if self.bgr:
+                x = ops.flip(x, axis=-1)
+            mean = ops.convert_to_tensor(np.asarray(self.mean, np.float32))
+            std = ops.convert_to_tensor(np.asarray(self.std, np.float32))
+            return (x * np.float32(self.scale) - mean) / std
+
+    class ToFloat(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+
+        def call(self, x):
+            return ops.cast(x, "float32")
+
+    _LAYERS.update(InModelAugment=InModelAugment, Normalize=Normalize, ToFloat=ToFloat)
+    return _LAYERS
