@@ -20,6 +20,8 @@ class Target:
     export: dict[str, str]
     engines: dict[str, dict[str, Any]]     # engine name -> options for `open_engine`
     references: list[dict[str, Any]] = field(default_factory=list)
+    device_cpu: str = "unknown"            # the device's CPU class: x86-avx2, x86-vnni, arm, edgetpu
+    int8_cpu: str = "portable"             # the CPU class its int8 exports are quantized for
 
     def engine_options(self, engine: str) -> dict[str, Any]:
         """Options for `open_engine` with `engine` (zero threads means the engine's default).
@@ -50,7 +52,17 @@ def _load(path: Path) -> Target:
                           "(litert, onnxruntime, openvino)")
     return Target(name=d["name"], description=d.get("description", ""), hardware=d.get("hardware", ""),
                   artifacts=list(d.get("artifacts", [])), export=dict(d.get("export", {})),
-                  engines={k: dict(v) for k, v in engines.items()}, references=list(d.get("reference", [])))
+                  engines={k: dict(v) for k, v in engines.items()}, references=list(d.get("reference", [])),
+                  device_cpu=str(d.get("device_cpu", "unknown")), int8_cpu=_int8_cpu(path, d))
+
+
+def _int8_cpu(path: Path, d: dict) -> str:
+    from .cpu import INT8_CPU_CLASSES
+
+    value = d.get("int8_cpu", "portable")
+    if value not in INT8_CPU_CLASSES:
+        raise OptionError(f"{path}: int8_cpu {value!r}: expected one of {', '.join(INT8_CPU_CLASSES)}")
+    return value
 
 
 def targets() -> dict[str, Target]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..cpu import INT8_CPU_CLASSES
 from ..errors import OptionError
 
 
@@ -43,18 +44,18 @@ _ROWS = [
     ExportSpec("tflite", "fp32", ".tflite", "tflite", "litert", description="float32 LiteRT"),
     ExportSpec("tflite", "fp16", ".tflite", "tflite", "litert", description="float16 weights, float compute"),
     ExportSpec("tflite", "dynamic", ".tflite", "tflite", "litert", description="int8 weights, dynamic-range activations"),
-    ExportSpec("tflite", "int8", ".tflite", "tflite", "litert", calibrated=True, options=("io_dtype",),
+    ExportSpec("tflite", "int8", ".tflite", "tflite", "litert", calibrated=True, options=("io_dtype", "int8_cpu"),
                description="full-integer int8, uint8 (default) or int8 input/output"),
-    ExportSpec("tflite", "edgetpu", ".tflite", "tflite", "litert", calibrated=True,
+    ExportSpec("tflite", "edgetpu", ".tflite", "tflite", "litert", calibrated=True, options=("int8_cpu",),
                description="full-integer, uint8 I/O, batch 1, Edge TPU compiler-ready", tag="edgetpu_ready"),
     ExportSpec("onnx", "fp32", ".onnx", "onnx", "onnxruntime", description="float32 ONNX"),
     ExportSpec("onnx", "fp16", ".onnx", "onnx", "onnxruntime", description="float16 ONNX, float32 I/O"),
-    ExportSpec("onnx", "int8", ".onnx", "onnx", "onnxruntime", calibrated=True,
-               description="static QDQ int8, per-channel weights"),
+    ExportSpec("onnx", "int8", ".onnx", "onnx", "onnxruntime", calibrated=True, options=("int8_cpu",),
+               description="static QDQ int8, per-channel weights, types chosen per CPU class"),
     ExportSpec("openvino", "fp32", ".xml", "openvino", "openvino", description="float32 OpenVINO IR"),
     ExportSpec("openvino", "fp16", ".xml", "openvino", "openvino", description="IR with fp16-compressed weights"),
-    ExportSpec("openvino", "int8", ".xml", "openvino", "openvino", calibrated=True,
-               description="NNCF post-training int8"),
+    ExportSpec("openvino", "int8", ".xml", "openvino", "openvino", calibrated=True, options=("int8_cpu",),
+               description="NNCF post-training int8, overflow fix per CPU class"),
 ]
 for _row in _ROWS:
     register(_row)
@@ -108,6 +109,9 @@ def resolve(formats: str | list[str], quants: str | list[str], options: dict[str
             allowed = [s.key for s in FORMATS.values() if name in s.options]
             raise OptionError(f"option {name} does not apply to {', '.join(s.key for s in specs)}"
                               + (f"; it applies to {', '.join(allowed)}" if allowed else ""))
+    int8_cpu = (options or {}).get("int8_cpu")
+    if int8_cpu is not None and int8_cpu not in INT8_CPU_CLASSES:
+        raise OptionError(f"int8_cpu {int8_cpu!r}: expected one of {', '.join(INT8_CPU_CLASSES)}")
     io_dtype = (options or {}).get("io_dtype")
     if io_dtype is not None and io_dtype not in ("uint8", "int8"):
         raise OptionError(f"io_dtype must be uint8 or int8, got {io_dtype!r}")

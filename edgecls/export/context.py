@@ -25,6 +25,7 @@ class ExportContext:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgecls-export-")))
     log: list[str] = field(default_factory=list)
     embedded_manifest: str = "{}"             # JSON embedded in the artifact where the format allows
+    quantization_scheme: dict[str, Any] | None = None  # set by an int8 export: types, ranges, CPU class
 
     @property
     def preprocessing(self) -> Preprocessing:

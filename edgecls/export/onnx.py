@@ -1,4 +1,10 @@
-"""ONNX export (Keras' own exporter, tf2onnx underneath): fp32, fp16 and static QDQ int8."""
+"""ONNX export (Keras' own exporter, tf2onnx underneath): fp32, fp16 and static QDQ int8.
+
+int8 types follow onnxruntime's own advice per CPU class: on x86-64 without VNNI its uint8 x
+int8 kernels (VPMADDUBSW) saturate unless weights use 7 bits (`reduce_range`); with VNNI full
+8-bit weights are exact; on Arm signed int8 activations and weights (S8S8) are the fast, exact
+path. "portable" (the default) is the x86-without-VNNI choice, exact everywhere.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +23,23 @@ def _fp32(ctx: ExportContext) -> Path:
     return path
 
 
-def export(ctx: ExportContext, spec: ExportSpec, out_path: Path) -> None:
+# int8 CPU class -> (activation type, weight type, reduce_range)
+INT8_SCHEMES = {
+    "portable": ("uint8", "int8", True),
+    "x86-avx2": ("uint8", "int8", True),
+    "x86-vnni": ("uint8", "int8", False),
+    "arm": ("int8", "int8", False),
+}
+
+
+def int8_scheme(int8_cpu: str) -> dict:
+    """The quantization choices recorded in the manifest for an int8 ONNX export."""
+    activation, weight, reduce_range = INT8_SCHEMES[int8_cpu]
+    return {"int8_cpu": int8_cpu, "format": "QDQ", "activations": activation, "weights": weight,
+            "per_channel": True, "reduce_range": reduce_range, "calibration": "minmax"}
+
+
+def export(ctx: ExportContext, spec: ExportSpec, out_path: Path, int8_cpu: str | None = None) -> None:
     import onnx
 
     src = _fp32(ctx)
@@ -29,13 +51,13 @@ def export(ctx: ExportContext, spec: ExportSpec, out_path: Path) -> None:
         # Float32 inputs and outputs keep the runtime's interface the same for every mode.
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     else:
-        model = _quantize_static(ctx, src)
+        model = _quantize_static(ctx, src, int8_scheme(int8_cpu or "portable"))
     entry = model.metadata_props.add()
     entry.key, entry.value = "edgecls.manifest", ctx.embedded_manifest
     atomic_write_bytes(out_path, model.SerializeToString())
 
 
-def _quantize_static(ctx: ExportContext, src: Path):
+def _quantize_static(ctx: ExportContext, src: Path, scheme: dict):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -66,8 +88,10 @@ def _quantize_static(ctx: ExportContext, src: Path):
     stride = max(d for d in range(1, 17) if len(calibration) % d == 0)
 
     out = ctx.work_dir / "model_int8_raw.onnx"
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    extra_options={"CalibStridedMinMax": stride})
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=scheme["per_channel"],
+                    activation_type=types[scheme["activations"]], weight_type=types[scheme["weights"]],
+                    reduce_range=scheme["reduce_range"], extra_options={"CalibStridedMinMax": stride})
+    ctx.quantization_scheme = scheme
     return onnx.load(str(out))
 

@@ -16,11 +16,12 @@ import numpy as np
 from .. import data as data_mod
 from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError
-from ..evaluate import agreement
-from ..manifest import Manifest, atomic_write_text, load_manifest, sha256_file
+from ..cpu import cpu_info, saturation_risk
+from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
 from ..runtime import Classifier
 from . import ExportSpec, resolve
 from .context import ExportContext
+from .verify import choose_images, compare
 
 DEFAULT_CALIBRATION_COUNT = 300
 
@@ -58,15 +59,31 @@ def _calibration_from_dir(path: Path, preprocessing, count: int, console=None) -
 def export_model(model_path: str | Path, formats: str | list[str] = "tflite", quants: str | list[str] = "fp32",
                  out_dir: str | Path | None = None, dataset: str | Path | None = None,
                  calibration: str | Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
-                 max_accuracy_drop: float = 1.0, io_dtype: str | None = None, console=None) -> list[ArtifactReport]:
-    """Convert, verify and gate. Returns one report per requested artifact."""
+                 max_accuracy_drop: float = 1.0, io_dtype: str | None = None, console=None,
+                 int8_cpu: str | None = None, min_agreement: float | None = None,
+                 target: str | None = None) -> list[ArtifactReport]:
+    """Convert, verify and gate. Returns one report per requested artifact.
+
+    `int8_cpu` names the CPU class int8 artifacts are made for (`edgecls.cpu.INT8_CPU_CLASSES`;
+    default: the target's, else "portable", correct on every CPU)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
 
     console = console or Console(stderr=True)
-    specs = resolve(formats, quants, {"io_dtype": io_dtype})  # before any slow work
+    specs = resolve(formats, quants, {"io_dtype": io_dtype, "int8_cpu": int8_cpu})  # before any slow work
+    profile = None
+    if target:
+        from ..targets import get_target
+
+        profile = get_target(target)
+        int8_cpu = int8_cpu or profile.int8_cpu
+    int8_cpu = int8_cpu or "portable"
     if calibration_count < 1:
         raise OptionError(f"calibration_count must be at least 1, got {calibration_count}")
+    if not 0 <= max_accuracy_drop <= 100:
+        raise OptionError(f"max_accuracy_drop must be within 0..100 points, got {max_accuracy_drop}")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise OptionError(f"min_agreement must be within 0..1, got {min_agreement}")
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: model file not found")
@@ -78,64 +95,111 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
         raise DatasetError(f"{dataset}: dataset for verification not found; pass --dataset DIR")
     out_dir = Path(out_dir) if out_dir else model_path.parent / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
-    preprocessing = manifest.preprocessing
 
     folder = data_mod.scan(dataset)
     if folder.classes != manifest.labels:
         raise DatasetError(f"{dataset}: classes {folder.classes} differ from the model's labels {manifest.labels}")
     split = data_mod.recorded_split(folder, manifest.source.get("split"))
-    val = data_mod.load_images(folder, split["val"], preprocessing)
-    calib_images = None
-    if any(s.calibrated for s in specs):
-        if calibration:
-            calib_images = _calibration_from_dir(Path(calibration), preprocessing, calibration_count)
-        else:
-            train_targets = folder.targets[split["train"]]
-            chosen = split["train"][data_mod.take_per_class(train_targets, calibration_count, seed=1)]
-            calib_images = data_mod.load_images(folder, chosen, preprocessing).images
+    need_calibration = any(s.calibrated for s in specs)
+    given = (_calibration_from_dir(Path(calibration), manifest.preprocessing, calibration_count, console)
+             if calibration and need_calibration else None)
+    verify_set = choose_images(folder, split, manifest.preprocessing, calibration_count, need_calibration, given)
 
     from ..train import KerasScorer
 
     scorer = KerasScorer(model_path)
-    reference = scorer.scores_resized(val.images)
-    reference_acc = float(np.mean(reference.argmax(1) == val.targets))
-    ctx = ExportContext(model_path, manifest, calib_images)
+    reference = scorer.scores_resized(verify_set.images)
+    ctx = ExportContext(model_path, manifest, verify_set.calibration)
     ctx.keras_model = scorer.model
-    console.print(f"verifying on {len(val.targets)} validation images; Keras accuracy {reference_acc:.4f}")
-
+    host = cpu_info()
+    notes = _cpu_notes(host, int8_cpu, profile) if any(s.quant in ("int8", "edgetpu") for s in specs) else []
+    reference_acc = float(np.mean(reference.argmax(1) == verify_set.targets))
+    console.print(escape(f"verifying on {verify_set.describe()}; Keras accuracy {reference_acc:.4f}; "
+                         f"CPU {host['model']} ({host['class']}: {', '.join(host['features']) or 'no SIMD features'})"))
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    gate = Gate(max_accuracy_drop, min_agreement)
     reports: list[ArtifactReport] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    summary = {"model": str(model_path), "dataset": str(dataset), "max_accuracy_drop_pp": max_accuracy_drop,
+               "min_agreement": min_agreement, "int8_cpu": int8_cpu, "target": target, "host_cpu": host,
+               "notes": notes, "reference_accuracy": reference_acc, "verification_count": verify_set.count,
+               "val_count": verify_set.val_count, "artifacts": []}
     try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("exporting", total=len(specs))
-            for spec in specs:
-                progress.update(task, description=f"exporting {spec.key}")
-                report = _export_one(ctx, spec, out_dir, val, reference, reference_acc, max_accuracy_drop,
-                                     {"io_dtype": io_dtype} if "io_dtype" in spec.options else {})
-                reports.append(report)
-                status = "ok" if report.passed else "FAILED"
-                console.print(f"{spec.key:<18} {status}  " + (report.error or
-                              f"accuracy {report.accuracy:.4f} ({0.0 - report.accuracy_drop_pp:+.2f} pp), "
-                              f"agreement {report.top1_agreement:.4f}"))
-                progress.advance(task)
+        _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, reports, console)
+    except BaseException as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise
     finally:
         ctx.cleanup()
-    summary = {"model": str(model_path), "dataset": str(dataset), "max_accuracy_drop_pp": max_accuracy_drop,
-               "reference_accuracy": reference_acc, "val_count": int(len(val.targets)),
-               "artifacts": [asdict(r) for r in reports]}
-    atomic_write_text(out_dir / "export_summary.json", json.dumps(summary, indent=2) + "\n")
+        summary["artifacts"] = [asdict(r) for r in reports]
+        atomic_write_text(out_dir / "export_summary.json", json.dumps(summary, indent=2) + "\n")
     return reports
 
 
-def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, val, reference: np.ndarray,
-                reference_acc: float, max_drop: float, options: dict[str, Any]) -> ArtifactReport:
-    report = ArtifactReport(spec.key, spec.format, spec.quant, reference_accuracy=reference_acc)
+@dataclass(frozen=True)
+class Gate:
+    max_accuracy_drop: float            # points, on the verification set
+    min_agreement: float | None = None  # top-1 agreement with the Keras model
+
+    def failure(self, stats: dict) -> str | None:
+        if stats["accuracy_drop_pp"] > self.max_accuracy_drop:
+            return (f"accuracy gate failed: {stats['accuracy']:.4f} vs Keras {stats['reference_accuracy']:.4f} "
+                    f"on {stats['count']} images is a drop of {stats['accuracy_drop_pp']:.2f} pp, more than the "
+                    f"allowed {self.max_accuracy_drop:.2f} pp")
+        if self.min_agreement is not None and stats["top1_agreement"] < self.min_agreement:
+            return (f"agreement gate failed: top-1 agreement {stats['top1_agreement']:.4f} on {stats['count']} images "
+                    f"is below the required {self.min_agreement:.4f}")
+        return None
+
+
+def _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, reports, console) -> None:
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("exporting", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"exporting {spec.key}")
+            options = {k: v for k, v in (("io_dtype", io_dtype), ("int8_cpu", int8_cpu)) if k in spec.options}
+            report = _export_one(ctx, spec, out_dir, verify_set, reference, gate, options)
+            reports.append(report)
+            status = "ok" if report.passed else "FAILED"
+            console.print(escape(f"{spec.key:<18} {status}  " + (report.error or
+                          f"accuracy {report.accuracy:.4f} ({0.0 - report.accuracy_drop_pp:+.2f} pp), "
+                          f"agreement {report.top1_agreement:.4f} "
+                          f"[{report.notes['agreement_ci95'][0]:.3f}, {report.notes['agreement_ci95'][1]:.3f}]")))
+            progress.advance(task)
+
+
+def _cpu_notes(host: dict, int8_cpu: str, profile) -> list[str]:
+    """What the summary must say about where int8 numerics were checked and where they will run."""
+    notes = []
+    device = profile.device_cpu if profile is not None else None
+    if host["class"] == "x86-vnni" and device in (None, "x86-avx2", "x86"):
+        where = f"the {profile.name} device ({device})" if profile else "devices"
+        notes.append(f"verified on a VNNI host; {where} may lack VNNI, where uint8 x int8 products can saturate. "
+                     + ("int8 artifacts are quantized for 'x86-vnni' (full 8-bit weights) and may answer differently "
+                        "there: use --int8-cpu portable" if saturation_risk(int8_cpu, device or "unknown") else
+                        f"int8 artifacts are quantized for '{int8_cpu}' (7-bit weights where an engine's kernels "
+                        "could saturate), so they compute the same there"))
+    if device and device != host["class"] and device != "edgetpu":
+        notes.append(f"verification ran on {host['class']}, the target device is {device}: run `edgecls bench "
+                     "--dataset` on the device to confirm")
+    return notes
+
+
+def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set, reference: np.ndarray,
+                gate: Gate, options: dict[str, Any]) -> ArtifactReport:
+    report = ArtifactReport(spec.key, spec.format, spec.quant)
     started = time.perf_counter()
     staging = Path(out_dir) / f".staging-{spec.format}-{spec.quant}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    final = Path(out_dir) / spec.filename()
     try:
         base = ctx.manifest
+        ctx.quantization_scheme = None
         embedded = Manifest(format=spec.format, quantization=spec.quant, labels=base.labels,
                             preprocessing=base.preprocessing,
                             output={"activation": "softmax"}, source=_source(ctx))
@@ -150,31 +214,32 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, val, refere
             report.notes["traceback"] = traceback.format_exc(limit=3)
             return report
         engine = open_engine(staged)
-        classifier = Classifier(engine, base.labels, base.preprocessing, path=staged)
-        probs = classifier.scores(val.images)
-        accuracy = float(np.mean(probs.argmax(1) == val.targets))
-        report.accuracy = accuracy
-        report.accuracy_drop_pp = round((reference_acc - accuracy) * 100, 4)
-        report.__dict__.update(agreement(reference, probs))
+        classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
+        stats = compare(reference, classifier.scores(verify_set.images), verify_set.targets, verify_set.val_count)
+        report.accuracy, report.reference_accuracy = stats["accuracy"], stats["reference_accuracy"]
+        report.accuracy_drop_pp, report.top1_agreement = stats["accuracy_drop_pp"], stats["top1_agreement"]
+        report.max_prob_diff = stats["max_prob_diff"]
+        report.notes.update({k: stats[k] for k in ("count", "val_count", "agreement_ci95", "disagreements",
+                                                   "val_accuracy", "val_reference_accuracy")})
+        if ctx.quantization_scheme:
+            report.notes["quantization_scheme"] = ctx.quantization_scheme
         report.size_bytes = sum(p.stat().st_size for p in staging.iterdir())
-        if report.accuracy_drop_pp > max_drop:
-            report.error = (f"accuracy gate failed: {accuracy:.4f} vs Keras {reference_acc:.4f} is a drop of "
-                            f"{report.accuracy_drop_pp:.2f} pp, more than the allowed {max_drop:.2f} pp; "
-                            "artifact not kept")
+        failure = gate.failure(stats)
+        if failure:
+            report.error = failure + "; artifact not kept"
             return report
         manifest = Manifest(
             format=spec.format, quantization=spec.quant, labels=base.labels, preprocessing=base.preprocessing,
             input={**engine.input.to_dict(), "layout": classifier.layout},
             output={**engine.output.to_dict(), "activation": "softmax"},
-            source=_source(ctx),
-            verification={
-                "split": "val", "count": int(len(val.targets)), "accuracy": accuracy,
-                "reference_accuracy": reference_acc, "accuracy_drop_pp": report.accuracy_drop_pp,
-                "top1_agreement": report.top1_agreement, "max_prob_diff": report.max_prob_diff,
-                "max_accuracy_drop_pp": max_drop,
-            },
+            source={**_source(ctx), **({"quantization_scheme": ctx.quantization_scheme}
+                                       if ctx.quantization_scheme else {})},
+            verification={"split": "val" if stats["count"] == stats["val_count"] else "val+uncalibrated-train",
+                          **stats, "max_accuracy_drop_pp": gate.max_accuracy_drop,
+                          "min_agreement": gate.min_agreement, "cpu": cpu_info()},
         )
-        final = Path(out_dir) / staged.name
+        engine = classifier = None  # release the staged file before it moves (Windows keeps it open)
+        _remove_artifact(final)
         # Companion files (.bin) first, the model file last, its manifest after it.
         for companion in sorted(staging.iterdir(), key=lambda p: p.name == staged.name):
             companion.replace(Path(out_dir) / companion.name)
@@ -182,20 +247,46 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, val, refere
         manifest.save(final)
         report.path, report.passed = str(final), True
         if spec.quant == "edgetpu":
-            from .tflite import compile_edgetpu
-
-            tpu = compile_edgetpu(final, Path(out_dir))
-            report.notes["edgetpu"] = tpu
-            compiled = Path(tpu.get("output", ""))
-            if tpu.get("compiled") and compiled.is_file():
-                # The compiled model gets its own manifest, so the runtime configures itself.
-                manifest.artifact_sha256 = sha256_file(compiled)
-                manifest.source["compiled_from"] = final.name
-                manifest.save(compiled)
+            _compile_edgetpu(final, manifest, report)
         return report
     finally:
         report.seconds = round(time.perf_counter() - started, 2)
         shutil.rmtree(staging, ignore_errors=True)
+        if not report.passed:
+            # A stale artifact of the same name from an earlier run must not pass for this one.
+            removed = _remove_artifact(final)
+            if removed:
+                report.notes["removed"] = removed
+                report.error = (report.error or "not kept") + f"; removed the earlier {', '.join(removed)}"
+
+
+def _remove_artifact(final: Path) -> list[str]:
+    """Delete an artifact, its manifest, weights and compiled Edge TPU build; the names removed."""
+    names = [final, manifest_path(final)]
+    if final.suffix == ".xml":
+        names.append(final.with_suffix(".bin"))
+    if final.suffix == ".tflite":
+        compiled = final.with_name(final.stem + "_edgetpu.tflite")
+        names += [compiled, manifest_path(compiled)]
+    removed = []
+    for path in names:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _compile_edgetpu(final: Path, manifest: Manifest, report: ArtifactReport) -> None:
+    from .tflite import compile_edgetpu
+
+    tpu = compile_edgetpu(final, final.parent)
+    report.notes["edgetpu"] = tpu
+    compiled = Path(tpu.get("output", ""))
+    if tpu.get("compiled") and compiled.is_file():
+        # The compiled model gets its own manifest, so the runtime configures itself.
+        manifest.artifact_sha256 = sha256_file(compiled)
+        manifest.source["compiled_from"] = final.name
+        manifest.save(compiled)
 
 
 def _source(ctx: ExportContext) -> dict[str, Any]:
