@@ -4,8 +4,10 @@ The Coral MobileNetV2 (uint8 LiteRT) classifies every photo of the shared ImageN
 labeled photos and flowers-small twice: once through `edgecls.preprocess` (pyrDown steps, then
 bilinear) and once with a single cv2.INTER_AREA resize (the previous definition). Prints top-1
 agreement, the known answers of the ImageNet photos, and the resize cost on a 640x480 frame.
+With `--flowers-model model.keras` (from `edgecls train` on flowers-small) it also prints that
+model's validation accuracy (its recorded split) under both resize definitions.
 
-    python bench/preprocess_accuracy.py
+    python bench/preprocess_accuracy.py [--flowers-model runs/flowers/model.keras]
 """
 from __future__ import annotations
 
@@ -22,12 +24,17 @@ KNOWN = {"parrot.jpg": "macaw", "cat.bmp": "Egyptian cat", "grace_hopper.bmp": "
 
 
 def main() -> int:
+    import argparse
+
     import cv2
     import numpy as np
 
     from edgecls.preprocess import is_image_name, read_rgb
     from edgecls.runtime import Classifier
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flowers-model", type=Path, help="a .keras model trained on flowers-small")
+    args = parser.parse_args()
     assets = Path(os.environ.get("EDGECLS_ASSETS", ROOT.parent / "shared"))
     coral = assets / "models/coral"
     clf = Classifier.from_artifact(coral / "mobilenet_v2_1.0_224_quant.tflite", labels=coral / "imagenet_labels.txt")
@@ -67,6 +74,9 @@ def main() -> int:
             line += f"; correct: edgecls {right_new}/{n}, INTER_AREA {right_old}/{n}"
         print(line)
 
+    if args.flowers_model:
+        flowers_accuracy(args.flowers_model, assets / "data/flowers-small")
+
     frame = cv2.resize(read_rgb(assets / "images/imagenet-photos/parrot.jpg"), (640, 480))
     for label, fn in (("edgecls resize", clf.preprocessing.resize_image), ("INTER_AREA", area),
                       ("edgecls prepare (resize + lookup)", clf.prepare)):
@@ -76,6 +86,34 @@ def main() -> int:
             fn(frame)
         print(f"{label}: {(time.perf_counter() - t) / 300 * 1e3:.3f} ms per 640x480 frame")
     return 0
+
+
+def flowers_accuracy(model_path: Path, dataset: Path) -> None:
+    """Validation accuracy of a trained flowers model, edgecls resize vs one INTER_AREA resize."""
+    import numpy as np
+
+    from edgecls import data
+    from edgecls.preprocess import read_rgb
+    from edgecls.train import KerasScorer
+
+    scorer = KerasScorer(model_path)
+    folder = data.scan(dataset)
+    val = data.recorded_split(folder, scorer.manifest.source.get("split"))["val"]
+    p = scorer.preprocessing
+    h, w = p.size
+    new = np.stack([p.load(folder.files[i]) for i in val])
+    old = np.stack([cv2_area(read_rgb(folder.files[i]), h, w) for i in val])
+    targets = folder.targets[val]
+    acc_new = float(np.mean(scorer.scores_resized(new).argmax(1) == targets))
+    acc_old = float(np.mean(scorer.scores_resized(old).argmax(1) == targets))
+    print(f"flowers-small validation ({len(val)} photos), {model_path}: accuracy edgecls {acc_new:.4f}, "
+          f"INTER_AREA {acc_old:.4f}")
+
+
+def cv2_area(rgb, h, w):
+    import cv2
+
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 if __name__ == "__main__":

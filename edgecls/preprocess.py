@@ -140,6 +140,12 @@ def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
         raise OptionError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
     if rgb.shape[0] == h and rgb.shape[1] == w:
         return rgb
+    flipped = rgb[..., ::-1]
+    if rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.strides[-1] < 0 and flipped.strides[-2:] == (3, 1):
+        # A channel-reversed view (an OpenCV BGR frame flipped without a copy): copying it whole
+        # costs more than the resize. Resizing treats each channel alike, so resize the original
+        # and swap the channels of the small result: the same pixels.
+        return cv2.cvtColor(resize_image(flipped, size, mode, crop_fraction), cv2.COLOR_RGB2BGR)
     if mode == "center_crop":
         rgb = _center_window(rgb, h / w, crop_fraction)
     return _resize(cv2, rgb, h, w)

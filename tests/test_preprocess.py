@@ -148,3 +148,14 @@ def test_shrinking_is_anti_aliased(shape):
     assert out.std() < 12
     aliased = cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     assert aliased.std() > 40  # the pattern does alias without a low-pass step
+
+
+@pytest.mark.parametrize("mode", ["stretch", "center_crop"])
+def test_channel_reversed_views_resize_to_the_same_pixels(assets, mode):
+    """Frames arrive as `bgr[:, :, ::-1]` views; they take a faster path that must not change a pixel."""
+    bgr = cv2.resize(cv2.imread(str(assets / "images/imagenet-photos/parrot.jpg")), (640, 480))
+    view = bgr[:, :, ::-1]
+    p = Preprocessing.named("tf", (224, 224), mode)
+    fast = p.resize_image(view)
+    assert fast.flags.c_contiguous
+    assert np.array_equal(fast, p.resize_image(np.ascontiguousarray(view)))
