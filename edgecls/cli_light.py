@@ -8,7 +8,6 @@ falls through to the full Typer command line, which shares `run_predict`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -103,6 +102,8 @@ def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Cal
             continue
         more = extra(image) if extra else None
         if as_json:
+            import json
+
             out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})}))
         else:
             out(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result))

@@ -5,13 +5,9 @@ quantization, where it came from and how well it was verified.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +25,8 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
+    import hashlib  # loads OpenSSL: only paid when a manifest asks for a checksum
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -44,7 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     # os.open with mode 0o666 lets the process umask decide the permissions (a model file is read
     # by others), without toggling the umask process-wide as mkstemp + chmod would need.
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -102,6 +100,8 @@ class Manifest:
     companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
 
     def to_dict(self) -> dict[str, Any]:
+        from datetime import datetime, timezone  # lazy: a cold `predict` never writes a manifest
+
         return {
             "schema": SCHEMA,
             "format": self.format,
@@ -129,6 +129,8 @@ class Manifest:
         weights = artifact.with_suffix(".bin")
         if artifact.suffix.lower() == ".xml" and weights.is_file():
             self.companions[weights.name] = sha256_file(weights)
+        import json
+
         path = manifest_path(artifact)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -299,6 +301,8 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
     path = manifest_path(artifact)
     if not path.exists():
         return None
+    import json  # only when there is a manifest: a cold start without one skips it
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

@@ -160,3 +160,26 @@ def test_litert_stderr_filter_keeps_other_lines():
             "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\nERROR: real problem\\n')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "ERROR: real problem\n"
+
+
+def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
+    """A cold `edgecls predict` pays for every import (bench/cold_predict.py measures it): a plain
+    call runs without Typer, Rich, hashlib (no manifest) or the generated TFLite schema."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.argv = ["edgecls", "predict", {str(coral / 'mobilenet_v2_1.0_224_quant.tflite')!r},
+                    {str(assets / 'images/imagenet-photos/parrot.jpg')!r}, "--labels", {str(coral / 'imagenet_labels.txt')!r}]
+        try:
+            import edgecls.cli
+        except SystemExit as exc:
+            heavy = sorted(m for m in ("typer", "click", "rich", "hashlib", "ai_edge_litert.schema_py_generated",
+                                       "tensorflow", "keras") if m in sys.modules)
+            print("exit", exc.code, "loaded", heavy)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "macaw" in proc.stdout and "exit 0 loaded []" in proc.stdout, proc.stdout

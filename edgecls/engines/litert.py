@@ -32,70 +32,122 @@ def _interpreter_module():
         raise missing_extra("ai-edge-litert (or tflite-runtime)", "runtime") from None
 
 
+class _FlatBuffer:
+    """Bounds-checked reads of a FlatBuffer: just what the TFLite schema walk below needs, without
+    importing the 12,000-line generated schema module (a cold start pays for every import)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def _unpack(self, fmt: str, pos: int) -> int:
+        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
+            raise IndexError("read past the end of the file")
+        return struct.unpack_from(fmt, self.data, pos)[0]
+
+    def deref(self, pos: int) -> int:
+        return pos + self._unpack("<I", pos)
+
+    def field(self, table: int, index: int) -> int:
+        """Position of field `index` of the table at `table`, or 0 when absent."""
+        vtable = table - self._unpack("<i", table)
+        size = self._unpack("<H", vtable)
+        slot = 4 + 2 * index
+        offset = self._unpack("<H", vtable + slot) if slot + 2 <= size else 0
+        return table + offset if offset else 0
+
+    def scalar(self, table: int, index: int, fmt: str, default: int = 0) -> int:
+        pos = self.field(table, index)
+        return self._unpack(fmt, pos) if pos else default
+
+    def vector(self, table: int, index: int, item_size: int) -> tuple[int, int]:
+        """(start, length) of a vector field; (0, 0) when absent."""
+        pos = self.field(table, index)
+        if not pos:
+            return 0, 0
+        vec = self.deref(pos)
+        length = self._unpack("<I", vec)
+        if vec + 4 + length * item_size > len(self.data):
+            raise IndexError("vector past the end of the file")
+        return vec + 4, length
+
+    def tables(self, table: int, index: int) -> list[int]:
+        start, length = self.vector(table, index, 4)
+        return [self.deref(start + 4 * i) for i in range(length)]
+
+    def ints(self, table: int, index: int) -> list[int]:
+        start, length = self.vector(table, index, 4)
+        return list(struct.unpack_from(f"<{length}i", self.data, start)) if length else []
+
+    def bytes(self, table: int, index: int) -> bytes:
+        start, length = self.vector(table, index, 1)
+        return self.data[start : start + length]
+
+
+# TFLite builtin operator codes (tensorflow/lite/schema/schema.fbs).
+_SOFTMAX, _LOGISTIC, _CUSTOM = 25, 14, 32
+_PASSTHROUGH = {6, 114, 22, 43}  # DEQUANTIZE, QUANTIZE, RESHAPE, SQUEEZE
+
+
 def check_flatbuffer(path: Path, data: bytes) -> dict[str, str]:
     """Reject truncated or non-TFLite files before the interpreter sees them (it may crash on
-    them); returns the model's text metadata entries (such as an embedded edgecls manifest)."""
+    them); returns the model's text metadata entries (such as an embedded edgecls manifest) and,
+    under "edgecls.output_activation", the final activation read from the graph."""
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier); truncated or corrupt?")
+    fb = _FlatBuffer(data)
     try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # tflite_runtime ships no schema; the identifier check above must do
-        return {}
-    try:
-        model = schema.Model.GetRootAsModel(data, 0)
-        for i in range(model.BuffersLength()):
-            buf = model.Buffers(i)
-            slot = buf._tab.Offset(4)  # the `data` vector
-            if slot:
-                start, length = buf._tab.Vector(slot), buf._tab.VectorLen(slot)
-                if start + length > len(data):
-                    raise IndexError("buffer past end of file")
-            if buf.Offset() > 1 and buf.Offset() + buf.Size() > len(data):
+        model = fb.deref(0)
+        buffers = fb.tables(model, 4)
+        for buf in buffers:
+            fb.vector(buf, 0, 1)  # the data vector lies inside the file
+            offset, size = fb.scalar(buf, 1, "<Q"), fb.scalar(buf, 2, "<Q")
+            if offset > 1 and offset + size > len(data):
                 raise IndexError("buffer past end of file")
-        for g in range(model.SubgraphsLength()):
-            graph = model.Subgraphs(g)
-            for t in range(graph.TensorsLength()):
-                graph.Tensors(t).ShapeLength()
-            for o in range(graph.OperatorsLength()):
-                graph.Operators(o).InputsLength()
-        metadata = {"edgecls.output_activation": _final_activation(schema, model)}
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            name = (entry.Name() or b"").decode("utf-8", "replace")
+        codes = [max(fb.scalar(c, 0, "<b"), fb.scalar(c, 3, "<i")) for c in fb.tables(model, 1)]
+        graphs = fb.tables(model, 2)
+        if not graphs:
+            raise IndexError("no subgraph")
+        producers: dict[int, tuple[int, list[int]]] = {}
+        for g, graph in enumerate(graphs):
+            for tensor in fb.tables(graph, 0):
+                fb.ints(tensor, 0)
+            for op in fb.tables(graph, 3):
+                index = fb.scalar(op, 0, "<I")
+                if index >= len(codes):
+                    raise IndexError("operator code out of range")
+                inputs, outputs = fb.ints(op, 1), fb.ints(op, 2)
+                if g == 0:
+                    producers.update((t, (codes[index], inputs)) for t in outputs)
+        metadata = {"edgecls.output_activation": _final_activation(producers, fb.ints(graphs[0], 2))}
+        for entry in fb.tables(model, 6):
+            name = fb.bytes(entry, 0).decode("utf-8", "replace")
             if name.startswith("edgecls."):
-                metadata[name] = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8")
+                metadata[name] = fb.bytes(buffers[fb.scalar(entry, 1, "<I")], 0).decode("utf-8")
         return metadata
-    except (IndexError, struct.error, ValueError, TypeError):
+    except (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError):
         raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?)") from None
 
 
-def _final_activation(schema, model) -> str:
-    """The activation that produces the first output of the main graph: softmax, sigmoid or none.
+def _final_activation(producers: dict[int, tuple[int, list[int]]], outputs: list[int]) -> str | None:
+    """The activation that produces the main graph's first output: softmax, sigmoid or none;
+    None when a custom op (such as the Edge TPU's) hides it.
 
     Quantize/dequantize and reshapes after it are looked through (int8 models end in
     softmax -> quantize; some converters add a reshape)."""
-    ops = schema.BuiltinOperator
-    passthrough = {ops.QUANTIZE, ops.DEQUANTIZE, ops.RESHAPE, ops.SQUEEZE}
-    graph = model.Subgraphs(0)
-    producer = {}
-    for o in range(graph.OperatorsLength()):
-        op = graph.Operators(o)
-        for j in range(op.OutputsLength()):
-            producer[op.Outputs(j)] = op
-    tensor = graph.Outputs(0)
+    tensor = outputs[0] if outputs else -1
     for _ in range(8):
-        op = producer.get(tensor)
-        if op is None:
+        if tensor not in producers:
             return "none"
-        code = model.OperatorCodes(op.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == ops.SOFTMAX:
+        code, inputs = producers[tensor]
+        if code == _SOFTMAX:
             return "softmax"
-        if builtin == ops.LOGISTIC:
+        if code == _LOGISTIC:
             return "sigmoid"
-        if builtin not in passthrough or op.InputsLength() == 0:
+        if code == _CUSTOM:
+            return None
+        if code not in _PASSTHROUGH or not inputs:
             return "none"
-        tensor = op.Inputs(0)
+        tensor = inputs[0]
     return "none"
 
 
@@ -181,7 +233,9 @@ class LiteRTEngine:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             with quiet_stderr():
-                self._interp = mod.Interpreter(model_path=str(path), num_threads=num_threads,
+                # The bytes already read and checked: the file is read once, and the model run is
+                # the model checked (it cannot change on disk in between).
+                self._interp = mod.Interpreter(model_content=data, num_threads=num_threads,
                                                experimental_delegates=delegates or None, **kwargs)
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
