@@ -51,12 +51,13 @@ def scan(root: str | Path) -> ImageFolder:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
-    seen_dirs: dict[Path, Path] = {root.resolve(): root}
+    root_real = root.resolve()
+    seen_dirs: dict[Path, Path] = {root_real: root}
     seen_files: dict[Path, Path] = {}
     files, targets = [], []
     for index, d in enumerate(class_dirs):
-        _visit_dir(d, seen_dirs)
-        members = _class_files(d, seen_dirs, seen_files)
+        _visit_dir(d, root_real, seen_dirs)
+        members = _class_files(d, root_real, seen_dirs, seen_files)
         if not members:
             raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images")
         files.extend(members)
@@ -68,10 +69,9 @@ def scan(root: str | Path) -> ImageFolder:
     return ImageFolder(root, [d.name for d in class_dirs], files, np.asarray(targets, dtype=np.int64))
 
 
-def _visit_dir(path: Path, seen: dict[Path, Path]) -> None:
+def _visit_dir(path: Path, root_real: Path, seen: dict[Path, Path]) -> None:
     """Record a folder about to be listed; refuse one reached before or enclosing the dataset."""
     real = path.resolve()
-    root_real = next(iter(seen))
     if real in seen or real in root_real.parents:
         first = seen.get(real, real)
         what = "the dataset folder or one above it" if real == root_real or real in root_real.parents \
@@ -81,12 +81,16 @@ def _visit_dir(path: Path, seen: dict[Path, Path]) -> None:
     seen[real] = path
 
 
-def _class_files(class_dir: Path, seen_dirs: dict[Path, Path], seen_files: dict[Path, Path]) -> list[Path]:
+def _class_files(class_dir: Path, root_real: Path, seen_dirs: dict[Path, Path],
+                 seen_files: dict[Path, Path]) -> list[Path]:
+    def unlistable(exc: OSError) -> None:
+        raise DatasetError(f"{exc.filename}: cannot list this folder ({exc.strerror})")
+
     members = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unlistable, followlinks=True):
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for name in dirnames:
-            _visit_dir(Path(dirpath) / name, seen_dirs)
+            _visit_dir(Path(dirpath) / name, root_real, seen_dirs)
         for name in filenames:
             path = Path(dirpath) / name
             if name.startswith(".") or not path.is_file():

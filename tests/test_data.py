@@ -223,3 +223,19 @@ def test_calibration_folder_is_sampled_per_class_and_reports_skipped(flowers, tm
     assert "calibration: skipped 4 unreadable" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="none of the 4 sampled"):
         data.load_calibration_folder(root / "daisy", p, 4)
+
+
+def test_unlistable_class_folder_is_a_clear_error(flowers, tmp_path):
+    import os
+
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    locked = root / "roses" / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user that ignores permissions (root)")
+        with pytest.raises(DatasetError, match="locked: cannot list this folder"):
+            data.scan(root)
+    finally:
+        locked.chmod(0o755)
