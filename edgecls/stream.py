@@ -13,6 +13,7 @@ folders are not live: by default every frame is processed, with back-pressure in
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import sys
@@ -74,7 +75,12 @@ class OpenCVSource:
         self.live = not self.finite
         self.description = f"camera {spec}" if self.is_camera else spec
         self._first = None
+        # FFmpeg's own complaints ("moov atom not found") would precede ours; ours name the file.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         if not self._open():
+            if self.finite:
+                raise SourceError(f"{spec}: not a video OpenCV can open (not a video file, corrupt, or a codec "
+                                  "this OpenCV build lacks)")
             raise SourceError(f"{spec}: cannot open this video source (no such camera, file or stream)")
         if self.finite:
             # Some backends "open" any file; a video file must yield a frame to count as one.
