@@ -55,7 +55,7 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
 
     metrics, skipped = run(parts[split])
     if skipped:
-        console.print(data_mod.skipped_summary(skipped))
+        console.print(data_mod.skipped_summary(skipped), markup=False)  # file names are not markup
     result: dict[str, Any] = {"model": str(model), "dataset": str(dataset), "split": split, **metrics.to_dict(),
                               "skipped": [[str(p), why] for p, why in skipped]}
     if split in ("val", "test") and split_cfg:
@@ -95,6 +95,7 @@ def write_digits_dataset(root: str | Path, size: int = 32) -> Path:
 def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, console=None) -> dict[str, Any]:
     """Digits dataset -> train simple_cnn -> export every format -> evaluate -> bench -> report."""
     from rich.console import Console
+    from rich.markup import escape
 
     from .bench import bench, markdown_table, write_reports
     from .export.pipeline import export_model
@@ -104,7 +105,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, consol
     started = time.perf_counter()
     out_dir = Path(out_dir)
     dataset = write_digits_dataset(out_dir / "digits")
-    console.rule(f"dataset: {dataset} (scikit-learn handwritten digits, 10 classes)")
+    console.rule(escape(f"dataset: {dataset} (scikit-learn handwritten digits, 10 classes)"))
     config = TrainConfig(backbone="simple_cnn", weights="none", epochs=epochs, fine_tune_epochs=0,
                          batch_size=64, val_fraction=0.2, test_fraction=0.1, patience=4, flip=False)
     trained = train(dataset, out_dir / "model", config, console=console)
@@ -117,7 +118,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, consol
     for model in [str(trained.model_path), *artifacts]:
         result = evaluate_model(model, dataset, split="test", out_dir=out_dir / "eval" / Path(model).name, console=console)
         evaluations[Path(model).name] = result["accuracy"]
-        console.print(f"{Path(model).name:<24} test accuracy {result['accuracy']:.4f}")
+        console.print(f"{Path(model).name:<24} test accuracy {result['accuracy']:.4f}", markup=False)
     console.rule("benchmark")
     bench_report = bench(artifacts, threads=2, min_runs=50, min_seconds=1.0)
     json_path, md_path = write_reports(bench_report, out_dir / "bench")

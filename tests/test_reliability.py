@@ -150,7 +150,7 @@ def _coral_with_manifest(coral, folder: Path, name: str = "model_int8.tflite") -
     model = folder / name
     shutil.copy(coral / "mobilenet_v2_1.0_224_quant.tflite", model)
     engine = open_engine(model)
-    labels = (coral / "imagenet_labels.txt").read_text().splitlines()[1:]
+    labels = (coral / "imagenet_labels.txt").read_text().splitlines()  # 1001: "background" first
     Manifest("tflite", "int8", labels, Preprocessing.named("tf", (224, 224)),
              input={**engine.input.to_dict(), "layout": "NHWC"}, output={**engine.output.to_dict(), "activation": "softmax"},
              artifact_sha256=sha256_file(model), verification={"accuracy": 0.9}).save(model)
@@ -334,3 +334,41 @@ def test_packaging_metadata():
     assert project["requires-python"].startswith(">=3.11")  # tomllib is 3.11+
     assert project["license"] == "Apache-2.0"  # SPDX string: the table form is deprecated by setuptools
     assert any(d.startswith("hypothesis") for d in project["optional-dependencies"]["dev"])
+
+
+def test_edge_tpu_graph_hides_its_activation(coral):
+    """The Edge TPU build is one custom op: the graph cannot tell, so a model without a manifest
+    needs --activation instead of a guess (checked before the delegate is even loaded)."""
+    from edgecls.engines.litert import check_flatbuffer
+
+    tpu = coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+    assert check_flatbuffer(tpu, tpu.read_bytes())["edgecls.output_activation"] is None
+    cpu = coral / "mobilenet_v1_0.25_128_quant.tflite"
+    assert check_flatbuffer(cpu, cpu.read_bytes())["edgecls.output_activation"] == "softmax"
+
+
+def test_evaluate_prints_skipped_file_names_verbatim(coral, assets, tmp_path):
+    model = _coral_with_manifest(coral, tmp_path)
+    folder = tmp_path / "ds" / "macaw"
+    folder.mkdir(parents=True)
+    shutil.copy(assets / "images/imagenet-photos/parrot.jpg", folder / "parrot.jpg")
+    (folder / "bad[red].jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (tmp_path / "ds" / "stingray").mkdir()  # a second class named as a label
+    shutil.copy(assets / "images/imagenet-photos/hot_dog.jpg", tmp_path / "ds" / "stingray" / "hot_dog.jpg")
+    result = run_cli("evaluate", model, tmp_path / "ds", "--split", "all", "--out", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    assert f"{folder / 'bad[red].jpg'}: not a readable image" in result.stderr.replace("\n", "")
+
+
+def test_target_suitability_is_said(coral, tmp_path):
+    from edgecls.targets import engine_options_for
+
+    model = _coral_with_manifest(coral, tmp_path)
+    doc = json.loads(model.with_name(model.name + ".json").read_text())
+    doc["quantization"] = "fp16"
+    model.with_name(model.name + ".json").write_text(json.dumps(doc))
+    options, notes = engine_options_for(model, "laptop-cpu")
+    assert options == {"use_xnnpack": True}  # zero threads: the engine's default
+    assert notes == [f"{model.name} is tflite:fp16, not among target laptop-cpu's suitable artifacts "
+                     "(openvino:int8, onnx:int8, tflite:int8, openvino:fp32, onnx:fp32, tflite:fp32)"]
+    assert engine_options_for(model, "raspberrypi4")[1] == []
