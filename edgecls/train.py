@@ -260,8 +260,8 @@ def _feeder(images: np.ndarray, targets: np.ndarray, indices: np.ndarray, batch_
             seed: int, augmentation: Augmentation | None = None, multiple: int = 1, workers: int = 0):
     """uint8 batches (and targets) from the cache, prefetched by worker threads.
 
-    The order of epoch e is a permutation seeded by (seed, e), and the geometric augmentation
-    of batch i by (seed, e, i), so a resumed run sees the same batches as an uninterrupted one
+    The order of epoch e (`feed.epoch`, set by the training callback when an epoch begins) is a
+    permutation seeded by (seed, e), and the geometric augmentation of batch i by (seed, e, i), so a resumed run sees the same batches as an uninterrupted one
     whatever thread computed them. Within a batch rows are read in file order (sequential reads
     from the memory map). `multiple`: batch sizes are cut to multiples of the device count.
     """
@@ -294,10 +294,6 @@ def _feeder(images: np.ndarray, targets: np.ndarray, indices: np.ndarray, batch_
             if augmentation is not None and augmentation.geometric:
                 x = augmentation.warp_batch(x, np.random.default_rng([seed, self.epoch, i]))
             return x, targets[rows]
-
-        def on_epoch_end(self):
-            # Called after the prefetching threads stopped, before the next epoch starts them.
-            self.epoch += 1
 
     return Feed()
 
@@ -401,7 +397,7 @@ class Checkpoint:
         try:
             with np.load(self.state_path) as z:
                 state = json.loads(str(z["state"]))
-                for prefix, key in (("m", "model"), ("o", "optimizer"), ("b", "best")):
+                for prefix, key in (("m", "model"), ("o", "optimizer"), ("b", "best_arrays")):
                     state[key] = [z[f"{prefix}{i}"] for i in range(sum(1 for k in z.files if k[0] == prefix
                                                                          and k[1:].isdigit()))]
         except (OSError, ValueError, KeyError) as exc:
@@ -418,14 +414,19 @@ def _assign(variables, values) -> None:
 
 
 def _epoch_callback(net: _Net, phase: int, history: dict, patience: int, checkpoint: Checkpoint,
-                    state: dict, progress, name: str, epochs: int):
-    """One callback doing, after each epoch in this order: early stopping on val_loss (with the
-    best weights kept), the checkpoint, and the progress bar."""
+                    state: dict, progress, name: str, epochs: int, feed):
+    """One callback that tells the feeder which epoch begins (its data order and augmentation
+    follow the epoch number, also when resumed) and after each epoch does, in this order: early
+    stopping on val_loss (with the best weights kept), the checkpoint, and the progress bar."""
     keras = _keras()
 
     class EpochEnd(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.task = progress.add_task(name, total=epochs, completed=state["epoch"], metrics="")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # Keras starts the prefetching threads after this, when the epoch's first batch is asked for.
+            feed.epoch = epoch
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -504,21 +505,23 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
         _assign(net.wrapper.variables, resumed["model"])
         _assign(net.wrapper.optimizer.variables, resumed["optimizer"])
         state.update({k: resumed[k] for k in ("epoch", "best", "wait", "done")})
-        state["best_weights"] = resumed["best"] or None
+        state["best_weights"] = resumed["best_arrays"] or None
         history = {k: list(v) for k, v in resumed["phase_history"].items()}
         if state["done"]:
             if state["best_weights"] is not None:
                 net.wrapper.set_weights(state["best_weights"])
             return history
     train_feed, val_feed = feeds
-    train_feed.epoch = state["epoch"]
     name = "phase 1 (head)" if phase == 1 else "phase 2 (fine-tune)"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[metrics]}"))
     with Progress(*columns, console=console) as progress:
-        callback = _epoch_callback(net, phase, history, config.patience, checkpoint, state, progress, name, epochs)
+        callback = _epoch_callback(net, phase, history, config.patience, checkpoint, state, progress, name, epochs,
+                                   train_feed)
         net.wrapper.fit(train_feed, validation_data=val_feed, epochs=epochs, initial_epoch=state["epoch"], verbose=0,
-                        class_weight=class_weight, callbacks=[callback])
+                        # The feeder orders batches by (seed, epoch) itself; Keras' own shuffle
+                        # would draw from Python's global RNG, which a resumed run cannot replay.
+                        shuffle=False, class_weight=class_weight, callbacks=[callback])
     return history
 
 

@@ -1,0 +1,152 @@
+"""The training pipeline on real flowers photos with a tiny model (simple_cnn at 32 px, seconds):
+augmentation stays out of the saved model, determinism, resume after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = dict(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=3, fine_tune_epochs=0,
+            batch_size=8, seed=0, deterministic=True)
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """One image cache folder for this module's runs (and its subprocesses)."""
+    folder = tmp_path_factory.mktemp("edgecls_cache")
+    old = os.environ.get("EDGECLS_CACHE")
+    os.environ["EDGECLS_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("EDGECLS_CACHE", None)
+    else:
+        os.environ["EDGECLS_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def baseline(flowers, tmp_path_factory, cache_env):
+    """An uninterrupted deterministic run with augmentation (flip/contrast in the model, warps on the host)."""
+    from edgecls.train import TrainConfig, train
+
+    return train(flowers, tmp_path_factory.mktemp("baseline"), TrainConfig(**TINY))
+
+
+def _layer_structure(model_path: Path) -> list:
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+
+    def unnamed(value):  # layer names differ between models built in one process (conv2d, conv2d_1)
+        if isinstance(value, dict):
+            return {k: unnamed(v) for k, v in value.items() if k not in ("name", "seed")}
+        if isinstance(value, (list, tuple)):
+            return [unnamed(v) for v in value if not isinstance(v, str) or not v.startswith(("conv2d", "dense"))]
+        return value
+
+    def walk(m):
+        out = []
+        for layer in m.layers:
+            out.append((type(layer).__name__, json.dumps(unnamed(layer.get_config()), sort_keys=True, default=str)))
+            if hasattr(layer, "layers"):
+                out.extend(walk(layer))
+        return out
+
+    return walk(model)
+
+
+def test_saved_model_is_the_same_with_and_without_augmentation(flowers, baseline, tmp_path):
+    from edgecls.train import TrainConfig, train
+
+    plain = train(flowers, tmp_path, TrainConfig(**{**TINY, "epochs": 1, "augment": False}))
+    augmented, unaugmented = _layer_structure(baseline.model_path), _layer_structure(plain.model_path)
+    assert augmented == unaugmented
+    kinds = {kind for kind, _ in augmented}
+    assert not any(k.startswith("Random") or k in ("InModelAugment", "Normalize", "ToFloat") for k in kinds), kinds
+    manifest = json.loads((baseline.out_dir / "model.keras.json").read_text())
+    assert manifest["input"]["dtype"] == "float32"
+    assert manifest["source"]["training"]["precision"] == {"phase 1": "float32"}  # auto on a CPU
+
+
+def test_in_model_augmentation_acts_only_in_training():
+    import keras
+
+    from edgecls.augment import keras_layers
+
+    layer = keras_layers()["InModelAugment"](flip=True, contrast=0.3, brightness=0.1, seed=1)
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)).astype("float32")
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+    assert np.mean(np.abs(out - x)) > 1.0  # changed: flips, brightness and contrast applied
+
+
+def test_deterministic_runs_reproduce(flowers, baseline, tmp_path):
+    from edgecls.train import TrainConfig, train
+
+    again = train(flowers, tmp_path, TrainConfig(**TINY))
+    assert again.history["loss"] == baseline.history["loss"]
+    manifest = json.loads((again.out_dir / "model.keras.json").read_text())
+    assert manifest["source"]["training"]["deterministic"] is True
+
+
+_KILLABLE = """
+import sys
+from edgecls.train import TrainConfig, train
+if __name__ == "__main__":
+    train(sys.argv[1], sys.argv[2], TrainConfig(**{config}))
+"""
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(flowers, baseline, tmp_path, cache_env):
+    from edgecls.train import resume
+
+    out = tmp_path / "run"
+    script = tmp_path / "killable.py"
+    script.write_text(_KILLABLE.format(config=repr(TINY)))
+    proc = subprocess.Popen([sys.executable, str(script), str(flowers), str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoint" / "state.npz"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    # The first epoch's checkpoint just appeared: the run is in its second epoch of three.
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before its first checkpoint"
+    assert not (out / "model.keras.json").exists() and not (out / "model.keras").exists()
+
+    resumed = resume(out)
+    assert len(resumed.history["loss"]) == len(baseline.history["loss"]) == 3
+    # Same data order, augmentation, optimizer state and random state: the same numbers.
+    np.testing.assert_allclose(resumed.history["loss"], baseline.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed.history["val_loss"], baseline.history["val_loss"], rtol=1e-5)
+    manifest = json.loads((out / "model.keras.json").read_text())
+    assert manifest["source"]["training"]["resumed"] is True
+    assert not (out / "checkpoint").exists()  # a finished run leaves no checkpoint to resume
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(baseline):
+    from edgecls.errors import EdgeclsError
+    from edgecls.train import resume
+
+    with pytest.raises(EdgeclsError, match="no checkpoint to resume .that run finished."):
+        resume(baseline.out_dir)
+
+
+def test_options_are_validated_before_work(flowers, tmp_path):
+    from edgecls.errors import OptionError
+    from edgecls.train import TrainConfig, train
+
+    with pytest.raises(OptionError, match="precision must be one of"):
+        train(flowers, tmp_path, TrainConfig(**{**TINY, "precision": "fp8"}))
+    with pytest.raises(OptionError, match="needs the JAX backend"):
+        train(flowers, tmp_path, TrainConfig(**{**TINY, "data_parallel": True}))
