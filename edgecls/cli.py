@@ -76,7 +76,7 @@ def _threads(value: Optional[int]) -> None:
 @app.command()
 @friendly
 def train(
-    dataset: Path = typer.Argument(..., help="Image-folder dataset: one sub-folder per class."),
+    dataset: Optional[Path] = typer.Argument(None, help="Image-folder dataset: one sub-folder per class."),
     backbone: str = typer.Option("mobilenet_v2", help="Backbone recipe (see `edgecls backbones`)."),
     weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file (default: the recipe's)."),
     out: Path = typer.Option(Path("runs/train"), help="Output folder."),
@@ -93,8 +93,20 @@ def train(
     class_weights: bool = typer.Option(False, help="Weight classes inversely to their frequency."),
     augment: bool = typer.Option(True, help="Flip/rotate/zoom/contrast augmentation while training."),
     flip: bool = typer.Option(True, help="Horizontal flips in augmentation (turn off for digits or text)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (mixed precision; the saved model is float32)."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="Reproducible kernels (default: on for CPU, off on a GPU)."),
+    data_parallel: bool = typer.Option(False, help="Data parallel over all local devices (KERAS_BACKEND=jax)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the killed run in this output folder from its last epoch."),
 ):
     """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
+    if resume is not None:
+        from .train import resume as resume_run
+
+        return _train_summary(resume_run(resume, console=err.get()))
+    if dataset is None:
+        raise OptionError("missing DATASET (an image-folder dataset), or --resume OUT to continue a run")
+    one_of("--precision", precision, ("auto", "fp32", "bf16", "fp16"))
     size = _size(input_size)
     at_least("--epochs", epochs, 1)
     at_least("--fine-tune-epochs", fine_tune_epochs, 0)
@@ -113,8 +125,12 @@ def train(
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
-                         class_weights=class_weights, augment=augment, flip=flip)
-    result = run_train(dataset, out, config, console=err.get())
+                         class_weights=class_weights, augment=augment, flip=flip, precision=precision,
+                         deterministic=deterministic, data_parallel=data_parallel)
+    _train_summary(run_train(dataset, out, config, console=err.get()))
+
+
+def _train_summary(result) -> None:
     val, tr = result.metrics["val"], result.metrics["train"]
     show.print(f"model:      {result.model_path}", markup=False)
     show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")

@@ -81,8 +81,8 @@ class TrainConfig:
             raise OptionError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.workers < 0:
             raise OptionError(f"workers must be >= 0 (0: all cores), got {self.workers}")
-        if self.patience < 1:
-            raise OptionError(f"patience must be at least 1, got {self.patience}")
+        if self.patience < 0:
+            raise OptionError(f"patience must be >= 0, got {self.patience}")
         resolve_weights(self.weights or recipe.weights)
         return recipe
 
@@ -606,6 +606,8 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     labels = list(loaded.folder.classes)
     keras = _keras()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        set_determinism(True)  # before the backend initialises: XLA reads its flags once
     device = accelerator()
     deterministic = (device == "cpu") if config.deterministic is None else config.deterministic
     set_determinism(deterministic)

@@ -150,3 +150,13 @@ def test_options_are_validated_before_work(flowers, tmp_path):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "precision": "fp8"}))
     with pytest.raises(OptionError, match="needs the JAX backend"):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "data_parallel": True}))
+
+
+def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("train", "--resume", tmp_path)
+    assert proc.returncode != 0
+    assert "no checkpoint to resume" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", "--precision", "fp8", tmp_path)
+    assert proc.returncode != 0 and "--precision 'fp8'" in proc.stderr
