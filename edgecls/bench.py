@@ -34,16 +34,12 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 def host_info() -> dict[str, Any]:
-    """What machine a figure was measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+    """What machine a figure was measured on, with the ISA features that change int8 results."""
+    from .cpu import cpu_info
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cpu_features": cpu["features"], "cpu_class": cpu["class"],
+            "cores": os.cpu_count(), "machine": platform.machine(),
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "edgecls": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

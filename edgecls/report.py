@@ -52,6 +52,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
 def provenance(report: dict[str, Any]) -> str:
     """One paragraph on where the figures come from."""
     host = {k: report["host"].get(k, "?") for k in ("cpu", "cores", "machine", "os", "python", "edgecls", "date")}
+    host["cpu"] = f"{host['cpu']} [{', '.join(report['host'].get('cpu_features', [])) or 'ISA features unknown'}]"
     text = (f"Measured on this host: {host['cpu']} ({host['cores']} cores, {host['machine']}), {host['os']}, "
             f"Python {host['python']}, edgecls {host['edgecls']}, {host['date']}.")
     target = report.get("target")
@@ -208,6 +209,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
             if worse:
                 regressions.append(f"{name}: {label} {va:.4g} -> {vb:.4g} ({ratio:.2f}x)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if a["host"].get("cpu_class", "?") != b["host"].get("cpu_class", "?"):
+        lines += ["", f"Note: different CPU classes ({a['host'].get('cpu_class', '?')} vs {b['host'].get('cpu_class', '?')}): "
+                  "int8 kernels differ between them (VNNI, AVX2, NEON), so int8 accuracy and latency may too."]
     if a["host"].get("cpu") != b["host"].get("cpu"):
         lines += ["", f"Note: different machines ({a['host'].get('cpu')} vs {b['host'].get('cpu')}); ratios mix hardware and software changes."]
     return "\n".join(lines) + "\n", regressions

@@ -19,31 +19,28 @@ def test_export_agrees_with_keras(flowers_exports, flowers_model, flowers, key):
     report = flowers_exports[key]
     assert report.passed and report.error is None
     path = Path(report.path)
-    # Re-measure independently through the public runtime API, from the files on disk.
+    # Re-measure independently through the public runtime API, from the files on disk, on the
+    # validation split the model recorded.
     clf = Classifier.from_artifact(path)
     folder = data.scan(flowers)
-    split = data.split_indices(folder.targets, 0.2, 0.0, 0)
+    split = data.recorded_split(folder, clf.manifest.source.get("split"))
     val = data.load_images(folder, split["val"], clf.preprocessing)
     from edgecls.train import KerasScorer
 
     reference = KerasScorer(flowers_model.model_path).scores_resized(val.images)
     probs = clf.scores(val.images)
-    agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
-    # The goal is >= 0.95 for every artifact. Float artifacts agree fully; int8 ones measured
-    # 0.925-0.975 here: 1-3 of the 40 validation photos sit within a few points of a tie between
-    # two classes and flip under int8 noise (max |dp| ~0.15, like Coral's own int8 MobileNetV2).
-    # A broken conversion falls far below this bound.
-    assert agreement >= (0.95 if key.endswith("fp32") else 0.925), (key, agreement)
-    assert agreement == pytest.approx(report.top1_agreement)
+    assert float(np.mean(probs.argmax(1) == val.targets)) == pytest.approx(report.notes["val_accuracy"])
     manifest = json.loads(Path(str(path) + ".json").read_text())
     assert manifest["labels"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert manifest["verification"]["count"] == 40
+    assert manifest["verification"]["count"] == 120 and manifest["verification"]["val_count"] == 40
     if key.endswith("int8") and key.startswith("tflite"):
         assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["quantization"]["scale"] > 0
     if key.endswith("fp32"):
-        assert agreement == 1.0 and report.max_prob_diff < 1e-3
+        assert np.array_equal(probs.argmax(1), reference.argmax(1)) and report.max_prob_diff < 1e-3
     else:
-        assert abs(report.accuracy - report.reference_accuracy) <= 0.05
+        # int8 on the 40 validation photos alone: at most 3 flips (measured 0-2 on VNNI and on
+        # emulated AVX2; each flip is 2.5 points, hence the wide bound on so few photos).
+        assert float(np.mean(probs.argmax(1) == reference.argmax(1))) >= 0.925, key
 
 
 def test_int8_is_smaller(flowers_exports):
@@ -62,7 +59,7 @@ def test_cli_predict_and_evaluate_exported_model(flowers_exports, flowers, tmp_p
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["count"] == 40
-    assert metrics["accuracy"] == pytest.approx(flowers_exports["tflite:int8"].accuracy)
+    assert metrics["accuracy"] == pytest.approx(flowers_exports["tflite:int8"].notes["val_accuracy"])
     assert "train_accuracy" in metrics and (tmp_path / "confusion_matrix.png").stat().st_size > 1000
     assert "macro avg" in result.stdout
 

@@ -1,4 +1,11 @@
-"""Every (format, mode) of the registry at a small input size, the accuracy gate, bad options."""
+"""Every (format, mode) of the registry for the flowers MobileNetV2 at 224 (a model whose own
+accuracy is meaningful, so int8 flips are signal), the gate, the int8 scheme, bad options.
+
+Numeric bounds hold on AVX-512 VNNI and on AVX2-only hosts: the default ("portable") int8
+scheme uses only integer paths that cannot saturate on either (7-bit weights for onnxruntime and
+NNCF, XNNPACK's 32-bit accumulation for LiteRT), so int8 answers do not depend on the host's
+ISA; `test_int8_answers_do_not_depend_on_vnni` checks that under an emulated AVX2 CPU.
+"""
 from __future__ import annotations
 
 import json
@@ -14,46 +21,59 @@ from edgecls.export import FORMATS, resolve
 from edgecls.runtime import Classifier
 from tests.conftest import run_cli
 
-
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory, flowers, mobilenet_weights):
-    from edgecls.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("flowers96")
-    return train(flowers, out, TrainConfig(weights=str(mobilenet_weights), input_size=(96, 96), epochs=4,
-                                           fine_tune_epochs=0, seed=0))
-
-
-@pytest.fixture(scope="session")
-def matrix(small_model):
-    from edgecls.export.pipeline import export_model
-
-    reports = export_model(small_model.model_path, "all", "all", out_dir=small_model.out_dir / "matrix",
-                           max_accuracy_drop=100.0, calibration_count=100)
-    return {r.key: r for r in reports}
+LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 
 
 @pytest.mark.parametrize("key", sorted(f"{f}:{q}" for f, q in FORMATS))
-def test_every_format_and_mode_exports_and_runs(matrix, key, assets):
-    report = matrix[key]
+def test_every_format_and_mode_exports_and_runs(flowers_exports, key, assets):
+    report = flowers_exports[key]
     assert report.passed, report.error
     path = Path(report.path)
     assert path.exists() and Path(str(path) + ".json").exists()
-    assert report.top1_agreement >= 0.85, report.top1_agreement
+    # 120 images: 40 validation + 80 training images calibration did not see.
+    assert report.notes["count"] == 120 and report.notes["val_count"] == 40
+    lo, hi = report.notes["agreement_ci95"]
+    assert lo <= report.top1_agreement <= hi
     if key.endswith(("fp32", "fp16")):
-        assert report.top1_agreement >= 0.975 and report.max_prob_diff < 0.05
+        # Float artifacts compute what Keras computes up to rounding: no answer may change.
+        assert report.top1_agreement == 1.0 and report.max_prob_diff < 0.02, (key, report.max_prob_diff)
+    else:
+        # Measured 0.967-0.983 (4 to 2 flips of 120) for every int8 artifact, identical on VNNI
+        # and emulated AVX2. A conversion that breaks (wrong scale, saturation, lost layer) flips
+        # far more than the 12 images this bound allows; the accuracy bound is the same idea.
+        assert report.top1_agreement >= 0.9, (key, report.top1_agreement)
+        assert report.accuracy_drop_pp <= 5.0, (key, report.accuracy_drop_pp)
     clf = Classifier.from_artifact(path)
     manifest = clf.manifest
-    assert manifest.quantization == key.split(":")[1] and manifest.preprocessing.size == (96, 96)
+    assert manifest.quantization == key.split(":")[1] and manifest.preprocessing.size == (224, 224)
+    assert manifest.verification["cpu"]["features"] == report_cpu_features()
     daisy = sorted((assets / "data/flowers-small/daisy").iterdir())[0]
-    assert clf.predict(daisy, 1)[0][0] in manifest.labels
+    assert clf.predict(daisy, 1)[0][0] in LABELS
 
 
-def test_quantized_inputs_and_sizes(matrix):
+def report_cpu_features() -> list[str]:
+    from edgecls.cpu import cpu_info
+
+    return cpu_info()["features"]
+
+
+def test_int8_scheme_is_recorded(flowers_exports):
+    onnx = Classifier.from_artifact(flowers_exports["onnx:int8"].path).manifest.source["quantization_scheme"]
+    assert onnx == {"int8_cpu": "portable", "format": "QDQ", "activations": "uint8", "weights": "int8",
+                    "per_channel": True, "reduce_range": True, "calibration": "minmax"}
+    ov = Classifier.from_artifact(flowers_exports["openvino:int8"].path).manifest.source["quantization_scheme"]
+    assert ov["overflow_fix"] == "enable" and ov["int8_cpu"] == "portable"
+    tfl = Classifier.from_artifact(flowers_exports["tflite:int8"].path).manifest.source["quantization_scheme"]
+    assert tfl["io"] == "uint8"
+    assert "quantization_scheme" not in Classifier.from_artifact(flowers_exports["onnx:fp32"].path).manifest.source
+
+
+def test_quantized_inputs_and_sizes(flowers_exports):
+    matrix = flowers_exports
     int8 = Classifier.from_artifact(matrix["tflite:int8"].path)
     assert int8.engine.input.dtype == np.uint8 and int8.engine.input.quantized
     tpu = Classifier.from_artifact(matrix["tflite:edgetpu"].path)
-    assert tpu.engine.input.shape == (1, 96, 96, 3) and tpu.engine.input.dtype == np.uint8
+    assert tpu.engine.input.shape == (1, 224, 224, 3) and tpu.engine.input.dtype == np.uint8
     assert tpu.engine.output.dtype == np.uint8
     notes = matrix["tflite:edgetpu"].notes["edgetpu"]
     if not shutil.which("edgetpu_compiler"):
@@ -66,40 +86,77 @@ def test_quantized_inputs_and_sizes(matrix):
 
 
 @pytest.mark.parametrize("key", ["tflite:int8", "onnx:int8", "openvino:fp16"])
-def test_embedded_metadata_configures_runtime_without_sidecar(matrix, key, tmp_path):
-    src = Path(matrix[key].path)
+def test_embedded_metadata_configures_runtime_without_sidecar(flowers_exports, key, tmp_path):
+    src = Path(flowers_exports[key].path)
     for f in src.parent.glob(src.stem + ".*"):
         if not f.name.endswith(".json"):
             shutil.copy(f, tmp_path / f.name)
     clf = Classifier.from_artifact(tmp_path / src.name)  # no .json beside it
-    assert clf.labels == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert clf.labels == LABELS
     assert clf.preprocessing == Classifier.from_artifact(src).preprocessing
 
 
-def test_int8_io_dtype_option(small_model, tmp_path):
+def test_int8_io_dtype_and_arm_scheme(flowers_model, tmp_path):
     from edgecls.export.pipeline import export_model
 
-    (report,) = export_model(small_model.model_path, "tflite", "int8", out_dir=tmp_path, io_dtype="int8",
-                             max_accuracy_drop=100.0, calibration_count=50)
-    clf = Classifier.from_artifact(report.path)
+    (tfl, onnx) = export_model(flowers_model.model_path, "tflite,onnx", "int8", out_dir=tmp_path, io_dtype="int8",
+                               max_accuracy_drop=100.0, calibration_count=50, int8_cpu="arm")
+    clf = Classifier.from_artifact(tfl.path)
     assert clf.engine.input.dtype == np.int8 and clf.engine.output.dtype == np.int8
-    assert report.top1_agreement >= 0.85
+    scheme = Classifier.from_artifact(onnx.path).manifest.source["quantization_scheme"]
+    assert scheme["activations"] == "int8" and scheme["reduce_range"] is False and scheme["int8_cpu"] == "arm"
+    # S8S8 on x86 runs through onnxruntime's exact (non-saturating) path; same bound as above.
+    assert tfl.top1_agreement >= 0.9 and onnx.top1_agreement >= 0.9
+    # 50 calibration images leave 110 training images for verification.
+    assert tfl.notes["count"] == 40 + 110
 
 
-def test_gate_rejects_badly_calibrated_artifact(small_model, tmp_path):
+def test_gate_rejects_and_removes_an_earlier_artifact(flowers_model, flowers_exports, tmp_path):
     calib = tmp_path / "black"
     calib.mkdir()
     for i in range(8):
         cv2.imwrite(str(calib / f"{i}.png"), np.zeros((96, 96, 3), np.uint8))
     out = tmp_path / "out"
-    result = run_cli("export", small_model.model_path, "--format", "tflite", "--quant", "int8",
+    out.mkdir()
+    good = Path(flowers_exports["tflite:int8"].path)
+    for f in (good, Path(str(good) + ".json")):
+        shutil.copy(f, out / f.name)  # an artifact from an earlier run, valid on its own
+    result = run_cli("export", flowers_model.model_path, "--format", "tflite", "--quant", "int8",
                      "--calibration", calib, "--out", out, "--max-accuracy-drop", "1.0")
     assert result.returncode == 1, result.stderr
-    text = result.stderr.replace("\n", " ")
+    text = " ".join(result.stderr.split())
     assert "accuracy gate failed" in text and "more than the allowed 1.00 pp" in text
-    assert not list(out.glob("*.tflite")) and not list(out.glob(".staging*"))  # nothing deployable left
+    assert "removed the earlier model_int8.tflite" in text
+    assert not list(out.glob("*.tflite*")) and not list(out.glob(".staging*"))  # nothing deployable left
     summary = json.loads((out / "export_summary.json").read_text())
     assert summary["artifacts"][0]["passed"] is False and summary["artifacts"][0]["accuracy_drop_pp"] > 1.0
+    assert summary["host_cpu"]["features"] == report_cpu_features()
+
+
+def test_min_agreement_gate(flowers_model, tmp_path):
+    from edgecls.export.pipeline import export_model
+
+    (report,) = export_model(flowers_model.model_path, "onnx", "fp32", out_dir=tmp_path, min_agreement=1.0)
+    assert report.passed  # fp32 agrees on every image
+    with pytest.raises(OptionError, match="min_agreement"):
+        export_model(flowers_model.model_path, "onnx", "fp32", out_dir=tmp_path, min_agreement=1.5)
+
+
+def test_target_notes_where_int8_was_checked(flowers_model, tmp_path):
+    from edgecls.cpu import cpu_info
+    from edgecls.export.pipeline import export_model
+
+    export_model(flowers_model.model_path, "onnx", "int8", out_dir=tmp_path, max_accuracy_drop=100.0,
+                 calibration_count=20, target="raspberrypi4")
+    summary = json.loads((tmp_path / "export_summary.json").read_text())
+    assert summary["int8_cpu"] == "arm" and summary["target"] == "raspberrypi4"
+    assert any("the target device is arm" in n for n in summary["notes"])
+    if cpu_info()["class"] == "x86-vnni":
+        out = tmp_path / "laptop"
+        export_model(flowers_model.model_path, "onnx", "int8", out_dir=out, max_accuracy_drop=100.0,
+                     calibration_count=20, target="laptop-cpu", int8_cpu="x86-vnni")
+        notes = json.loads((out / "export_summary.json").read_text())["notes"]
+        assert any("may lack VNNI" in n and "may answer differently" in n for n in notes)
 
 
 @pytest.mark.parametrize("formats,quants,options,message", [
@@ -108,6 +165,8 @@ def test_gate_rejects_badly_calibrated_artifact(small_model, tmp_path):
     ("tflite", "int4", {}, "unknown quantization 'int4'"),
     ("openvino", "int8", {"io_dtype": "int8"}, "option io_dtype does not apply to openvino:int8; it applies to tflite:int8"),
     ("tflite", "int8", {"io_dtype": "int16"}, "io_dtype must be uint8 or int8"),
+    ("onnx", "int8", {"int8_cpu": "riscv"}, "int8_cpu 'riscv': expected one of portable, x86-vnni, x86-avx2, arm"),
+    ("onnx", "fp32", {"int8_cpu": "arm"}, "option int8_cpu does not apply to onnx:fp32"),
 ])
 def test_bad_options_are_rejected_before_work(formats, quants, options, message):
     with pytest.raises(OptionError) as info:

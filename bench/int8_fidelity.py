@@ -1,0 +1,171 @@
+"""int8 fidelity per CPU class: every int8 artifact's accuracy and top-1 agreement with the fp32
+Keras model on every photo of a dataset, on this host's ISA and on the capped ones that exist.
+
+CPU-class levers found (checked on this project's hosts):
+- onnxruntime (MLAS) and LiteRT (XNNPACK) have no ISA cap of their own; they dispatch on CPUID.
+  qemu-user (`qemu-x86_64 -cpu Haswell-v4`, Debian package qemu-user) emulates an AVX2 CPU without
+  AVX-512/VNNI, so the same wheels take their AVX2 code paths (slow: timings mean nothing there).
+- OpenVINO: oneDNN honours ONEDNN_MAX_CPU_ISA=AVX2 in the release wheel, but OpenVINO's own
+  kernels do not (OV_CPU_MAX_ISA is debug-build only in 2025.4), so that cap is partial; qemu
+  caps everything.
+
+    python bench/int8_fidelity.py [--model runs/x/model.keras] [--schemes portable,x86-vnni] [--no-emulate]
+
+Prints one row per (artifact, CPU) and the int8/fp32 p50 latency per engine on the host; writes
+bench/results/int8_fidelity.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+QEMU_AVX2 = ["qemu-x86_64", "-cpu", "Haswell-v4"]
+FORMATS = ("tflite", "onnx", "openvino")
+
+
+def worker(images_path: str, out_path: str, artifacts: list[str]) -> int:
+    """Score every image with every artifact through the device runtime (no TensorFlow)."""
+    import numpy as np
+
+    from edgecls.runtime import Classifier
+
+    images = np.load(images_path)
+    scores = {}
+    for path in artifacts:
+        clf = Classifier.from_artifact(path, num_threads=1)
+        scores[Path(path).name] = clf.scores(images)
+    np.savez(out_path, **scores)
+    return 0
+
+
+def cpu_runs(host_class: str, emulate: bool) -> list[tuple[str, list[str], dict[str, str], set[str]]]:
+    """(label, command prefix, environment, engines it caps) for each CPU class to measure."""
+    runs = [(f"host ({host_class})", [], {}, set(FORMATS))]
+    if host_class == "x86-vnni":
+        runs.append(("openvino ONEDNN_MAX_CPU_ISA=AVX2", [], {"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"openvino"}))
+        if emulate and shutil.which(QEMU_AVX2[0]):
+            runs.append(("x86-avx2 (qemu -cpu Haswell-v4)", QEMU_AVX2, {"EDGECLS_CPU_FEATURES": "avx2"}, set(FORMATS)))
+        elif emulate:
+            print("qemu-x86_64 not found (apt-get install qemu-user): no emulated AVX2 run", file=sys.stderr)
+    return runs
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2], sys.argv[3], sys.argv[4:])
+    import numpy as np
+
+    from edgecls import data
+    from edgecls.cpu import cpu_info
+    from edgecls.export.verify import compare
+    from edgecls.manifest import atomic_write_text, load_manifest
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=Path(os.environ.get("EDGECLS_ASSETS", ROOT.parent / "shared")))
+    parser.add_argument("--model", type=Path, help="a .keras model trained by edgecls (default: train flowers-small)")
+    parser.add_argument("--dataset", type=Path, help="default: the model's dataset")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "int8_fidelity")
+    parser.add_argument("--schemes", default="portable", help="comma list of --int8-cpu classes to export")
+    parser.add_argument("--no-emulate", dest="emulate", action="store_false")
+    parser.add_argument("--no-latency", dest="latency", action="store_false")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    cli = [sys.executable, "-m", "edgecls.cli"]
+    model = args.model or args.work / "model" / "model.keras"
+    if not model.exists():
+        subprocess.run([*cli, "train", str(args.assets / "data/flowers-small"), "--out", str(model.parent),
+                        "--weights", str(args.assets / "models/keras/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"),
+                        "--epochs", "8", "--fine-tune-epochs", "5", "--seed", "0"], check=True)
+    manifest = load_manifest(model)
+    dataset = args.dataset or Path(manifest.source["dataset"])
+    schemes = [s for s in args.schemes.split(",") if s]
+    artifacts: dict[str, Path] = {}
+    for i, scheme in enumerate(schemes):
+        out = args.work / f"export-{scheme}"
+        quants = "fp32,int8" if i == 0 else "int8"
+        subprocess.run([*cli, "export", str(model), "--format", ",".join(FORMATS), "--quant", quants, "--out", str(out),
+                        "--int8-cpu", scheme, "--max-accuracy-drop", "100", "--dataset", str(dataset)], check=True)
+        for r in json.loads((out / "export_summary.json").read_text())["artifacts"]:
+            if r["passed"]:
+                artifacts[f"{r['key']}" + (f" ({scheme})" if r["quant"] == "int8" else "")] = Path(r["path"])
+
+    folder = data.scan(dataset)
+    loaded = data.load_images(folder, range(len(folder.files)), manifest.preprocessing)
+    images_path = args.work / "images.npy"
+    np.save(images_path, loaded.images)
+    from edgecls.train import KerasScorer
+
+    reference = KerasScorer(model).scores_resized(loaded.images)
+    targets = data.label_indices(folder, manifest.labels)[loaded.targets]
+    host = cpu_info()
+    rows = []
+    host_scores = {}
+    for label, prefix, env, engines in cpu_runs(host["class"], args.emulate):
+        chosen = {k: p for k, p in artifacts.items() if k.split(":")[0] in engines and (not prefix and not env or "int8" in k)}
+        out = args.work / f"scores-{len(rows)}.npz"
+        started = time.time()
+        subprocess.run([*prefix, sys.executable, __file__, "--worker", str(images_path), str(out),
+                        *map(str, chosen.values())], check=True, env={**os.environ, **env},
+                       stderr=subprocess.DEVNULL if prefix else None)
+        got = np.load(out)
+        for key, path in chosen.items():
+            probs = got[path.name]
+            stats = compare(reference, probs, targets, len(targets))
+            if not prefix and not env:
+                host_scores[key] = probs
+            same_as_host = float(np.mean(probs.argmax(1) == host_scores[key].argmax(1))) if key in host_scores else None
+            rows.append({"artifact": key, "cpu": label, **{k: stats[k] for k in (
+                "count", "accuracy", "reference_accuracy", "accuracy_drop_pp", "top1_agreement", "agreement_ci95",
+                "max_prob_diff")}, "agreement_with_host_run": same_as_host})
+            r = rows[-1]
+            print(f"{key:<26} {label:<34} acc {r['accuracy']:.4f} (Keras {r['reference_accuracy']:.4f}, "
+                  f"{-r['accuracy_drop_pp']:+.2f} pp) agreement {r['top1_agreement']:.4f} "
+                  f"[{r['agreement_ci95'][0]:.3f}, {r['agreement_ci95'][1]:.3f}] max|dp| {r['max_prob_diff']:.3f}"
+                  + (f" same-as-host {same_as_host:.4f}" if same_as_host is not None and (prefix or env) else ""),
+                  flush=True)
+        print(f"  ({label}: {time.time() - started:.0f} s)", flush=True)
+
+    latency = {}
+    if args.latency:
+        from edgecls.bench import bench_artifact
+
+        for key, path in artifacts.items():
+            res = bench_artifact(path, engine_options={"num_threads": 2}, batch=1, min_runs=50, min_seconds=2.0)
+            latency[key] = res["latency_ms"]["p50"]
+        for fmt in FORMATS:
+            for key in [k for k in artifacts if k.startswith(f"{fmt}:int8")]:
+                ratio = latency[key] / latency[f"{fmt}:fp32"]
+                print(f"{key:<26} p50 {latency[key]:.2f} ms vs fp32 {latency[f'{fmt}:fp32']:.2f} ms: {ratio:.2f}x")
+    result = {"host_cpu": host, "model": str(model), "dataset": str(dataset), "count": int(len(targets)),
+              "rows": rows, "p50_ms": latency}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "int8_fidelity.json", json.dumps(result, indent=2) + "\n")
+    lines = [f"# int8 fidelity on {len(targets)} photos ({dataset.name})", "",
+             f"Host: {host['model']} ({host['class']}: {', '.join(host['features'])}). "
+             "Command: `python bench/int8_fidelity.py " + " ".join(sys.argv[1:]) + "`", "",
+             "| artifact | CPU | accuracy | Keras | Δ pp | agreement [95% CI] | max abs dp | same as host |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        same = f"{r['agreement_with_host_run']:.4f}" if r["agreement_with_host_run"] is not None else "-"
+        lines.append(f"| {r['artifact']} | {r['cpu']} | {r['accuracy']:.4f} | {r['reference_accuracy']:.4f} | "
+                     f"{-r['accuracy_drop_pp']:+.2f} | {r['top1_agreement']:.4f} [{r['agreement_ci95'][0]:.3f}, "
+                     f"{r['agreement_ci95'][1]:.3f}] | {r['max_prob_diff']:.3f} | {same} |")
+    if latency:
+        lines += ["", "| artifact | p50 ms (batch 1, 2 threads, host) |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in latency.items()]
+    atomic_write_text(args.out / "int8_fidelity.md", "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
