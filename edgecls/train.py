@@ -67,6 +67,8 @@ class TrainConfig:
     data_parallel: bool = False         # keras.distribution.DataParallel over all local devices (JAX)
     workers: int = 0                    # processes decoding the cache; 0: all cores
     cache_dir: str | None = None        # default: edgecls.cache.cache_root()
+    fold: list[int] | None = None       # [k, i]: validate on fold i of a stratified k-fold split (edgecls cv)
+    oversample: bool = False            # draw minority-class training images again, up to the largest class
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
@@ -235,7 +237,12 @@ def _set_distribution(config: TrainConfig) -> int:
 def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console) -> TrainingData:
     """Scan and split the dataset and open (or build) its decoded-image cache."""
     folder = data_mod.scan(dataset)
-    split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
+    if config.fold:
+        from .cv import fold_indices
+
+        split = fold_indices(folder.targets, *config.fold, seed=config.seed)
+    else:
+        split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
     if len(split["val"]) == 0:
         raise OptionError("the validation split is empty; raise --val-fraction or add images")
     cache = cached_images(folder, preprocessing, console, config.cache_dir, config.workers or None)
@@ -251,6 +258,9 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     for index, name in enumerate(folder.classes):
         if not np.any(folder.targets[train_idx] == index):
             raise EdgeclsError(f"{folder.root / name}: no readable training images for class '{name}'")
+    from .imbalance import report_class_counts
+
+    report_class_counts(folder.classes, folder.targets[train_idx], console)
     if len(val_idx) == 0:
         raise EdgeclsError(f"{folder.root}: no readable images in the validation split")
     return TrainingData(folder, split, cache, train_idx, val_idx, skipped)
@@ -618,7 +628,10 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
         console.print("no fine-tuning phase: without pretrained weights the whole network trained from the start")
     images, targets = loaded.cache.images, loaded.folder.targets
     augmentation = Augmentation(flip=config.flip) if config.augment else None
-    feeds = (_feeder(images, targets, loaded.train, config.batch_size, shuffle=True, seed=config.seed,
+    from .imbalance import oversampled
+
+    train_feed = oversampled(loaded.train, targets, config.seed) if config.oversample else loaded.train
+    feeds = (_feeder(images, targets, train_feed, config.batch_size, shuffle=True, seed=config.seed,
                      augmentation=augmentation, multiple=devices),
              _feeder(images, targets, loaded.val, config.batch_size, shuffle=False, seed=config.seed, multiple=devices))
     class_weight = _class_weight(targets[loaded.train], len(labels)) if config.class_weights else None
