@@ -317,8 +317,14 @@ def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: label file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: label file is not UTF-8 text, expected one label per line") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the label file ({exc.strerror})") from None
     labels = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue

@@ -372,3 +372,26 @@ def test_target_suitability_is_said(coral, tmp_path):
     assert notes == [f"{model.name} is tflite:fp16, not among target laptop-cpu's suitable artifacts "
                      "(openvino:int8, onnx:int8, tflite:int8, openvino:fp32, onnx:fp32, tflite:fp32)"]
     assert engine_options_for(model, "raspberrypi4")[1] == []
+
+
+def test_hostile_model_and_label_files_are_one_line_errors(coral, assets, tmp_path):
+    """Random bytes as OpenVINO IR (no protobuf noise), an IR without tensors, random bytes as an
+    ONNX model, a binary label file: exit 2 with one error naming the file."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "noise.xml").write_bytes(rng.bytes(3000))
+    (tmp_path / "noise.bin").write_bytes(rng.bytes(100))
+    (tmp_path / "empty.xml").write_text('<?xml version="1.0"?><net name="x" version="11"><layers></layers></net>')
+    (tmp_path / "empty.bin").write_bytes(b"")
+    (tmp_path / "noise.onnx").write_bytes(rng.bytes(2000))
+    (tmp_path / "labels.bin").write_bytes(bytes(range(128, 256)) * 8)
+    photo, labels = assets / "images/imagenet-photos/parrot.jpg", coral / "imagenet_labels.txt"
+    cases = [(tmp_path / "noise.xml", labels, "not a loadable OpenVINO IR"),
+             (tmp_path / "empty.xml", labels, "the model has 0 input and 0 output tensors"),
+             (tmp_path / "noise.onnx", labels, "not a loadable ONNX model"),
+             (coral / "mobilenet_v2_1.0_224_quant.tflite", tmp_path / "labels.bin", "label file is not UTF-8 text")]
+    for model, label_file, message in cases:
+        result = run_cli("predict", model, photo, "--labels", label_file, "--normalization", "tf")
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines[0].startswith("error: ") and message in result.stderr.replace("\n", ""), result.stderr
+        assert "Traceback" not in result.stderr and "libprotobuf" not in result.stderr

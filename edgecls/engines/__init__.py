@@ -5,6 +5,9 @@ Each engine wraps one interpreter behind the same four members (`input`, `output
 """
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -68,6 +71,48 @@ def register_engine(spec: EngineSpec) -> EngineSpec:
 register_engine(EngineSpec("litert", (".tflite",), "litert", "runtime", ("num_threads", "use_xnnpack", "delegate")))
 register_engine(EngineSpec("onnxruntime", (".onnx",), "onnx", "onnx", ("num_threads",)))
 register_engine(EngineSpec("openvino", (".xml",), "openvino", "openvino", ("num_threads", "device", "performance_hint", "precision")))
+
+
+@contextmanager
+def filtered_stderr(drop: tuple[bytes, ...]):
+    """Capture file descriptor 2 while native code runs, then pass on every line except those
+    starting with one of `drop` (a runtime's routine chatter): warnings and errors still show."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    sink = os.memfd_create("edgecls-stderr") if hasattr(os, "memfd_create") else _temp_fd()
+    os.dup2(sink, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.lseek(sink, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(sink, 1 << 16):
+            chunks.append(chunk)
+        os.close(sink)
+        kept = [line for line in b"".join(chunks).splitlines(keepends=True) if not line.startswith(drop)]
+        if kept:
+            os.write(2, b"".join(kept))
+
+
+def _temp_fd() -> int:
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="edgecls-stderr-")
+    os.unlink(name)
+    return fd
+
+
+def require_tensors(path: Path, inputs: int, outputs: int) -> None:
+    """A classifier needs at least one input and one output tensor (the first of each is used)."""
+    if inputs < 1 or outputs < 1:
+        raise ModelError(f"{path}: the model has {inputs} input and {outputs} output tensors; "
+                         "expected an image input and a class-score output")
 
 
 def engine_for(path: str | Path) -> EngineSpec:

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 import struct
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError, missing_extra
-from . import TensorInfo
+from . import TensorInfo, filtered_stderr, require_tensors
 
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
@@ -155,39 +153,9 @@ def _final_activation(producers: dict[int, tuple[int, list[int]]], outputs: list
 CHATTER = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
-@contextmanager
 def quiet_stderr():
-    """Capture file descriptor 2 while LiteRT's C++ code runs, then pass on every line except
-    its routine INFO chatter: warnings and errors still reach the user."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    sink = os.memfd_create("edgecls-stderr") if hasattr(os, "memfd_create") else _temp_fd()
-    os.dup2(sink, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.lseek(sink, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(sink, 1 << 16):
-            chunks.append(chunk)
-        os.close(sink)
-        kept = [line for line in b"".join(chunks).splitlines(keepends=True) if not line.startswith(CHATTER)]
-        if kept:
-            os.write(2, b"".join(kept))
-
-
-def _temp_fd() -> int:
-    import tempfile
-
-    fd, name = tempfile.mkstemp(prefix="edgecls-stderr-")
-    os.unlink(name)
-    return fd
+    """LiteRT's set-up with its routine INFO chatter removed from stderr (other lines kept)."""
+    return filtered_stderr(CHATTER)
 
 
 def _tensor_info(d: dict) -> TensorInfo:
@@ -240,6 +208,7 @@ class LiteRTEngine:
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?): {exc}") from None
+        require_tensors(path, len(self._interp.get_input_details()), len(self._interp.get_output_details()))
         self.input = _tensor_info(self._interp.get_input_details()[0])
         self.output = _tensor_info(self._interp.get_output_details()[0])
         self._in_index = self._interp.get_input_details()[0]["index"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, missing_extra
-from . import TensorInfo
+from . import TensorInfo, require_tensors
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -114,6 +114,7 @@ class OnnxRuntimeEngine:
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"{path}: not a loadable ONNX model (truncated or corrupt?): {exc}") from None
+        require_tensors(path, len(self._session.get_inputs()), len(self._session.get_outputs()))
         self.input = _info(self._session.get_inputs()[0])
         self.output = _info(self._session.get_outputs()[0])
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)

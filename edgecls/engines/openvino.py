@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, missing_extra
-from . import TensorInfo
+from . import TensorInfo, filtered_stderr, require_tensors
 
 
 def _info(port) -> TensorInfo:
@@ -34,14 +34,23 @@ class OpenVINOEngine:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         self._core, self._device, self._config = core, device, config
         try:
-            self._model = core.read_model(str(path))
+            # A file that is not IR makes OpenVINO try its other frontends, which log protobuf
+            # parse errors; the exception below says it all.
+            with filtered_stderr((b"[libprotobuf ERROR",)):
+                self._model = core.read_model(str(path))
             self.rt_info = {k: str(v) for k, v in _flat_rt_info(self._model).items()}
+            require_tensors(path, len(self._model.inputs), len(self._model.outputs))
             self.input = _info(self._model.input(0))
             self.output = _info(self._model.output(0))
             self.output_activation = _final_activation(self._model)
+        except RuntimeError as exc:
+            raise ModelError(f"{path}: not a loadable OpenVINO IR (truncated or corrupt?): {_first_line(exc)}") from None
+        try:
             self._compile(1 if self.input.shape[0] == -1 else self.input.shape[0])
         except RuntimeError as exc:
-            raise ModelError(f"{path}: not a loadable OpenVINO IR (truncated or corrupt?): {exc}") from None
+            # Options (device, hint, precision, threads) are the usual cause here, not the file.
+            raise ModelError(f"{path}: OpenVINO cannot compile this model for device {device!r} with "
+                             f"{config}: {_first_line(exc)}") from None
 
     def _compile(self, batch: int) -> None:
         # A static batch compiles to faster kernels than a dynamic one; another batch size
@@ -78,6 +87,11 @@ def _final_activation(model) -> str | None:
     except (RuntimeError, AttributeError, IndexError):
         return None
     return "none"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def _flat_rt_info(model) -> dict:
