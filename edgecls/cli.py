@@ -15,7 +15,7 @@ from typing import List, Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the output
 
 from . import cli_light  # noqa: E402
-from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, one_of, positive, within  # noqa: E402
+from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, folder_option, one_of, positive, within  # noqa: E402
 
 cli_light.fast_predict()  # a plain `edgecls predict` runs and exits here, before Typer and Rich load
 
@@ -50,6 +50,9 @@ def friendly(fn):
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise stopped() from None
+        except OSError as exc:  # the machine's state (disk full, permissions, a file where a folder goes)
+            err.print(f"[bold red]error:[/] {escape(cli_light.describe_os_error(exc))}", highlight=False)
+            raise typer.Exit(2) from None
         if stop_requested():  # an interrupt swallowed by a broad `except` below: never report success
             raise stopped()
         return result
@@ -119,6 +122,7 @@ def train(
         raise OptionError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training images")
     at_least("--seed", seed, 0)
     at_least("--patience", patience, 0)
+    folder_option("--out", out)
     from .train import TrainConfig, train as run_train
 
     config = TrainConfig(backbone=backbone, weights=weights, input_size=size, epochs=epochs,
@@ -164,6 +168,7 @@ def export(
     at_least("--calibration-count", calibration_count, 1)
     within("--max-accuracy-drop", max_accuracy_drop, 0, 100)
     one_of("--io-dtype", io_dtype, ("uint8", "int8"))
+    folder_option("--out", out)
     from .cpu import INT8_CPU_CLASSES
 
     one_of("--int8-cpu", int8_cpu, tuple(INT8_CPU_CLASSES))
@@ -259,6 +264,7 @@ def evaluate(
     _threads(threads)
     one_of("--activation", activation, ("softmax", "none"))
     one_of("--split", split, ("train", "val", "test", "all", "auto"))
+    folder_option("--out", out)
     from .workflows import evaluate_model
 
     options = {"num_threads": threads, "activation": activation} if model.suffix != ".keras" else {}
@@ -299,6 +305,7 @@ def bench(
     positive("--timeout", timeout)
     one_of("--activation", activation, ("softmax", "none"))
     check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    folder_option("--out", out)
     from .report import markdown, write_all
 
     report = run_bench(artifacts, target=target, dataset=dataset, rounds=rounds, threads=threads,
@@ -404,6 +411,7 @@ def quickstart(
 ):
     """The whole pipeline on the embedded digits dataset: train, export, evaluate, benchmark, report."""
     at_least("--epochs", epochs, 1)
+    folder_option("--out", out)
     from .workflows import quickstart as run_quickstart
 
     result = run_quickstart(out, epochs, console=err.get())

@@ -73,6 +73,12 @@ def one_of(option: str, value: str | None, allowed: Sequence[str]) -> None:
         raise OptionError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
 
 
+def folder_option(option: str, path: Path | None) -> None:
+    """An output folder option must not name an existing file (found before any work is done)."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path}: is a file, expected a folder (it is created when missing)")
+
+
 def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
     at_least("--top-k", top_k, 1)
     at_least("--threads", threads, 1)
@@ -110,6 +116,12 @@ def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Cal
             for key, value in (more or {}).items():
                 out(f"  {key}: {value}")
     return failed
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file, then what went wrong."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 class _Fallback(Exception):
@@ -185,6 +197,9 @@ def fast_predict() -> None:
                              lambda line: print(line, flush=True), warn)
     except EdgeclsError as exc:
         warn(f"error: {exc}")
+        sys.exit(2)
+    except OSError as exc:
+        warn(f"error: {describe_os_error(exc)}")
         sys.exit(2)
     except KeyboardInterrupt:
         warn("terminated (SIGTERM)" if interrupted_exit_code() == 143 else "interrupted")

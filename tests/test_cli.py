@@ -124,6 +124,9 @@ BAD_OPTIONS = [
     (["evaluate", "{model}", "{flowers}", "--split", "valid"], "--split 'valid': expected one of train, val"),
     (["quickstart", "--epochs", "0", "--out", "{tmp}/q"], "--epochs must be at least 1"),
     (["report", "compare", "{tmp}/list.json", "{tmp}/list.json"], "a JSON list, expected an object"),
+    (["bench", "{model}", "--out", "{tmp}/list.json"], "--out {tmp}/list.json: is a file, expected a folder"),
+    (["train", "{flowers}", "--out", "{tmp}/list.json"], "--out {tmp}/list.json: is a file"),
+    (["evaluate", "{model}", "{flowers}", "--out", "{tmp}/list.json"], "--out {tmp}/list.json: is a file"),
 ]
 
 
@@ -137,7 +140,7 @@ def test_every_option_is_range_checked_before_work(coral, assets, flowers, tmp_p
     for args, message in BAD_OPTIONS:
         result = run_cli(*[a.format(**values) for a in args])
         assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert message in result.stderr.replace("\n", ""), (args, result.stderr)
+        assert message.format(**values) in result.stderr.replace("\n", ""), (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
