@@ -101,6 +101,9 @@ def train(
                                                  help="Reproducible kernels (default: on for CPU, off on a GPU)."),
     data_parallel: bool = typer.Option(False, help="Data parallel over all local devices (KERAS_BACKEND=jax)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the killed run in this output folder from its last epoch."),
+    recipe: Optional[Path] = typer.Option(None, help="Training recipe TOML (`edgecls tune` writes one); options "
+                                          "given here win over it."),
+    oversample: bool = typer.Option(False, help="Draw minority-class images again up to the largest class."),
 ):
     """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
     if resume is not None:
@@ -130,7 +133,11 @@ def train(
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip, precision=precision,
-                         deterministic=deterministic, data_parallel=data_parallel)
+                         deterministic=deterministic, data_parallel=data_parallel, oversample=oversample)
+    if recipe is not None:
+        from .tune import apply_recipe, load_recipe
+
+        config = apply_recipe(config, load_recipe(recipe))
     _train_summary(run_train(dataset, out, config, console=err.get()))
 
 
@@ -519,6 +526,130 @@ def ensemble(
                    f"{result.metrics['gain_over_best_member_pp']:+.2f} pp")
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
+
+
+def _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_size, learning_rate, dropout, seed,
+                 augment, oversample, class_weights, recipe):
+    """A TrainConfig from the shared cv/tune options (a --recipe fills what the options leave at default)."""
+    from .train import TrainConfig
+
+    at_least("--epochs", epochs, 1)
+    at_least("--fine-tune-epochs", fine_tune_epochs, 0)
+    at_least("--batch-size", batch_size, 1)
+    within("--learning-rate", learning_rate, 0, 10, low_open=True)
+    within("--dropout", dropout, 0, 1, high_open=True)
+    at_least("--seed", seed, 0)
+    config = TrainConfig(backbone=backbone, weights=weights, input_size=_size(input_size), epochs=epochs,
+                         fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         dropout=dropout, seed=seed, augment=augment, oversample=oversample, class_weights=class_weights)
+    if recipe is not None:
+        from .tune import apply_recipe, load_recipe
+
+        config = apply_recipe(config, load_recipe(recipe))
+    config.validate()
+    return config
+
+
+@app.command("cv")
+@friendly
+def cross_validation(
+    dataset: Path = typer.Argument(..., help="Image-folder dataset: one sub-folder per class."),
+    folds: int = typer.Option(5, help="Number of stratified folds (at least 2)."),
+    out: Path = typer.Option(Path("runs/cv"), help="Output folder: cv.json, cv.md, cv.png and one model per fold."),
+    probe: bool = typer.Option(False, "--probe", help="The frozen linear probe instead of training: backbone features "
+                               "once, logistic regression per fold (fast)."),
+    recipe: Optional[Path] = typer.Option(None, help="Training recipe TOML (`edgecls tune` writes one)."),
+    backbone: str = typer.Option("mobilenet_v2", help="Backbone recipe (see `edgecls backbones`)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file."),
+    input_size: Optional[str] = typer.Option(None, help="N or HxW (default: the backbone's)."),
+    epochs: int = typer.Option(10, help="Phase 1 epochs."),
+    fine_tune_epochs: int = typer.Option(5, help="Phase 2 epochs; 0 skips."),
+    batch_size: int = typer.Option(32),
+    learning_rate: float = typer.Option(1e-3),
+    dropout: float = typer.Option(0.2),
+    seed: int = typer.Option(0, help="Seeds the fold assignment and the training."),
+    augment: bool = typer.Option(True),
+    oversample: bool = typer.Option(False, help="Draw minority-class images again up to the largest class."),
+    class_weights: bool = typer.Option(False, help="Weight classes inversely to their frequency."),
+):
+    """Stratified k-fold cross-validation: mean ± std of accuracy and macro F1, per-fold table and plot."""
+    from rich.markup import escape
+
+    at_least("--folds", folds, 2)
+    config = _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_size, learning_rate, dropout,
+                          seed, augment, oversample, class_weights, recipe)
+    if probe:
+        from .cv import probe_cv, probe_features
+
+        feats, targets, labels = probe_features(dataset, config.backbone, config.weights, config.input_size)
+        result = probe_cv(feats, targets, labels, folds, seed, out, "balanced" if class_weights else None)
+    else:
+        from .cv import cross_validate
+
+        result = cross_validate(dataset, out, config, folds, console=err.get() if hasattr(err, "get") else err,
+                                on_fold=lambda r: err.print(f"fold {r['fold']}: accuracy {r['accuracy']:.4f}, "
+                                                            f"macro F1 {r['macro_f1']:.4f}", highlight=False))
+    show.print(Path(result.paths["md"]).read_text(), markup=False)
+    show.print(result.line(), highlight=False, markup=False)
+    show.print(f"table: {escape(result.paths['md'])}\nplot:  {escape(result.paths['png'])}", highlight=False)
+
+
+@app.command("tune")
+@friendly
+def tune_command(
+    dataset: Path = typer.Argument(..., help="Image-folder dataset: one sub-folder per class."),
+    out: Path = typer.Option(Path("runs/tune"), help="Output folder: trials.md/json, tune.png, best_recipe.toml."),
+    trials: int = typer.Option(10, help="Budget: number of trials (trial 0 is the untuned configuration)."),
+    timeout: Optional[float] = typer.Option(None, help="Budget: stop starting trials after this many seconds."),
+    folds: int = typer.Option(3, help="Score by this many CV folds; 0 scores on the validation split (faster, noisier)."),
+    sizes: Optional[str] = typer.Option(None, help="Input sizes to search, such as 96,128,160."),
+    backbones: Optional[str] = typer.Option(None, help="Backbones to search, such as mobilenet_v2,efficientnet_b0."),
+    fine_tune: Optional[str] = typer.Option(None, help="Fine-tuning epochs to search, such as 0,5 (0: frozen backbone)."),
+    recipe: Optional[Path] = typer.Option(None, help="Start from this training recipe TOML."),
+    backbone: str = typer.Option("mobilenet_v2"),
+    weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file."),
+    input_size: Optional[str] = typer.Option(None, help="N or HxW of the untuned configuration."),
+    epochs: int = typer.Option(10),
+    fine_tune_epochs: int = typer.Option(5),
+    batch_size: int = typer.Option(32),
+    seed: int = typer.Option(0),
+):
+    """Search learning rate, dropout, augmentation (and sizes, backbones, fine-tuning) with Optuna; save the best recipe."""
+    from rich.markup import escape
+
+    from .tune import search_space, tune as run_tune
+
+    at_least("--trials", trials, 1)
+    if timeout is not None:
+        within("--timeout", timeout, 0, 7 * 86400, low_open=True)
+    if folds == 1 or folds < 0:
+        raise OptionError(f"--folds must be 0 or at least 2, got {folds}")
+
+    def items(value: Optional[str], name: str) -> list[str]:
+        parts = [p.strip() for p in (value or "").split(",") if p.strip()]
+        if value is not None and not parts:
+            raise OptionError(f"{name} {value!r}: expected a comma list")
+        return parts
+
+    try:
+        size_list = [int(s) for s in items(sizes, "--sizes")]
+        tune_list = [int(s) for s in items(fine_tune, "--fine-tune")]
+    except ValueError:
+        raise OptionError("--sizes and --fine-tune take comma lists of whole numbers, such as 96,128") from None
+    for s in size_list:
+        within("--sizes", s, 32, 1024)
+    base = _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_size, 1e-3, 0.2, seed, True,
+                        False, False, recipe)
+    space = search_space(base, size_list, items(backbones, "--backbones"), tune_list)
+    result = run_tune(dataset, out, base, trials, timeout, folds, space, seed,
+                      console=err.get() if hasattr(err, "get") else err,
+                      on_trial=lambda r: err.print(f"trial {r['trial']}: score {r['score']:.4f} ({r['seconds']:.0f} s) "
+                                                   f"{json.dumps(r['params'])}", highlight=False, markup=False))
+    show.print(Path(result.paths["md"]).read_text(), markup=False)
+    show.print(f"untuned {result.baseline['score']:.4f} -> best {result.best['score']:.4f} "
+               f"({100 * result.improvement:+.1f} points)", highlight=False)
+    show.print(f"recipe: {escape(result.paths['recipe'])}  (edgecls train DATASET --recipe ...)\n"
+               f"plot:   {escape(result.paths['png'])}", highlight=False)
 
 
 def main() -> None:

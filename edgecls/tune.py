@@ -1,0 +1,302 @@
+"""Hyperparameter search with Optuna over `edgecls.train` settings, scored by cross-validation
+or by the validation split, within a budget of trials or seconds.
+
+Optuna rather than KerasTuner: edgecls trains through its own `train()` (two phases, caches,
+checkpoints), so the search needs a black-box "config in, score out" optimiser, which is
+Optuna's model; KerasTuner wants to own the model-building function and the fit loop. Optuna's
+TPE sampler also handles the conditional, mixed space (log-scaled rates, booleans, sizes)
+and stops on a time budget. The untuned configuration is always trial 0, so the best result
+is compared with it in the same run, on the same folds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import OptionError
+from .manifest import atomic_write_text
+
+RECIPE_TABLE = "train"
+
+# (TrainConfig field, kind, arguments). Fields the TrainConfig lacks are left out of the space.
+SPACE: list[tuple[str, str, tuple]] = [
+    ("learning_rate", "log", (1e-4, 1e-2)),
+    ("dropout", "float", (0.0, 0.5)),
+    ("weight_decay", "log", (1e-6, 1e-2)),
+    ("label_smoothing", "float", (0.0, 0.2)),
+    ("augment", "categorical", ((True, False),)),
+    ("augment_strength", "float", (0.0, 1.0)),
+    ("fine_tune_learning_rate", "log", (1e-5, 1e-3)),
+]
+
+
+def _missing_optuna():
+    from .errors import missing_extra
+
+    return missing_extra("optuna", "train")
+
+
+@dataclass
+class TuneResult:
+    trials: list[dict[str, Any]]
+    best: dict[str, Any]
+    baseline: dict[str, Any]
+    recipe_path: Path
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def improvement(self) -> float:
+        return self.best["score"] - self.baseline["score"]
+
+
+def config_fields() -> dict[str, Any]:
+    from .train import TrainConfig
+
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def search_space(base, sizes: Sequence[int] = (), backbones: Sequence[str] = (),
+                 fine_tune: Sequence[int] = ()) -> list[tuple[str, str, tuple]]:
+    """The dimensions searched for `base` (a TrainConfig): those of SPACE it has, plus input
+    sizes, backbones and fine-tuning epochs (0: frozen backbone) when more than one is given."""
+    known = config_fields()
+    space = [d for d in SPACE if d[0] in known]
+    if len(set(sizes)) > 1:
+        space.append(("input_size", "categorical", (tuple(sorted(set(int(s) for s in sizes))),)))
+    if len(set(backbones)) > 1:
+        space.append(("backbone", "categorical", (tuple(sorted(set(backbones))),)))
+    if len(set(fine_tune)) > 1:
+        space.append(("fine_tune_epochs", "categorical", (tuple(sorted(set(int(e) for e in fine_tune))),)))
+    return space
+
+
+def _sample(trial, space) -> dict[str, Any]:
+    out = {}
+    for name, kind, args in space:
+        if kind == "log":
+            out[name] = trial.suggest_float(name, *args, log=True)
+        elif kind == "float":
+            out[name] = trial.suggest_float(name, *args)
+        else:
+            out[name] = trial.suggest_categorical(name, list(args[0]))
+    if "input_size" in out:
+        out["input_size"] = (int(out["input_size"]), int(out["input_size"]))
+    return out
+
+
+def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeout: float | None = None,
+         folds: int = 3, space: list | None = None, seed: int = 0, console=None,
+         on_trial: Callable[[dict], None] | None = None) -> TuneResult:
+    """Search `space` around `base` (a TrainConfig). Score: mean CV accuracy over `folds` folds, or
+    the validation accuracy of one split when `folds` is 0. Writes trials.json/md, tune.png and
+    best_recipe.toml (for `edgecls train --recipe`)."""
+    try:
+        import optuna
+    except ImportError:
+        raise _missing_optuna() from None
+    from .cv import cross_validate
+    from .train import train
+
+    if trials < 1:
+        raise OptionError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise OptionError(f"--timeout must be positive seconds, got {timeout}")
+    if folds == 1 or folds < 0:
+        raise OptionError(f"--folds must be 0 (score on the validation split) or at least 2, got {folds}")
+    base.validate()
+    space = _including(base, search_space(base) if space is None else space)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+
+    def objective(trial) -> float:
+        params = _sample(trial, space)
+        config = dataclasses.replace(base, **params)
+        config.validate()
+        started = time.perf_counter()
+        where = out_dir / "trials" / f"trial_{trial.number:03d}"
+        if folds:
+            cv = cross_validate(dataset, where, config, folds, console=console, name=f"trial {trial.number}")
+            score, std = cv.summary["accuracy"]["mean"], cv.summary["accuracy"]["std"]
+            f1 = cv.summary["macro_f1"]["mean"]
+        else:
+            result = train(dataset, where, config, console=console)
+            score, std, f1 = result.metrics["val"]["accuracy"], 0.0, result.metrics["val"]["macro"]["f1"]
+        row = {"trial": trial.number, "score": float(score), "std": float(std), "macro_f1": float(f1),
+               "seconds": round(time.perf_counter() - started, 1), "params": _plain(params)}
+        rows.append(row)
+        if on_trial:
+            on_trial(row)
+        return score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    # Trial 0 is the untuned configuration: the baseline, scored on the same folds.
+    study.enqueue_trial({name: _plain_value(getattr(base, name)) for name, _, _ in space
+                         if _in_space(getattr(base, name), name, space)}, skip_if_exists=True)
+    study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=True)
+    baseline = rows[0]
+    best = max(rows, key=lambda r: (r["score"], -r["trial"]))
+    best_config = dataclasses.replace(base, **_from_plain(best["params"]))
+    recipe_path = save_recipe(best_config, out_dir / "best_recipe.toml",
+                              note=f"edgecls tune: best of {len(rows)} trials, "
+                                   f"{'%d-fold CV' % folds if folds else 'validation'} accuracy {best['score']:.4f} "
+                                   f"(untuned {baseline['score']:.4f})")
+    result = TuneResult(rows, best, baseline, recipe_path)
+    payload = {"dataset": str(dataset), "folds": folds, "space": [list(map(str, d[:2])) for d in space],
+               "trials": rows, "best": best, "baseline": baseline}
+    atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out_dir / "trials.md", trials_table(result, folds))
+    result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
+                    "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(recipe_path)}
+    return result
+
+
+def _including(base, space: list) -> list:
+    """The space widened to contain the untuned values, so trial 0 is exactly the baseline."""
+    out = []
+    for name, kind, args in space:
+        value = _plain_value(getattr(base, name))
+        if kind in ("log", "float") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            args = (min(args[0], value), max(args[1], value)) if (kind == "float" or value > 0) else args
+        elif kind == "categorical" and value not in [_plain_value(v) for v in args[0]]:
+            args = (tuple(args[0]) + (value,),)
+        out.append((name, kind, args))
+    return out
+
+
+def _in_space(value, name, space) -> bool:
+    for n, kind, args in space:
+        if n == name:
+            if kind in ("log", "float"):
+                return args[0] <= value <= args[1]
+            return _plain_value(value) in [_plain_value(v) for v in args[0]]
+    return False
+
+
+def _plain_value(v):
+    if isinstance(v, (tuple, list)):
+        return int(v[0]) if len(v) == 2 and v[0] == v[1] else list(v)
+    return v
+
+
+def _plain(params: dict) -> dict:
+    return {k: _plain_value(v) for k, v in params.items()}
+
+
+def _from_plain(params: dict) -> dict:
+    out = dict(params)
+    if isinstance(out.get("input_size"), int):
+        out["input_size"] = (out["input_size"], out["input_size"])
+    return out
+
+
+def save_recipe(config, path: str | Path, note: str = "") -> Path:
+    """A training recipe TOML (`[train]` table of TrainConfig fields) for `edgecls train --recipe`."""
+    lines = [f"# {note}" if note else "# edgecls training recipe", "# use with: edgecls train DATASET --recipe THIS_FILE",
+             f"[{RECIPE_TABLE}]"]
+    for k, v in dataclasses.asdict(config).items():
+        if v is None or k in ("fold", "cache_dir", "workers"):
+            continue
+        lines.append(f"{k} = {_toml(v)}")
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The `[train]` table of a recipe TOML, checked against TrainConfig's fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"--recipe {path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get(RECIPE_TABLE)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--recipe {path}: not valid TOML ({exc})") from None
+    if not isinstance(table, dict):
+        raise OptionError(f"--recipe {path}: no [{RECIPE_TABLE}] table")
+    known = config_fields()
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise OptionError(f"--recipe {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "input_size" in table:
+        size = table["input_size"]
+        table["input_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    return table
+
+
+def apply_recipe(config, recipe: dict[str, Any]):
+    """`config` with the recipe's settings, except where `config` differs from TrainConfig's
+    defaults (an option given on the command line wins over the recipe)."""
+    from .train import TrainConfig
+
+    default = TrainConfig()
+    keep = {k for k in recipe if getattr(config, k) != getattr(default, k)}
+    merged = dataclasses.replace(config, **{k: v for k, v in recipe.items() if k not in keep})
+    merged.validate()
+    return merged
+
+
+def trials_table(result: TuneResult, folds: int) -> str:
+    score = f"{folds}-fold CV accuracy" if folds else "validation accuracy"
+    names = sorted({k for r in result.trials for k in r["params"]})
+    lines = [f"# edgecls tune: {len(result.trials)} trials, score = {score}", "",
+             "| trial | score | ± std | macro F1 | s | " + " | ".join(names) + " |",
+             "| ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(names)]
+    for r in result.trials:
+        mark = " (untuned)" if r is result.baseline else (" (best)" if r is result.best else "")
+        values = [_fmt(r["params"].get(n)) for n in names]
+        lines.append(f"| {r['trial']}{mark} | {r['score']:.4f} | {r['std']:.4f} | {r['macro_f1']:.4f} | "
+                     f"{r['seconds']:.0f} | " + " | ".join(values) + " |")
+    lines += ["", f"best {result.best['score']:.4f} vs untuned {result.baseline['score']:.4f} "
+                  f"({100 * result.improvement:+.1f} points); recipe: {result.recipe_path}"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def plot_trials(result: TuneResult, path: str | Path, folds: int) -> Path:
+    """Score per trial with the best so far, the untuned baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = [r["trial"] for r in result.trials]
+    y = np.asarray([r["score"] for r in result.trials])
+    err = [r["std"] for r in result.trials]
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(x) + 3), 3.6))
+    ax.errorbar(x, y, yerr=err if folds else None, fmt="o", label="trial")
+    ax.plot(x, np.maximum.accumulate(y), "-", label="best so far")
+    ax.axhline(result.baseline["score"], color="gray", linestyle="--", label="untuned (trial 0)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{folds}-fold CV accuracy" if folds else "validation accuracy")
+    ax.set_title("edgecls tune")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
