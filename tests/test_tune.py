@@ -1,0 +1,56 @@
+"""edgecls tune: an Optuna search whose trial 0 is the untuned config, and the recipe it saves."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
+    out = tmp_path / "tune"
+    proc = run_cli("tune", flowers, "--trials", "2", "--folds", "0", "--input-size", "96", "--epochs", "2",
+                   "--fine-tune-epochs", "0", "--batch-size", "16", "--weights", mobilenet_weights, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "trials.json").read_text())
+    trials = report["trials"]
+    assert len(trials) == 2
+    # Trial 0 is the untuned configuration, exactly.
+    assert trials[0]["params"]["learning_rate"] == pytest.approx(1e-3) and trials[0]["params"]["dropout"] == 0.2
+    assert trials[1]["params"] != trials[0]["params"]
+    assert report["best"]["score"] == max(t["score"] for t in trials)
+    assert "untuned" in proc.stdout and (out / "tune.png").stat().st_size > 5_000
+
+    from edgecls.tune import load_recipe
+
+    recipe = load_recipe(out / "best_recipe.toml")
+    assert recipe["learning_rate"] == pytest.approx(report["best"]["params"]["learning_rate"])
+    assert recipe["input_size"] == (96, 96) and recipe["epochs"] == 2
+
+
+def test_recipe_round_trip_and_precedence(tmp_path):
+    from edgecls.train import TrainConfig
+    from edgecls.tune import apply_recipe, load_recipe, save_recipe
+
+    tuned = TrainConfig(learning_rate=0.0042, dropout=0.35, input_size=(128, 128), augment=False, fine_tune_epochs=0)
+    path = save_recipe(tuned, tmp_path / "r.toml", note="test")
+    recipe = load_recipe(path)
+    merged = apply_recipe(TrainConfig(), recipe)
+    assert (merged.learning_rate, merged.dropout, merged.input_size, merged.augment) == (0.0042, 0.35, (128, 128), False)
+    # An option given on the command line (differs from the default) wins over the recipe.
+    assert apply_recipe(TrainConfig(dropout=0.1), recipe).dropout == 0.1
+
+
+def test_recipe_errors(tmp_path):
+    from edgecls.errors import OptionError
+    from edgecls.tune import load_recipe
+
+    (tmp_path / "bad.toml").write_text("[train]\nlearning_rat = 0.1\n")
+    with pytest.raises(OptionError, match="unknown settings learning_rat"):
+        load_recipe(tmp_path / "bad.toml")
+    (tmp_path / "broken.toml").write_text("[train\n")
+    with pytest.raises(OptionError, match="not valid TOML"):
+        load_recipe(tmp_path / "broken.toml")
+    with pytest.raises(OptionError, match="no such file"):
+        load_recipe(tmp_path / "missing.toml")
