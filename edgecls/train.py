@@ -266,7 +266,12 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     return TrainingData(folder, split, cache, train_idx, val_idx, skipped)
 
 
-def _feeder(images: np.ndarray, targets: np.ndarray, indices: np.ndarray, batch_size: int, *, shuffle: bool,
+def _reader(images):
+    """rows -> uint8 pictures, from an ImageCache (pread, nothing stays mapped) or an array."""
+    return images.read if isinstance(images, ImageCache) else (lambda rows: np.asarray(images[rows]))
+
+
+def _feeder(images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.ndarray, batch_size: int, *, shuffle: bool,
             seed: int, augmentation: Augmentation | None = None, multiple: int = 1, workers: int = 0):
     """uint8 batches (and targets) from the cache, prefetched by worker threads.
 
@@ -276,6 +281,7 @@ def _feeder(images: np.ndarray, targets: np.ndarray, indices: np.ndarray, batch_
     from the memory map). `multiple`: batch sizes are cut to multiples of the device count.
     """
     keras = _keras()
+    read = _reader(images)
     workers = workers or max(2, min(8, os.cpu_count() or 2))  # >1 makes Keras prefetch in threads
     count = len(indices)
     n_batches = count // batch_size + (1 if count % batch_size >= multiple else 0)
@@ -300,7 +306,7 @@ def _feeder(images: np.ndarray, targets: np.ndarray, indices: np.ndarray, batch_
         def __getitem__(self, i):
             rows = self.order()[i * batch_size : (i + 1) * batch_size]
             rows = np.sort(rows[: len(rows) - len(rows) % multiple])
-            x = images[rows]
+            x = read(rows)
             if augmentation is not None and augmentation.geometric:
                 x = augmentation.warp_batch(x, np.random.default_rng([seed, self.epoch, i]))
             return x, targets[rows]
@@ -550,10 +556,11 @@ def save_model(model, out_dir: Path) -> Path:
     return model_path
 
 
-def evaluate_split(model, images: np.ndarray, indices: np.ndarray, targets: np.ndarray,
+def evaluate_split(model, images: np.ndarray | ImageCache, indices: np.ndarray, targets: np.ndarray,
                    preprocessing: Preprocessing, labels: list[str], batch_size: int = 64) -> Metrics:
     """Metrics of the inference model on cached images, normalised as the runtime does."""
-    probs = [np.asarray(model.predict_on_batch(preprocessing.normalize(images[np.sort(indices[i : i + batch_size])])))
+    read = _reader(images)
+    probs = [np.asarray(model.predict_on_batch(preprocessing.normalize(read(np.sort(indices[i : i + batch_size])))))
              for i in range(0, len(indices), batch_size)]
     order = np.concatenate([np.sort(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)])
     return compute_metrics(targets[order], np.concatenate(probs).argmax(1), labels)
@@ -626,7 +633,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     fine_tune = bool(config.fine_tune_epochs and recipe.fine_tune_from and not whole)
     if config.fine_tune_epochs and whole:
         console.print("no fine-tuning phase: without pretrained weights the whole network trained from the start")
-    images, targets = loaded.cache.images, loaded.folder.targets
+    images, targets = loaded.cache, loaded.folder.targets
     augmentation = Augmentation(flip=config.flip) if config.augment else None
     from .imbalance import oversampled
 
@@ -693,7 +700,7 @@ def _finish(model, out_dir: Path, dataset: Path, config: TrainConfig, recipe: Re
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
     atomic_write_text(out_dir / "history.json", json.dumps({"phase_boundary": phase_boundary, **history}, indent=2))
     plot_history(history, phase_boundary, out_dir / "training_curves.png")
-    images, targets = loaded.cache.images, loaded.folder.targets
+    images, targets = loaded.cache, loaded.folder.targets
     train_metrics = evaluate_split(model, images, loaded.train, targets, preprocessing, labels)
     val_metrics = evaluate_split(model, images, loaded.val, targets, preprocessing, labels)
     plot_confusion(val_metrics, out_dir / "confusion_matrix.png", "Validation confusion matrix")

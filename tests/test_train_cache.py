@@ -33,6 +33,8 @@ def test_miss_then_hit_gives_the_loaders_pixels(small_set, tmp_path):
     assert not second.built and second.path == first.path
     reference = data.load_images(folder, range(12), p).images
     assert np.array_equal(np.asarray(second.images), reference)  # same pixels as the one Preprocessing
+    rows = np.array([0, 1, 2, 5, 9, 10, 11])  # runs of consecutive rows and single ones
+    assert np.array_equal(second.read(rows), reference[rows])
     # Another preprocessing is another cache.
     other = build_cache(folder.files, Preprocessing.named("tf", (48, 48)), root=tmp_path / "c", workers=1)
     assert other.built and other.path != first.path
