@@ -149,6 +149,11 @@ def _train_summary(result) -> None:
     show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}", markup=False)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
+    from .cv import small_split_note
+
+    note = small_split_note(val["accuracy"], int(val["count"]))
+    if note:
+        err.print(f"note: {note}", markup=False, highlight=False)
 
 
 @app.command()

@@ -192,3 +192,27 @@ def plot_folds(result: CVResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+SMALL_SPLIT = 200  # below this many validation images, one split's accuracy is a rough guide only
+
+
+def wilson_interval(correct: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of `correct` out of `count`."""
+    if count <= 0:
+        return 0.0, 1.0
+    p = correct / count
+    denom = 1 + z * z / count
+    centre = (p + z * z / (2 * count)) / denom
+    half = z * np.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def small_split_note(accuracy: float, count: int) -> str | None:
+    """A note for training summaries when the validation split is too small to trust, else None."""
+    if count >= SMALL_SPLIT:
+        return None
+    low, high = wilson_interval(round(accuracy * count), count)
+    return (f"the validation split has only {count} images: accuracy {accuracy:.3f} means anywhere from {low:.3f} "
+            f"to {high:.3f} (95% interval), too wide to rank recipes; run `edgecls cv DATASET --folds 5` for a "
+            "mean ± std over folds")

@@ -61,3 +61,13 @@ def test_linear_probe_cv(flowers, mobilenet_weights, tmp_path):
     # Measured 0.815 ± 0.05 at 96 px; 0.7 leaves room for host float differences in the features.
     assert result.summary["accuracy"]["mean"] > 0.7 and len(result.folds) == 5
     assert (tmp_path / "cv.png").is_file()
+
+
+def test_small_validation_split_note():
+    from edgecls.cv import small_split_note, wilson_interval
+
+    low, high = wilson_interval(34, 40)
+    assert (round(low, 3), round(high, 3)) == (0.709, 0.929)  # the textbook Wilson interval for 34/40
+    note = small_split_note(0.85, 40)
+    assert "only 40 images" in note and "0.709 to 0.929" in note and "edgecls cv" in note
+    assert small_split_note(0.9, 500) is None
