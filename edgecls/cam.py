@@ -129,6 +129,12 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     return Path(path)
 
 
+def _dequantized(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    if scale and np.issubdtype(raw.dtype, np.integer):
+        return (raw.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return raw.astype(np.float32)
+
+
 @dataclass
 class CamOutputs:
     probabilities: np.ndarray   # (classes,)
@@ -160,18 +166,15 @@ class FeatureMapRunner:
         interp = mod.Interpreter(model_path=str(self.path))
         interp.allocate_tensors()
         outs = interp.get_output_details()
-        self._run = lambda x: [self._dequant(interp, x, d) for d in outs]
-        self._input = interp.get_input_details()[0]
-        self._interp = interp
-        self._check([tuple(d["shape"]) for d in outs])
+        index = interp.get_input_details()[0]["index"]
 
-    @staticmethod
-    def _dequant(interp, _x, d) -> np.ndarray:
-        raw = interp.get_tensor(d["index"])
-        scale, zero = d.get("quantization", (0.0, 0))
-        if scale and np.issubdtype(raw.dtype, np.integer):
-            return (raw.astype(np.float32) - np.float32(zero)) * np.float32(scale)
-        return raw.astype(np.float32)
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            interp.set_tensor(index, x)
+            interp.invoke()
+            return [_dequantized(interp.get_tensor(d["index"]), *d.get("quantization", (0.0, 0))) for d in outs]
+
+        self._run = run
+        self._check([tuple(d["shape"]) for d in outs])
 
     def _open_onnx(self) -> None:
         try:
@@ -183,7 +186,6 @@ class FeatureMapRunner:
         sess = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         self._run = lambda x: [np.asarray(o, dtype=np.float32) for o in sess.run(None, {name: x})]
-        self._interp = None
         self._check([tuple(o.shape) for o in sess.get_outputs()])
 
     def _check(self, shapes: list[tuple]) -> None:
@@ -195,11 +197,7 @@ class FeatureMapRunner:
 
     def run(self, model_input: np.ndarray) -> CamOutputs:
         """One prepared input (H, W, 3) in the engine's dtype -> probabilities and feature map."""
-        x = model_input[None]
-        if self._interp is not None:
-            self._interp.set_tensor(self._input["index"], x)
-            self._interp.invoke()
-        outs = self._run(x)
+        outs = self._run(np.ascontiguousarray(model_input[None]))
         return CamOutputs(outs[self._prob_index].reshape(-1), outs[self._fmap_index][0])
 
 
@@ -213,13 +211,8 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     from .preprocess import read_rgb
     from .runtime import looks_like_probabilities, softmax
 
-    kernel = load_cam_weights(classifier.path)
     labels = list(classifier.labels)
-    if kernel.shape[1] != len(labels):
-        raise ModelError(f"{cam_weights_path(classifier.path)}: {kernel.shape[1]} classes, the model has {len(labels)}")
-    runner = getattr(classifier, "_cam_runner", None)
-    if runner is None:
-        runner = classifier._cam_runner = FeatureMapRunner(classifier.path, len(labels))
+    kernel, runner = _opened(classifier.path, len(labels))
     rgb = read_rgb(image_path)
     outs = runner.run(classifier.prepare(rgb))
     probs = outs.probabilities if looks_like_probabilities(outs.probabilities) else softmax(outs.probabilities)
@@ -233,6 +226,20 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     write_png(out, overlay(rgb, heat))
     return {"image": str(image_path), "predicted": labels[predicted], "probability": float(probs[predicted]),
             "explained": labels[chosen], "overlay": str(out)}
+
+
+_OPENED: dict[str, tuple[np.ndarray, FeatureMapRunner]] = {}
+
+
+def _opened(path: Path, num_classes: int) -> tuple[np.ndarray, FeatureMapRunner]:
+    """CAM weights and runner of an artifact, opened once per process (predict loops over images)."""
+    key = str(Path(path).resolve())
+    if key not in _OPENED:
+        kernel = load_cam_weights(path)
+        if kernel.shape[1] != num_classes:
+            raise ModelError(f"{cam_weights_path(path)}: {kernel.shape[1]} classes, the model has {num_classes}")
+        _OPENED[key] = (kernel, FeatureMapRunner(path, num_classes))
+    return _OPENED[key]
 
 
 def _safe(name: str) -> str:

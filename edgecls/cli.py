@@ -489,6 +489,8 @@ def explain(
 
     if limit < 1:
         raise EdgeclsError(f"--limit must be at least 1, got {limit}")
+    if not images and not gallery:
+        raise EdgeclsError("nothing to explain: give image files, or keep the gallery of mistakes (--gallery)")
     for r in explain_images(model, images or [], out, class_name):
         show.print(f"{escape(r['image'])}: predicted {escape(r['predicted'])} ({r['probability']:.3f}); "
                    f"evidence for {escape(r['explained'])}: {escape(r['overlay'])}", highlight=False)

@@ -138,8 +138,9 @@ def cam_kernel(model) -> np.ndarray:
     if kinds[-1] != "Dense" or body != ["GlobalAveragePooling2D"]:
         raise ModelError(f"model {model.name!r}: on-device CAM needs a global average pooling + dense head, "
                          f"this head is {' -> '.join(kinds)}")
-    return np.asarray(split.head[-1].kernel.numpy() if hasattr(split.head[-1].kernel, "numpy")
-                      else split.head[-1].kernel, dtype=np.float32)
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(split.head[-1].kernel), dtype=np.float32)
 
 
 def with_feature_output(model, feature_first: bool = False):
