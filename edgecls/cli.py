@@ -73,7 +73,7 @@ def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def _threads(value: Optional[int]) -> None:
-    at_least("--threads", value, 1)
+    cli_light.threads_option(value)
 
 
 @app.command()

@@ -79,9 +79,15 @@ def folder_option(option: str, path: Path | None) -> None:
         raise OptionError(f"{option} {path}: is a file, expected a folder (it is created when missing)")
 
 
+def threads_option(threads: int | None) -> None:
+    """Engine threads: at least 1, and a number an engine's C++ int takes."""
+    if threads is not None and not 1 <= threads <= 1024:
+        raise OptionError(f"--threads must be from 1 to 1024, got {threads}")
+
+
 def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
     at_least("--top-k", top_k, 1)
-    at_least("--threads", threads, 1)
+    threads_option(threads)
     one_of("--activation", activation, ("softmax", "none"))
 
 
