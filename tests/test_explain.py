@@ -175,3 +175,15 @@ def test_predict_explain_cli(assets, explain_tflite, tmp_path):
         assert missing.returncode == 2 and "cam.npz" in missing.stderr and "Traceback" not in missing.stderr
     finally:
         (tmp_path / "moved.npz").rename(explain_tflite.with_name("model.tflite.cam.npz"))
+
+
+def test_device_cam_module_stays_light():
+    """On the device, CAM needs numpy, OpenCV and the engine: never TensorFlow or Keras."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgecls.cam, edgecls.imbalance; "
+            "heavy = [m for m in ('tensorflow', 'keras', 'sklearn', 'onnx') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
