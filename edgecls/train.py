@@ -541,6 +541,33 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
     return history
 
 
+def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig, checkpoint: Checkpoint,
+               resumed: dict | None, class_weight: dict | None, console, fine_tune_from: str):
+    """Run the phases in order (from the resumed one), each on a net built under its dtype policy
+    and starting from the previous phase's weights; returns (net, history, phase boundary)."""
+    start_phase = resumed["phase"] if resumed else 1
+    history: dict[str, list[float]] = {k: list(v) for k, v in (resumed or {}).get("earlier_history", {}).items()}
+    phase_boundary = (resumed or {}).get("phase_boundary", 0)
+    net = None
+    for phase, epochs, lr in phases:
+        if phase < start_phase:
+            continue
+        previous, net = net, build(policies[phase], phase == 2)
+        if previous is not None:
+            net.wrapper.set_weights(previous.wrapper.get_weights())
+        if phase == 2:
+            console.print(f"phase 2: fine-tuning the backbone from '{fine_tune_from}'")
+        this = resumed if resumed and resumed["phase"] == phase else None
+        # Written into every checkpoint of the phase, so a resume knows what came before.
+        extra = _Extra(checkpoint, {"earlier_history": history, "phase_boundary": phase_boundary})
+        phase_history = fit_phase(net, phase, epochs, lr, feeds, config, extra, this, class_weight, console)
+        if phase == 1:
+            phase_boundary = len(phase_history.get("loss", []))
+        for k, v in phase_history.items():
+            history.setdefault(k, []).extend(v)
+    return net, history, phase_boundary
+
+
 def _class_weight(targets: np.ndarray, num_classes: int) -> dict[int, float]:
     counts = np.bincount(targets, minlength=num_classes)
     return {i: float(len(targets) / (num_classes * c)) for i, c in enumerate(counts) if c}
@@ -564,19 +591,6 @@ def evaluate_split(model, images: np.ndarray | ImageCache, indices: np.ndarray, 
              for i in range(0, len(indices), batch_size)]
     order = np.concatenate([np.sort(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)])
     return compute_metrics(targets[order], np.concatenate(probs).argmax(1), labels)
-
-
-def _float32_copy(net: _Net, recipe: Recipe, labels: list[str], input_size, weights, config, preprocessing,
-                  fine_tuned: bool):
-    """The inference model under the float32 policy on one device (what is saved and exported)."""
-    keras = _keras()
-    if net.policy == "float32" and not config.data_parallel:
-        return net.inference
-    if config.data_parallel:
-        keras.distribution.set_distribution(None)
-    copy = _build_net(recipe, labels, input_size, weights, config, preprocessing, "float32", fine_tuned)
-    copy.inference.set_weights(net.inference.get_weights())
-    return copy.inference
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -642,37 +656,25 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                      augmentation=augmentation, multiple=devices),
              _feeder(images, targets, loaded.val, config.batch_size, shuffle=False, seed=config.seed, multiple=devices))
     class_weight = _class_weight(targets[loaded.train], len(labels)) if config.class_weights else None
+    phases = [(1, config.epochs, config.learning_rate)] + (
+        [(2, config.fine_tune_epochs, config.fine_tune_learning_rate)] if fine_tune else [])
+    policies = {phase: phase_policy(config.precision, phase, device, whole) for phase, _, _ in phases}
+    build = lambda policy, fine: _build_net(recipe, labels, input_size, weights, config,  # noqa: E731
+                                            preprocessing, policy, fine)
     try:
-        phases = [(1, config.epochs, config.learning_rate)] + (
-            [(2, config.fine_tune_epochs, config.fine_tune_learning_rate)] if fine_tune else [])
-        start_phase = resumed["phase"] if resumed else 1
-        history: dict[str, list[float]] = {k: list(v) for k, v in (resumed or {}).get("earlier_history", {}).items()}
-        phase_boundary = (resumed or {}).get("phase_boundary", 0)
-        net, policies = None, {}
-        for phase, epochs, lr in phases:
-            if phase < start_phase:
-                continue
-            policy = phase_policy(config.precision, phase, device, whole)
-            policies[phase] = policy
-            previous = net
-            net = _build_net(recipe, labels, input_size, weights, config, preprocessing, policy, phase == 2)
-            if previous is not None:
-                net.wrapper.set_weights(previous.wrapper.get_weights())
-            if phase == 2:
-                console.print(f"phase 2: fine-tuning the backbone from '{recipe.fine_tune_from}'")
-            this = resumed if resumed and resumed["phase"] == phase else None
-            # Written into every checkpoint of the phase, so a resume knows what came before.
-            checkpoint_extra = {"earlier_history": history, "phase_boundary": phase_boundary}
-            phase_history = fit_phase(net, phase, epochs, lr, feeds, config, _Extra(checkpoint, checkpoint_extra),
-                                      this, class_weight, console)
-            if phase == 1:
-                phase_boundary = len(phase_history.get("loss", []))
-            for k, v in phase_history.items():
-                history.setdefault(k, []).extend(v)
-        model = _float32_copy(net, recipe, labels, input_size, weights, config, preprocessing, fine_tune)
+        net, history, phase_boundary = fit_phases(build, phases, policies, feeds, config, checkpoint, resumed,
+                                                  class_weight, console, recipe.fine_tune_from)
+        if net.policy != "float32" or config.data_parallel:
+            # What is saved and exported: the float32 inference model on one device.
+            if config.data_parallel:
+                keras.distribution.set_distribution(None)
+            copy = build("float32", fine_tune)
+            copy.inference.set_weights(net.inference.get_weights())
+            net = copy
     finally:
         if config.data_parallel:
             keras.distribution.set_distribution(None)
+    model = net.inference
     training = {"backend": keras.backend.backend(), "device": device, "devices": devices,
                 "precision": {f"phase {p}": v for p, v in policies.items()}, "deterministic": deterministic,
                 "resumed": resumed is not None, "cache": str(loaded.cache.path)}

@@ -63,10 +63,13 @@ def _layer_structure(model_path: Path) -> list:
     return walk(model)
 
 
-def test_saved_model_is_the_same_with_and_without_augmentation(flowers, baseline, tmp_path):
+def test_saved_model_is_the_same_with_and_without_augmentation_or_bf16(flowers, baseline, tmp_path):
+    """The saved model is the float32 inference model alone, whatever trained it."""
     from edgecls.train import TrainConfig, train
 
-    plain = train(flowers, tmp_path, TrainConfig(**{**TINY, "epochs": 1, "augment": False}))
+    plain = train(flowers, tmp_path, TrainConfig(**{**TINY, "epochs": 1, "augment": False, "precision": "bf16"}))
+    assert json.loads((tmp_path / "model.keras.json").read_text())["source"]["training"]["precision"] == \
+        {"phase 1": "mixed_bfloat16"}
     augmented, unaugmented = _layer_structure(baseline.model_path), _layer_structure(plain.model_path)
     assert augmented == unaugmented
     kinds = {kind for kind, _ in augmented}
