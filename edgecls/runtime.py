@@ -282,3 +282,9 @@ def check_structure(manifest: Manifest, engine: Engine, path: Path) -> None:
     classes = int(engine.output.shape[-1])
     if classes > 0 and len(manifest.labels) != classes:
         raise _mismatch(path, "labels for", f"{len(manifest.labels)} classes", f"{classes} outputs")
+    shape = engine.input.shape
+    if len(shape) == 4:
+        size = (shape[2], shape[3]) if shape[1] == 3 and shape[3] != 3 else (shape[1], shape[2])
+        if min(size) > 0 and tuple(manifest.preprocessing.size) != tuple(size):
+            raise _mismatch(path, "images are resized to", "x".join(map(str, manifest.preprocessing.size)),
+                            "an input of " + "x".join(map(str, size)))

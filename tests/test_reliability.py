@@ -182,6 +182,7 @@ def test_structure_checks_types_quantization_and_labels(coral, tmp_path):
         (lambda d: d["input"].update(dtype="float32", quantization=None), "input type float32, the model has uint8"),
         (lambda d: d["output"]["quantization"].update(zero_point=3), "output quantization"),
         (lambda d: d.update(labels=d["labels"][:10]), "labels for 10 classes, the model has 1001 outputs"),
+        (lambda d: d["preprocessing"].update(size=[100, 120]), "images are resized to 100x120, the model has an input of 224x224"),
     ]:
         doc = json.loads(json.dumps(good))
         change(doc)
