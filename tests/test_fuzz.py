@@ -160,3 +160,35 @@ def test_corrupted_tflite_models_are_refused_cleanly(tflite_bytes, data):
         check_flatbuffer(Path("fuzzed.tflite"), bytes(raw))
     except EdgeclsError as exc:
         assert "fuzzed.tflite" in str(exc)
+
+
+@FUZZ
+@given(data=st.data())
+def test_onnx_graph_reader_never_raises(assets, data):
+    """The ONNX protobuf walk that finds the final activation: truncated or flipped files give
+    an answer or None (unknown), never an exception."""
+    from edgecls.engines.onnx import final_activation
+
+    raw = bytearray((assets / "models/onnx/mobilenetv2-12-int8.onnx").read_bytes()[:20000])
+    raw = raw[: data.draw(st.integers(0, len(raw)))]
+    for _ in range(data.draw(st.integers(0, 6))):
+        if raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    assert final_activation(bytes(raw)) in (None, "softmax", "sigmoid", "none")
+
+
+@FUZZ
+@given(json_value)
+def test_benchmark_reports_from_random_json(tmp_path_factory, doc):
+    """`report compare` input: anything load_report accepts can be compared and rendered."""
+    from edgecls.report import compare, load_report
+
+    path = tmp_path_factory.mktemp("r") / "bench.json"
+    for candidate in (doc, {"schema": "edgecls.bench/1", "host": {}, "results": doc},
+                      {"schema": "edgecls.bench/1", "host": doc, "results": [{"name": "a", "latency_ms": doc}]}):
+        path.write_text(json.dumps(candidate))
+        try:
+            report = load_report(path)
+        except EdgeclsError:
+            continue
+        compare(report, report)
