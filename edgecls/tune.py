@@ -127,6 +127,7 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
         else:
             result = train(dataset, where, config, console=console)
             score, std, f1 = result.metrics["val"]["accuracy"], 0.0, result.metrics["val"]["macro"]["f1"]
+        _drop_models(where)
         row = {"trial": trial.number, "score": float(score), "std": float(std), "macro_f1": float(f1),
                "seconds": round(time.perf_counter() - started, 1), "params": _plain(params)}
         rows.append(row)
@@ -155,6 +156,18 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
                     "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(recipe_path)}
     return result
+
+
+def _drop_models(where: Path) -> None:
+    """Keep a trial's tables, plots and metrics; its models (~10 MB per fold) are retrained from the recipe."""
+    for model in where.rglob("*.keras"):
+        model.unlink(missing_ok=True)
+        Path(str(model) + ".json").unlink(missing_ok=True)
+    for checkpoint in where.rglob("checkpoint"):
+        if checkpoint.is_dir():
+            import shutil
+
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _including(base, space: list) -> list:

@@ -21,6 +21,8 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     assert trials[1]["params"] != trials[0]["params"]
     assert report["best"]["score"] == max(t["score"] for t in trials)
     assert "untuned" in proc.stdout and (out / "tune.png").stat().st_size > 5_000
+    # Trials keep their metrics, not their models.
+    assert (out / "trials" / "trial_000" / "metrics.json").is_file() and not list(out.rglob("*.keras"))
 
     from edgecls.tune import load_recipe
 
