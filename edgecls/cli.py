@@ -5,21 +5,23 @@ User-supplied text (paths, labels, messages) is printed escaped or with markup o
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-from functools import wraps
-from pathlib import Path
-from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the output
 
 from . import cli_light  # noqa: E402
-from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, folder_option, one_of, positive, within  # noqa: E402
 
-cli_light.fast_predict()  # a plain `edgecls predict` runs and exits here, before Typer and Rich load
+cli_light.fast_predict()  # a plain `edgecls predict` runs and exits here, before anything below loads
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from functools import wraps  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 import typer  # noqa: E402
+
+from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, folder_option, one_of, positive, within  # noqa: E402
 
 from .errors import EdgeclsError, OptionError, stop_requested  # noqa: E402
 

@@ -134,27 +134,44 @@ class _Fallback(Exception):
     """The command line is not a plain predict call: let the full command line handle it."""
 
 
+_VALUED = {"--labels": "labels", "--normalization": "normalization", "--resize": "resize", "--top-k": "top_k",
+           "-k": "top_k", "--threads": "threads", "--activation": "activation"}
+_CONVERT = {"labels": Path, "top_k": int, "threads": int}
+
+
 def _parse_predict(argv: list[str]) -> dict[str, Any]:
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # help texts and usage errors come from the full command line
-            raise _Fallback(message)
-
-    p = Parser(add_help=False, allow_abbrev=False)
-    p.add_argument("artifact", type=Path)
-    p.add_argument("images", type=Path, nargs="+")
-    p.add_argument("--labels", type=Path)
-    p.add_argument("--normalization")
-    p.add_argument("--resize")
-    p.add_argument("--top-k", "-k", type=int, default=3)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--activation")
-    p.add_argument("--json", dest="as_json", action="store_true")
-    args, rest = p.parse_known_args(argv)
-    if rest or any(str(i).startswith("-") for i in args.images):
-        raise _Fallback("options the fast path does not know")
-    return vars(args)
+    """The plain predict options (argparse and its imports cost more than this whole parser).
+    Anything unusual raises _Fallback and the full command line parses it, help and errors included."""
+    args: dict[str, Any] = {"labels": None, "normalization": None, "resize": None, "top_k": 3, "threads": None,
+                            "activation": None, "as_json": False}
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--json":
+            args["as_json"] = True
+            continue
+        if not token.startswith("-") or token == "-":
+            positional.append(token)
+            continue
+        name, eq, value = token.partition("=")
+        if name not in _VALUED:
+            raise _Fallback(f"option {token!r}")
+        if not eq:
+            if i >= len(argv):
+                raise _Fallback(f"{name} needs a value")
+            value = argv[i]
+            i += 1
+        key = _VALUED[name]
+        try:
+            args[key] = _CONVERT.get(key, str)(value)
+        except ValueError:
+            raise _Fallback(f"{name} {value!r}") from None
+    if len(positional) < 2:
+        raise _Fallback("an artifact and at least one image are needed")
+    args["artifact"], args["images"] = Path(positional[0]), [Path(p) for p in positional[1:]]
+    return args
 
 
 def install_sigterm() -> None:

@@ -226,11 +226,11 @@ def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None
 
 def _embedded_manifest(engine: Engine, path: Path) -> Manifest | None:
     """A manifest embedded in the model file itself (ONNX metadata_props, OpenVINO rt_info)."""
-    import json
-
     text = getattr(engine, "metadata", {}).get("edgecls.manifest") or getattr(engine, "rt_info", {}).get("manifest")
     if not text:
         return None
+    import json
+
     try:
         return Manifest.from_dict(json.loads(text), f"{path} (embedded metadata)")
     except (json.JSONDecodeError, ModelError):

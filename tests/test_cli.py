@@ -168,7 +168,7 @@ def test_litert_stderr_filter_keeps_other_lines():
 
 def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
     """A cold `edgecls predict` pays for every import (bench/cold_predict.py measures it): a plain
-    call runs without Typer, Rich, hashlib (no manifest) or the generated TFLite schema."""
+    call runs without Typer, Rich, JSON, argparse, hashlib (no manifest) or the generated TFLite schema."""
     import subprocess
     import sys
     import textwrap
@@ -180,7 +180,7 @@ def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
         try:
             import edgecls.cli
         except SystemExit as exc:
-            heavy = sorted(m for m in ("typer", "click", "rich", "hashlib", "ai_edge_litert.schema_py_generated",
+            heavy = sorted(m for m in ("typer", "click", "rich", "json", "argparse", "hashlib", "ai_edge_litert.schema_py_generated",
                                        "tensorflow", "keras") if m in sys.modules)
             print("exit", exc.code, "loaded", heavy)
     """)
