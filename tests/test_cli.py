@@ -187,3 +187,19 @@ def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "macaw" in proc.stdout and "exit 0 loaded []" in proc.stdout, proc.stdout
+
+
+def test_fast_predict_parser_hands_anything_unusual_to_the_full_command_line():
+    from pathlib import Path
+
+    import pytest
+
+    from edgecls.cli_light import _Fallback, _parse_predict
+
+    args = _parse_predict(["m.tflite", "a[1].jpg", "b.png", "--labels=l.txt", "-k", "2", "--json", "--threads", "3"])
+    assert args["artifact"] == Path("m.tflite") and args["images"] == [Path("a[1].jpg"), Path("b.png")]
+    assert (args["labels"], args["top_k"], args["threads"], args["as_json"]) == (Path("l.txt"), 2, 3, True)
+    for argv in (["m.tflite", "a.jpg", "--explain"], ["m.tflite", "a.jpg", "-k"], ["m.tflite", "a.jpg", "-k", "x"],
+                 ["m.tflite"], ["m.tflite", "a.jpg", "--help"], ["m.tflite", "--", "-a.jpg"], ["m.tflite", "a.jpg", "-k2"]):
+        with pytest.raises(_Fallback):
+            _parse_predict(argv)
