@@ -49,17 +49,20 @@ def escape(text: Any) -> str:
 
 # --- option checks: every range is checked before any work starts -------------------------
 def at_least(option: str, value: float | None, low: float) -> None:
+    """`value` (when given) is finite and at least `low`."""
     if value is not None and not (value >= low and math.isfinite(value)):
         raise OptionError(f"{option} must be at least {low:g}, got {value!r}")
 
 
 def positive(option: str, value: float | None) -> None:
+    """`value` (when given) is finite and above zero."""
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise OptionError(f"{option} must be a positive number, got {value!r}")
 
 
 def within(option: str, value: float | None, low: float, high: float, low_open: bool = False,
            high_open: bool = False) -> None:
+    """`value` (when given) lies in the interval, each end open or closed."""
     if value is None:
         return
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
@@ -69,6 +72,7 @@ def within(option: str, value: float | None, low: float, high: float, low_open: 
 
 
 def one_of(option: str, value: str | None, allowed: Sequence[str]) -> None:
+    """`value` (when given) is one of `allowed`."""
     if value is not None and value not in allowed:
         raise OptionError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
 
@@ -86,6 +90,7 @@ def threads_option(threads: int | None) -> None:
 
 
 def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
+    """The ranges of predict's options, shared by the fast path and the full command line."""
     at_least("--top-k", top_k, 1)
     threads_option(threads)
     one_of("--activation", activation, ("softmax", "none"))
@@ -94,6 +99,7 @@ def check_predict_options(top_k: int, threads: int | None, activation: str | Non
 # --- predict ---------------------------------------------------------------------------------
 def open_classifier(artifact: Path, labels: Path | None, normalization: str | None, resize: str | None,
                     threads: int | None, activation: str | None):
+    """The Classifier for predict's options."""
     from .runtime import Classifier
 
     return Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
