@@ -25,6 +25,7 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
     import hashlib  # loads OpenSSL: only paid when a manifest asks for a checksum
 
     h = hashlib.sha256()
@@ -75,6 +76,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -28,6 +28,7 @@ def _get(d: dict, dotted: str):
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
+    """A bench.json, checked to be an edgecls benchmark report with a host and named results."""
     path = Path(path)
     if not path.is_file():
         raise EdgeclsError(f"{path}: benchmark report not found")

@@ -66,6 +66,7 @@ def _int8_cpu(path: Path, d: dict) -> str:
 
 
 def targets() -> dict[str, Target]:
+    """Every packaged target profile by name."""
     out = {}
     for path in sorted(table_dir("target_profiles", "targets").glob("*.toml")):
         target = _load(path)
@@ -74,6 +75,7 @@ def targets() -> dict[str, Target]:
 
 
 def get_target(name: str) -> Target:
+    """One target profile; an unknown name lists the known ones."""
     table = targets()
     if name not in table:
         raise OptionError(f"unknown target {name!r}; known targets: {', '.join(sorted(table))}")
