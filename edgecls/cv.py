@@ -182,9 +182,9 @@ def plot_folds(result: CVResult, path: str | Path) -> Path:
                f"{result.summary[key]['mean']:.3f} ± {result.summary[key]['std']:.3f}")
         ax.axhline(result.summary[key]["mean"], color=color, linestyle="--", linewidth=1)
     ax.set_xticks(x, [f"fold {f}" for f in folds])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.2)  # room above the bars for the legend
     ax.set_title(f"{result.name}: {len(folds)}-fold cross-validation")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncol=2, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
