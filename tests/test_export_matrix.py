@@ -96,11 +96,11 @@ def test_embedded_metadata_configures_runtime_without_sidecar(flowers_exports, k
     assert clf.preprocessing == Classifier.from_artifact(src).preprocessing
 
 
-def test_int8_io_dtype_and_arm_scheme(flowers_model, tmp_path):
+def test_int8_io_dtype_and_arm_target(flowers_model, tmp_path):
     from edgecls.export.pipeline import export_model
 
     (tfl, onnx) = export_model(flowers_model.model_path, "tflite,onnx", "int8", out_dir=tmp_path, io_dtype="int8",
-                               max_accuracy_drop=100.0, calibration_count=50, int8_cpu="arm")
+                               max_accuracy_drop=100.0, calibration_count=50, target="raspberrypi4")
     clf = Classifier.from_artifact(tfl.path)
     assert clf.engine.input.dtype == np.int8 and clf.engine.output.dtype == np.int8
     scheme = Classifier.from_artifact(onnx.path).manifest.source["quantization_scheme"]
@@ -109,9 +109,14 @@ def test_int8_io_dtype_and_arm_scheme(flowers_model, tmp_path):
     assert tfl.top1_agreement >= 0.9 and onnx.top1_agreement >= 0.9
     # 50 calibration images leave 110 training images for verification.
     assert tfl.notes["count"] == 40 + 110
+    summary = json.loads((tmp_path / "export_summary.json").read_text())
+    assert summary["int8_cpu"] == "arm" and summary["target"] == "raspberrypi4"
+    assert any("the target device is arm" in n for n in summary["notes"])
 
 
 def test_gate_rejects_and_removes_an_earlier_artifact(flowers_model, flowers_exports, tmp_path):
+    from edgecls.export.pipeline import export_model
+
     calib = tmp_path / "black"
     calib.mkdir()
     for i in range(8):
@@ -121,42 +126,44 @@ def test_gate_rejects_and_removes_an_earlier_artifact(flowers_model, flowers_exp
     good = Path(flowers_exports["tflite:int8"].path)
     for f in (good, Path(str(good) + ".json")):
         shutil.copy(f, out / f.name)  # an artifact from an earlier run, valid on its own
-    result = run_cli("export", flowers_model.model_path, "--format", "tflite", "--quant", "int8",
-                     "--calibration", calib, "--out", out, "--max-accuracy-drop", "1.0")
-    assert result.returncode == 1, result.stderr
-    text = " ".join(result.stderr.split())
-    assert "accuracy gate failed" in text and "more than the allowed 1.00 pp" in text
-    assert "removed the earlier model_int8.tflite" in text
+    (report,) = export_model(flowers_model.model_path, "tflite", "int8", out_dir=out, calibration=calib,
+                             max_accuracy_drop=1.0)
+    assert not report.passed
+    assert "accuracy gate failed" in report.error and "more than the allowed 1.00 pp" in report.error
+    assert "removed the earlier model_int8.tflite" in report.error
     assert not list(out.glob("*.tflite*")) and not list(out.glob(".staging*"))  # nothing deployable left
     summary = json.loads((out / "export_summary.json").read_text())
     assert summary["artifacts"][0]["passed"] is False and summary["artifacts"][0]["accuracy_drop_pp"] > 1.0
     assert summary["host_cpu"]["features"] == report_cpu_features()
 
 
-def test_min_agreement_gate(flowers_model, tmp_path):
-    from edgecls.export.pipeline import export_model
+def test_gate_judges_drop_and_agreement():
+    from edgecls.export.pipeline import Gate
 
-    (report,) = export_model(flowers_model.model_path, "onnx", "fp32", out_dir=tmp_path, min_agreement=1.0)
-    assert report.passed  # fp32 agrees on every image
+    stats = {"accuracy": 0.95, "reference_accuracy": 0.96, "accuracy_drop_pp": 1.0, "count": 120,
+             "top1_agreement": 0.975}
+    assert Gate(1.0).failure(stats) is None
+    assert "drop of 1.00 pp" in Gate(0.5).failure(stats)
+    assert "below the required 0.9800" in Gate(1.0, 0.98).failure(stats)
     with pytest.raises(OptionError, match="min_agreement"):
-        export_model(flowers_model.model_path, "onnx", "fp32", out_dir=tmp_path, min_agreement=1.5)
+        from edgecls.export.pipeline import export_model
+
+        export_model("missing.keras", "onnx", "fp32", min_agreement=1.5)
 
 
-def test_target_notes_where_int8_was_checked(flowers_model, tmp_path):
-    from edgecls.cpu import cpu_info
-    from edgecls.export.pipeline import export_model
+def test_notes_say_where_int8_was_checked():
+    from edgecls.export.pipeline import _cpu_notes
+    from edgecls.targets import get_target
 
-    export_model(flowers_model.model_path, "onnx", "int8", out_dir=tmp_path, max_accuracy_drop=100.0,
-                 calibration_count=20, target="raspberrypi4")
-    summary = json.loads((tmp_path / "export_summary.json").read_text())
-    assert summary["int8_cpu"] == "arm" and summary["target"] == "raspberrypi4"
-    assert any("the target device is arm" in n for n in summary["notes"])
-    if cpu_info()["class"] == "x86-vnni":
-        out = tmp_path / "laptop"
-        export_model(flowers_model.model_path, "onnx", "int8", out_dir=out, max_accuracy_drop=100.0,
-                     calibration_count=20, target="laptop-cpu", int8_cpu="x86-vnni")
-        notes = json.loads((out / "export_summary.json").read_text())["notes"]
-        assert any("may lack VNNI" in n and "may answer differently" in n for n in notes)
+    vnni = {"class": "x86-vnni"}
+    laptop = get_target("laptop-cpu")
+    risky = _cpu_notes(vnni, "x86-vnni", laptop)
+    assert any("may lack VNNI" in n and "may answer differently" in n for n in risky)
+    safe = _cpu_notes(vnni, "portable", laptop)
+    assert any("may lack VNNI" in n and "compute the same there" in n for n in safe)
+    assert _cpu_notes({"class": "x86-avx2"}, "portable", None) == []
+    assert any("the target device is arm" in n for n in _cpu_notes({"class": "x86-avx2"}, "arm",
+                                                                      get_target("raspberrypi5")))
 
 
 @pytest.mark.parametrize("formats,quants,options,message", [

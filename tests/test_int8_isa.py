@@ -19,7 +19,8 @@ import pytest
 from edgecls.cpu import cpu_info
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ["tflite:int8", "onnx:int8", "openvino:int8"]
+# LiteRT widens to 32 bits on every CPU (XNNPACK); the two engines whose AVX2 kernels could saturate:
+KEYS = ["onnx:int8", "openvino:int8"]
 COUNT = 16  # photos per artifact: emulation is ~50x slower; a saturating model differs by > 0.05 on 26% of photos
 
 

@@ -13,13 +13,14 @@ import numpy as np
 
 from ..manifest import atomic_write_bytes
 from . import ExportSpec
-from .context import ExportContext
+from .context import ExportContext, native_output_captured
 
 
 def _fp32(ctx: ExportContext) -> Path:
     path = ctx.work_dir / "model_fp32_raw.onnx"
     if not path.exists():
-        ctx.keras_model.export(str(path), format="onnx", verbose=False)
+        with native_output_captured(ctx.log):  # TensorFlow's grappler lines are not the user's business
+            ctx.keras_model.export(str(path), format="onnx", verbose=False)
     return path
 
 

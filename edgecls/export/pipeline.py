@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import data as data_mod
 from ..engines import open_engine
-from ..errors import DatasetError, ModelError, OptionError
+from ..errors import DatasetError, ModelError, OptionError, stop_requested
 from ..cpu import cpu_info, saturation_risk
 from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
 from ..runtime import Classifier
@@ -210,6 +210,8 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
         except (OptionError, DatasetError):
             raise
         except Exception as exc:  # converters fail in many ways; report and go on with the rest
+            if stop_requested():  # a SIGTERM the converter turned into another error
+                raise KeyboardInterrupt from exc
             report.error = f"conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             report.notes["traceback"] = traceback.format_exc(limit=3)
             return report

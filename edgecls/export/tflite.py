@@ -11,6 +11,7 @@ from . import ExportSpec
 from .context import ExportContext, native_output_captured
 
 METADATA_NAME = "edgecls.manifest"
+COMPILER_TIMEOUT_S = 600  # the compiler takes seconds on a MobileNet; minutes means it hangs
 
 
 def int8_scheme(int8_cpu: str, io_dtype: str) -> dict:
@@ -82,7 +83,12 @@ def compile_edgetpu(model: Path, out_dir: Path) -> dict:
         return {"compiled": False, "command": command,
                 "message": f"edgetpu_compiler is not installed here; on a Debian/Ubuntu x86-64 machine "
                            f"with the Coral apt repository run: {command}"}
-    proc = subprocess.run([compiler, "-s", "-o", str(out_dir), str(model)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([compiler, "-s", "-o", str(out_dir), str(model)], capture_output=True, text=True,
+                              timeout=COMPILER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"compiled": False, "command": command,
+                "message": f"edgetpu_compiler did not finish within {COMPILER_TIMEOUT_S} s and was stopped; run: {command}"}
     log = proc.stdout + proc.stderr
     on_tpu = re.search(r"Number of operations that will run on Edge TPU:\s*(\d+)", log)
     on_cpu = re.search(r"Number of operations that will run on CPU:\s*(\d+)", log)
