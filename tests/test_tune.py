@@ -10,7 +10,7 @@ from conftest import run_cli
 
 def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     out = tmp_path / "tune"
-    proc = run_cli("tune", flowers, "--trials", "2", "--folds", "0", "--input-size", "96", "--epochs", "2",
+    proc = run_cli("tune", flowers, "--trials", "2", "--folds", "0", "--input-size", "96", "--epochs", "1",
                    "--fine-tune-epochs", "0", "--batch-size", "16", "--weights", mobilenet_weights, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "trials.json").read_text())
@@ -28,7 +28,7 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
 
     recipe = load_recipe(out / "best_recipe.toml")
     assert recipe["learning_rate"] == pytest.approx(report["best"]["params"]["learning_rate"])
-    assert recipe["input_size"] == (96, 96) and recipe["epochs"] == 2
+    assert recipe["input_size"] == (96, 96) and recipe["epochs"] == 1
 
 
 def test_recipe_round_trip_and_precedence(tmp_path):
