@@ -198,14 +198,16 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
         profile = get_target(target)
         target_doc = {"name": profile.name, "hardware": profile.hardware, "description": profile.description,
                       "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references}
+    # Accuracy first: a dataset that cannot be used fails before minutes of timing, not after.
+    accuracy = _dataset_accuracy(paths, Path(dataset), setups, activation) if dataset is not None else None
     per_round = [[bench_artifact(p, timeout=timeout, engine_options=o, **options) for p, o in zip(paths, setups)]
                  for _ in range(rounds)]
     results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
+    for result, measured in zip(results, accuracy or []):
+        result.update(measured)
     if on_result:
         for result in results:
             on_result(result)
-    if dataset is not None:
-        _dataset_accuracy(results, Path(dataset), setups, activation)
     return {"schema": SCHEMA, "host": host_info(),
             "options": {**options, "threads": threads, "rounds": rounds, "timeout_s": timeout},
             "target": target_doc, "results": results}
@@ -226,15 +228,19 @@ def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
-def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path, setups: list[dict[str, Any]],
-                      activation: str | None = None) -> None:
+def _dataset_accuracy(paths: Sequence[str | Path], dataset: Path, setups: list[dict[str, Any]],
+                      activation: str | None = None) -> list[dict[str, Any]]:
+    """Accuracy of each artifact on the dataset and top-1 agreement with the first one."""
     from . import data as data_mod
     from .runtime import Classifier
 
     folder = data_mod.scan(dataset)
     reference = None
-    for r, engine_options in zip(results, setups):
-        clf = Classifier.from_artifact(r["artifact"], activation=activation, **engine_options)
+    measured = []
+    for path, engine_options in zip(paths, setups):
+        r: dict[str, Any] = {}
+        measured.append(r)
+        clf = Classifier.from_artifact(path, activation=activation, **engine_options)
         split_cfg = clf.manifest.source.get("split") if clf.manifest else None
         indices = data_mod.recorded_split(folder, split_cfg)["val" if split_cfg else "all"]
         loaded = data_mod.load_images(folder, indices, clf.preprocessing)
@@ -244,6 +250,7 @@ def _dataset_accuracy(results: list[dict[str, Any]], dataset: Path, setups: list
         r["accuracy_source"] = f"{dataset} ({'val' if split_cfg else 'all'} split, {len(predicted)} images)"
         reference = predicted if reference is None else reference
         r["top1_agreement"] = float(np.mean(predicted == reference)) if len(reference) == len(predicted) else None
+    return measured
 
 
 def markdown_table(report: dict[str, Any]) -> str:
