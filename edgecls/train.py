@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class TrainConfig:
     cache_dir: str | None = None        # default: edgecls.cache.cache_root()
     fold: list[int] | None = None       # [k, i]: validate on fold i of a stratified k-fold split (edgecls cv)
     oversample: bool = False            # draw minority-class training images again, up to the largest class
+    feature_head: bool = False          # phase 1: logistic regression on backbone features computed once
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
@@ -307,7 +309,7 @@ def _feeder(images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.nd
             rows = self.order()[i * batch_size : (i + 1) * batch_size]
             rows = np.sort(rows[: len(rows) - len(rows) % multiple])
             x = read(rows)
-            if augmentation is not None and augmentation.geometric:
+            if augmentation is not None and augmentation.geometric and not getattr(self, "augmentation_off", False):
                 x = augmentation.warp_batch(x, np.random.default_rng([seed, self.epoch, i]))
             return x, targets[rows]
 
@@ -517,9 +519,10 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
     state: dict[str, Any] = {"epoch": 0, "best": math.inf, "wait": 0, "done": False}
     history: dict[str, list[float]] = {}
     if resumed is not None:
-        net.wrapper.optimizer.build(net.wrapper.trainable_variables)
         _assign(net.wrapper.variables, resumed["model"])
-        _assign(net.wrapper.optimizer.variables, resumed["optimizer"])
+        if not resumed["done"]:
+            net.wrapper.optimizer.build(net.wrapper.trainable_variables)
+            _assign(net.wrapper.optimizer.variables, resumed["optimizer"])
         state.update({k: resumed[k] for k in ("epoch", "best", "wait", "done")})
         state["best_weights"] = resumed["best_arrays"] or None
         history = {k: list(v) for k, v in resumed["phase_history"].items()}
@@ -560,12 +563,139 @@ def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig,
         this = resumed if resumed and resumed["phase"] == phase else None
         # Written into every checkpoint of the phase, so a resume knows what came before.
         extra = _Extra(checkpoint, {"earlier_history": history, "phase_boundary": phase_boundary})
-        phase_history = fit_phase(net, phase, epochs, lr, feeds, config, extra, this, class_weight, console)
+        if phase == 1 and config.feature_head and this is None and not net.backbone.trainable:
+            phase_history = fit_feature_head(net, feeds, config, class_weight, console)
+            extra.save({"epoch": len(phase_history["loss"]), "best": 0.0, "wait": 0, "done": True, "phase": 1,
+                        "phase_history": phase_history}, net.wrapper.variables, [], None)
+        else:
+            phase_history = fit_phase(net, phase, epochs, lr, feeds, config, extra, this, class_weight, console)
         if phase == 1:
             phase_boundary = len(phase_history.get("loss", []))
         for k, v in phase_history.items():
             history.setdefault(k, []).extend(v)
     return net, history, phase_boundary
+
+
+def frozen_features(net: _Net, feed, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (the head's input) of every picture a feeder yields, computed once with
+    the training wrapper's normalisation and no augmentation (or mirrored, with `flip`)."""
+    keras = _keras()
+    extractor = keras.Model(net.inference.inputs, net.inference.get_layer("probabilities").input)
+    normalize = net.wrapper.get_layer("normalize")
+    xs, ys = [], []
+    for i in range(len(feed)):
+        x, y = feed[i]
+        pixels = normalize(np.ascontiguousarray(x[:, :, ::-1] if flip else x))
+        xs.append(np.asarray(extractor.predict_on_batch(keras.ops.convert_to_numpy(pixels)), dtype=np.float32))
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fit_feature_head(net: _Net, feeds: tuple, config: TrainConfig, class_weight: dict | None,
+                     console) -> dict[str, list[float]]:
+    """Phase 1 on features computed once: the frozen backbone runs over the training set (as is
+    and, with flips on, mirrored) and the validation set once instead of once per epoch; the head
+    is a multinomial logistic regression on those features (`logistic_head`), which is what a
+    softmax dense layer computes, so its weights go straight into the model. Host-side
+    rotation/zoom does not apply here (features are computed once)."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    train_feed, val_feed = feeds
+    train_feed.epoch = 0
+    with _status(console, "phase 1 (head): backbone features, computed once"):
+        tx, ty = frozen_features(net, _unwarped(train_feed))
+        if config.augment and config.flip:
+            fx, fy = frozen_features(net, _unwarped(train_feed), flip=True)
+            tx, ty = np.concatenate([tx, fx]), np.concatenate([ty, fy])
+        vx, vy = frozen_features(net, val_feed)
+    head = net.inference.get_layer("probabilities")
+    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight)
+    head.set_weights([kernel, bias])
+    labels = list(range(head.units))
+
+    def probs(x):
+        z = x @ kernel + bias
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    history = {"loss": [float(log_loss(ty, probs(tx), labels=labels))],
+               "accuracy": [float(accuracy_score(ty, probs(tx).argmax(1)))],
+               "val_loss": [float(log_loss(vy, probs(vx), labels=labels))],
+               "val_accuracy": [float(accuracy_score(vy, probs(vx).argmax(1)))]}
+    console.print(f"phase 1 (head): logistic regression on {len(tx)} feature vectors, C={c:g} chosen by "
+                  f"3-fold CV on the training split; val_accuracy {history['val_accuracy'][0]:.3f}")
+    return history
+
+
+def logistic_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = 0, class_weight: dict | None = None,
+                  cs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)) -> tuple[np.ndarray, np.ndarray, float]:
+    """Multinomial L2 logistic regression (scikit-learn) on features, its strength C chosen by
+    stratified 3-fold CV on these training features only; returns a softmax dense layer's
+    (kernel, bias) and C. Features of one picture (as is and mirrored) may share a fold; the
+    choice of C is what that affects, never the validation split."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(y, minlength=classes)[np.bincount(y, minlength=classes) > 0].min())
+    weight = "balanced" if class_weight else None
+    if smallest >= 3:
+        folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+        model = LogisticRegressionCV(Cs=list(cs), cv=folds, max_iter=3000, class_weight=weight, random_state=seed,
+                                     scoring="neg_log_loss")
+    else:  # too few pictures per class to cross-validate C: the usual default
+        model = LogisticRegression(C=1.0, max_iter=3000, class_weight=weight, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notes on changing defaults
+        model.fit(x, y)
+    coef, intercept = model.coef_, model.intercept_
+    kernel = np.zeros((x.shape[1], classes), np.float32)
+    bias = np.zeros(classes, np.float32)
+    present = model.classes_
+    if coef.shape[0] == 1:  # two classes: sklearn keeps one logit, a softmax needs two
+        kernel[:, present[1]], bias[present[1]] = coef[0], intercept[0]
+    else:
+        kernel[:, present] = coef.T
+        bias[present] = intercept
+    # Classes absent from training get a logit far below the others, never a prediction.
+    missing = np.setdiff1d(np.arange(classes), present)
+    bias[missing] = -1e4
+    c = float(np.ravel(model.C_)[0]) if hasattr(model, "C_") else 1.0
+    return kernel, bias, c
+
+
+def train_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, classes: int,
+               config: TrainConfig, class_weight: dict | None = None, label_smoothing: float = 0.0,
+               weight_decay: float = 0.0) -> tuple[list, dict[str, list[float]]]:
+    """Dropout + softmax dense layer trained by gradient descent on features (AdamW, label
+    smoothing), early-stopped on validation loss; returns its [kernel, bias] and history. The
+    trainer uses `logistic_head`; this is the comparison in bench/feature_head_cv.py."""
+    keras = _keras()
+    inputs = keras.Input((train_x.shape[1],))
+    x = keras.layers.Dropout(config.dropout, seed=config.seed)(inputs) if config.dropout else inputs
+    head = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    head.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=weight_decay),
+                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                 metrics=["accuracy"])
+    onehot = np.eye(classes, dtype=np.float32)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(10, config.patience),
+                                         restore_best_weights=True)
+    epochs = max(config.epochs, 200)  # an epoch over features costs milliseconds; early stopping ends it
+    hist = head.fit(train_x, onehot[train_y], validation_data=(val_x, onehot[val_y]), epochs=epochs,
+                    batch_size=config.batch_size, verbose=0, shuffle=True, class_weight=class_weight, callbacks=[stop])
+    return head.layers[-1].get_weights(), {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+def _unwarped(feed):
+    """The same feeder without its host-side warps (features are computed once, unaugmented)."""
+    import copy
+
+    clone = copy.copy(feed)
+    clone.augmentation_off = True
+    return clone
+
+
+def _status(console, text: str):
+    return console.status(text) if hasattr(console, "status") else __import__("contextlib").nullcontext()
 
 
 def _class_weight(targets: np.ndarray, num_classes: int) -> dict[int, float]:

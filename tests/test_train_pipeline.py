@@ -163,3 +163,16 @@ def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
     assert "no checkpoint to resume" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("train", "--precision", "fp8", tmp_path)
     assert proc.returncode != 0 and "--precision 'fp8'" in proc.stderr
+
+
+def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobilenet_weights, tmp_path, cache_env):
+    """Phase 1 from backbone features computed once: the saved Keras model must score exactly what
+    the logistic regression scored on the same validation photos (its weights went in intact)."""
+    from edgecls.train import TrainConfig, train
+
+    config = TrainConfig(weights=str(mobilenet_weights), input_size=(96, 96), epochs=1, fine_tune_epochs=0,
+                         feature_head=True, seed=0)
+    result = train(flowers, tmp_path, config)
+    assert len(result.history["loss"]) == 1
+    assert result.metrics["val"]["accuracy"] == pytest.approx(result.history["val_accuracy"][0], abs=1e-9)
+    assert result.metrics["val"]["accuracy"] >= 0.6  # chance is 0.2; MobileNetV2 features at 96 px reach ~0.8
