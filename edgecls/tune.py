@@ -304,6 +304,7 @@ def plot_trials(result: TuneResult, path: str | Path, folds: int) -> Path:
     ax.plot(x, np.maximum.accumulate(y), "-", label="best so far")
     ax.axhline(result.baseline["score"], color="gray", linestyle="--", label="untuned (trial 0)")
     ax.set_xlabel("trial")
+    ax.set_xticks(x)
     ax.set_ylabel(f"{folds}-fold CV accuracy" if folds else "validation accuracy")
     ax.set_title("edgecls tune")
     ax.grid(alpha=0.3)
