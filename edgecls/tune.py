@@ -32,6 +32,7 @@ SPACE: list[tuple[str, str, tuple]] = [
     ("augment", "categorical", ((True, False),)),
     ("augment_strength", "float", (0.0, 1.0)),
     ("fine_tune_learning_rate", "log", (1e-5, 1e-3)),
+    ("feature_head", "categorical", ((True, False),)),
 ]
 
 
