@@ -174,6 +174,8 @@ def export(
     int8_cpu: Optional[str] = typer.Option(None, help="CPU class int8 artifacts are made for: portable (default: "
                                            "correct on every CPU), x86-vnni, x86-avx2, arm; default: the target's."),
     min_agreement: Optional[float] = typer.Option(None, help="Gate: least top-1 agreement with Keras (0..1)."),
+    explain: bool = typer.Option(False, "--explain", help="tflite/onnx: add the last feature map as a second output "
+                                 "so `edgecls predict --explain` draws class activation maps on the device."),
 ):
     """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
     for name, value in (("--format", format), ("--quant", quant)):
@@ -199,7 +201,7 @@ def export(
     format, quant = format or "tflite", quant or "fp32"
     reports = export_model(model, format, quant, out, dataset, calibration, calibration_count,
                            max_accuracy_drop, io_dtype, console=err.get(), int8_cpu=int8_cpu,
-                           min_agreement=min_agreement, target=target)
+                           min_agreement=min_agreement, target=target, explain=explain)
     from rich.table import Table
 
     count = next((r.notes["count"] for r in reports if "count" in r.notes), None)

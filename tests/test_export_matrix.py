@@ -190,3 +190,21 @@ def test_unknown_target_lists_known(tmp_path):
     result = run_cli("export", tmp_path / "m.keras", "--target", "jetson")
     assert result.returncode == 2
     assert "unknown target 'jetson'" in result.stderr and "raspberrypi4" in result.stderr
+
+
+def test_explain_export_draws_cam_on_the_device(flowers_model, flowers, tmp_path):
+    from edgecls.export.pipeline import export_model
+
+    (report,) = export_model(flowers_model.model_path, "tflite", "int8", out_dir=tmp_path, explain=True,
+                             calibration_count=20, max_accuracy_drop=100.0)
+    assert report.passed, report.error
+    assert report.top1_agreement >= 0.9  # the second output must not disturb the first
+    manifest = json.loads(Path(report.path + ".json").read_text())
+    assert "model_int8.tflite.cam.npz" in manifest["companions"] and manifest["output"]["explain"] == "cam"
+    daisy = sorted((flowers / "daisy").iterdir())[0]
+    result = run_cli("predict", report.path, daisy, "--explain", "--explain-out", tmp_path / "cam")
+    assert result.returncode == 0, result.stderr
+    overlays = list((tmp_path / "cam").glob("*.png"))
+    assert len(overlays) == 1 and overlays[0].stat().st_size > 1000
+    with pytest.raises(OptionError, match="explain does not apply to openvino:int8"):
+        resolve("openvino", "int8", {"explain": True})

@@ -26,6 +26,7 @@ class ExportContext:
     log: list[str] = field(default_factory=list)
     embedded_manifest: str = "{}"             # JSON embedded in the artifact where the format allows
     quantization_scheme: dict[str, Any] | None = None  # set by an int8 export: types, ranges, CPU class
+    explain_model: Any = None                # two-output model (probabilities + feature map) when explaining
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -49,15 +50,25 @@ class ExportContext:
             raise OptionError("this export needs calibration images; pass --dataset or --calibration")
         return self.preprocessing.normalize(self.calibration_images)
 
+    @property
+    def model_to_convert(self) -> Any:
+        """The model the converters see: the inference model, or its two-output explain variant."""
+        return self.explain_model if self.explain_model is not None else self.keras_model
+
+    @property
+    def variant(self) -> str:
+        """Cache-name tag that keeps the explain variant's intermediate files apart."""
+        return "_explain" if self.explain_model is not None else ""
+
     def saved_model(self, batch: int | None) -> Path:
         """A SavedModel of the inference graph (TFLiteConverter.from_keras_model fails on Keras 3)."""
-        path = self.work_dir / f"saved_model_b{batch or 'dyn'}"
+        path = self.work_dir / f"saved_model{self.variant}_b{batch or 'dyn'}"
         if not path.exists():
             import keras
 
             h, w = self.input_size
             spec = keras.InputSpec(shape=(batch, h, w, 3), dtype="float32")
-            self.keras_model.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
+            self.model_to_convert.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
         return path
 
     def cleanup(self) -> None:

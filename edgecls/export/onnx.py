@@ -17,10 +17,10 @@ from .context import ExportContext, native_output_captured
 
 
 def _fp32(ctx: ExportContext) -> Path:
-    path = ctx.work_dir / "model_fp32_raw.onnx"
+    path = ctx.work_dir / f"model{ctx.variant}_fp32_raw.onnx"
     if not path.exists():
         with native_output_captured(ctx.log):  # TensorFlow's grappler lines are not the user's business
-            ctx.keras_model.export(str(path), format="onnx", verbose=False)
+            ctx.model_to_convert.export(str(path), format="onnx", verbose=False)
     return path
 
 
@@ -63,7 +63,7 @@ def _quantize_static(ctx: ExportContext, src: Path, scheme: dict):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = ctx.work_dir / "model_fp32_pre.onnx"
+    pre = ctx.work_dir / f"model{ctx.variant}_fp32_pre.onnx"
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
     input_name = onnx.load(str(pre)).graph.input[0].name
     calibration = ctx.calibration_inputs()

@@ -16,6 +16,7 @@ import numpy as np
 from .. import data as data_mod
 from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError, stop_requested
+from ..cam import cam_weights_path
 from ..cpu import cpu_info, saturation_risk
 from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
 from ..runtime import Classifier
@@ -61,16 +62,19 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
                  calibration: str | Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
                  max_accuracy_drop: float = 1.0, io_dtype: str | None = None, console=None,
                  int8_cpu: str | None = None, min_agreement: float | None = None,
-                 target: str | None = None) -> list[ArtifactReport]:
+                 target: str | None = None, explain: bool = False) -> list[ArtifactReport]:
     """Convert, verify and gate. Returns one report per requested artifact.
 
     `int8_cpu` names the CPU class int8 artifacts are made for (`edgecls.cpu.INT8_CPU_CLASSES`;
-    default: the target's, else "portable", correct on every CPU)."""
+    default: the target's, else "portable", correct on every CPU). `explain` adds the last
+    feature map as a second output (TFLite and ONNX), so the device runtime can draw class
+    activation maps."""
     from rich.console import Console
     from rich.markup import escape
 
     console = console or Console(stderr=True)
-    specs = resolve(formats, quants, {"io_dtype": io_dtype, "int8_cpu": int8_cpu})  # before any slow work
+    specs = resolve(formats, quants, {"io_dtype": io_dtype, "int8_cpu": int8_cpu,  # before any slow work
+                                      "explain": True if explain else None})
     profile = None
     if target:
         from ..targets import get_target
@@ -125,7 +129,7 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
                "notes": notes, "reference_accuracy": reference_acc, "verification_count": verify_set.count,
                "val_count": verify_set.val_count, "artifacts": []}
     try:
-        _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, reports, console)
+        _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, explain, reports, console)
     except BaseException as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise
@@ -152,7 +156,8 @@ class Gate:
         return None
 
 
-def _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, reports, console) -> None:
+def _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8_cpu, explain, reports,
+                console) -> None:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -162,7 +167,8 @@ def _export_all(ctx, specs, out_dir, verify_set, reference, gate, io_dtype, int8
         for spec in specs:
             progress.update(task, description=f"exporting {spec.key}")
             options = {k: v for k, v in (("io_dtype", io_dtype), ("int8_cpu", int8_cpu)) if k in spec.options}
-            report = _export_one(ctx, spec, out_dir, verify_set, reference, gate, options)
+            report = _export_one(ctx, spec, out_dir, verify_set, reference, gate, options,
+                                 explain=explain and "explain" in spec.options)
             reports.append(report)
             status = "ok" if report.passed else "FAILED"
             console.print(escape(f"{spec.key:<18} {status}  " + (report.error or
@@ -190,7 +196,7 @@ def _cpu_notes(host: dict, int8_cpu: str, profile) -> list[str]:
 
 
 def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set, reference: np.ndarray,
-                gate: Gate, options: dict[str, Any]) -> ArtifactReport:
+                gate: Gate, options: dict[str, Any], explain: bool = False) -> ArtifactReport:
     report = ArtifactReport(spec.key, spec.format, spec.quant)
     started = time.perf_counter()
     staging = Path(out_dir) / f".staging-{spec.format}-{spec.quant}"
@@ -206,6 +212,7 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
         ctx.embedded_manifest = json.dumps(embedded.to_dict())
         staged = staging / spec.filename()
         try:
+            ctx.explain_model = _explain_variant(ctx, staged, spec.format) if explain else None
             import_module(f"{__package__}.{spec.module}").export(ctx, spec, staged, **options)
         except (OptionError, DatasetError):
             raise
@@ -246,6 +253,10 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
         for companion in sorted(staging.iterdir(), key=lambda p: p.name == staged.name):
             companion.replace(Path(out_dir) / companion.name)
         manifest.artifact_sha256 = sha256_file(final)
+        cam = cam_weights_path(final)
+        if explain and cam.is_file():
+            manifest.companions[cam.name] = sha256_file(cam)
+            manifest.output["explain"] = "cam"
         manifest.save(final)
         report.path, report.passed = str(final), True
         if spec.quant == "edgetpu":
@@ -264,7 +275,7 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
 
 def _remove_artifact(final: Path) -> list[str]:
     """Delete an artifact, its manifest, weights and compiled Edge TPU build; the names removed."""
-    names = [final, manifest_path(final)]
+    names = [final, manifest_path(final), cam_weights_path(final)]
     if final.suffix == ".xml":
         names.append(final.with_suffix(".bin"))
     if final.suffix == ".tflite":
@@ -276,6 +287,20 @@ def _remove_artifact(final: Path) -> list[str]:
             path.unlink()
             removed.append(path.name)
     return removed
+
+
+def _explain_variant(ctx: ExportContext, staged: Path, fmt: str):
+    """The two-output model for `fmt` (built once per run), its CAM weights written beside `staged`."""
+    from ..explain import export_explain_model
+
+    model = export_explain_model(ctx.keras_model, staged, fmt)
+    cached = getattr(ctx, "_explain_models", {})
+    if fmt not in cached:
+        h, w = ctx.input_size
+        model(np.zeros((1, h, w, 3), np.float32))  # Keras' ONNX exporter needs a model that has been called
+        cached[fmt] = model
+        ctx._explain_models = cached
+    return cached[fmt]
 
 
 def _compile_edgetpu(final: Path, manifest: Manifest, report: ArtifactReport) -> None:
