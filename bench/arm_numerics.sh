@@ -9,7 +9,8 @@
 # (about 10-15 min). Environment: ARM_ROOT (/work/arm64root), ARM_WORK (/work/scratch/arm),
 # MODEL (/work/scratch/fl224/model.keras), INV (/work/scratch/inv: images.npz with `images`, already
 # preprocessed, and `targets`; keras.npy with the Keras fp32 probabilities), STRIDE (1: every image;
-# N: every Nth image, for when emulation is too slow).
+# N: every Nth image, for when emulation is too slow), ARM_CPUS, ARM_ARTIFACTS (below). Finished runs are
+# kept as $ARM_WORK/scores_{x86,arm64_CORE}_SCHEME_sSTRIDE.npz and skipped: delete one to redo it.
 set -euo pipefail
 
 MAIN=$(cd "$(dirname "$0")/.." && pwd)
@@ -126,6 +127,7 @@ run_x86() {
         [ -s "$out" ] && continue
         log "x86 worker: $scheme"
         mapfile -t mine < <(scheme_artifacts "$scheme")
+        [ ${#mine[@]} -gt 0 ] || continue
         PYTHONPATH="$WORK/src" "$HOST_PY" "$WORK/src/bench/int8_fidelity.py" --worker "$WORK/images_s$STRIDE.npy" "$out" "${mine[@]}"
     done
 }
@@ -148,6 +150,7 @@ run_arm64() {
             [ -s "$out" ] && continue
             log "arm64 worker (qemu-user -cpu $ARM_CPU, $(cat "$WORK/hwcap_$ARM_CPU.txt")): $scheme"
             mapfile -t mine < <(scheme_artifacts "$scheme")
+        [ ${#mine[@]} -gt 0 ] || continue
             # cpuinfo cannot parse qemu's view of the CPU and says so at every start: noise, filtered.
             in_root PYTHONPATH="$WORK/src" "$ARM_VENV/bin/python" "$WORK/src/bench/int8_fidelity.py" --worker \
                 "$WORK/images_s$STRIDE.npy" "$out" "${mine[@]}" 2> >(grep -v cpuinfo >&2)
