@@ -665,7 +665,17 @@ def tune_command(
 
 def main() -> None:
     cli_light.install_sigterm()
-    app()
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        if not stop_requested():
+            raise
+        # Stopped by a signal: the command's clean-up has run. Leave without interpreter
+        # finalization, where a late interrupt in a library's thread or atexit hook would turn
+        # the documented 130/143 into death by signal.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(cli_light.interrupted_exit_code())
 
 
 if __name__ == "__main__":
