@@ -46,6 +46,12 @@ mount_root() {
     mountpoint -q "$ARM_ROOT/dev" || mount --bind /dev "$ARM_ROOT/dev"
     mountpoint -q "$ARM_ROOT/work" || mount --bind /work "$ARM_ROOT/work"
     cp -f /etc/resolv.conf "$ARM_ROOT/etc/resolv.conf"
+    trap umount_root EXIT
+}
+
+umount_root() {  # /work inside /work/arm64root/work is a loop for anything that walks /work: undo it on exit
+    local m
+    for m in work dev sys proc; do ! mountpoint -q "$ARM_ROOT/$m" || umount "$ARM_ROOT/$m" || true; done
 }
 
 in_root() {
