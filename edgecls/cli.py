@@ -87,7 +87,10 @@ def train(
     out: Path = typer.Option(Path("runs/train"), help="Output folder."),
     input_size: Optional[str] = typer.Option(None, help="N or HxW (default: the recipe's)."),
     epochs: int = typer.Option(10, help="Phase 1 epochs (frozen backbone)."),
-    fine_tune_epochs: int = typer.Option(5, help="Phase 2 epochs (top layers unfrozen); 0 skips."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, help="Phase 2 epochs (top layers unfrozen); 0 skips; default: "
+                                                   "5 with at least 2000 training images, else none (small sets overfit)."),
+    feature_head: bool = typer.Option(True, "--feature-head/--gradient-head", help="Phase 1 as a logistic regression "
+                                      "on backbone features computed once (default), or a head trained by gradient descent."),
     batch_size: int = typer.Option(32),
     learning_rate: float = typer.Option(1e-3),
     fine_tune_learning_rate: float = typer.Option(1e-4),
@@ -135,6 +138,7 @@ def train(
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip, precision=precision,
+                         feature_head=feature_head,
                          deterministic=deterministic, data_parallel=data_parallel, oversample=oversample)
     if recipe is not None:
         from .tune import apply_recipe, load_recipe
@@ -574,7 +578,7 @@ def cross_validation(
     weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file."),
     input_size: Optional[str] = typer.Option(None, help="N or HxW (default: the backbone's)."),
     epochs: int = typer.Option(10, help="Phase 1 epochs."),
-    fine_tune_epochs: int = typer.Option(5, help="Phase 2 epochs; 0 skips."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, help="Phase 2 epochs; 0 skips; default: by data size."),
     batch_size: int = typer.Option(32),
     learning_rate: float = typer.Option(1e-3),
     dropout: float = typer.Option(0.2),
@@ -621,7 +625,7 @@ def tune_command(
     weights: Optional[str] = typer.Option(None, help="imagenet | none | PATH to a .weights.h5 file."),
     input_size: Optional[str] = typer.Option(None, help="N or HxW of the untuned configuration."),
     epochs: int = typer.Option(10),
-    fine_tune_epochs: int = typer.Option(5),
+    fine_tune_epochs: Optional[int] = typer.Option(None),
     batch_size: int = typer.Option(32),
     seed: int = typer.Option(0),
 ):

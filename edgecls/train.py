@@ -45,13 +45,20 @@ _OUTPUTS = ("model.keras.json", "model.keras", "metrics.json", "history.json", "
             "training_curves.png", "confusion_matrix.png")
 
 
+# Below this many training images the default skips fine-tuning: on flowers-small (160) and a
+# 244-photo 2-class set, fine-tuning 38 layers scored below the frozen linear probe it starts
+# from (5-fold CV 0.845-0.860 vs 0.880; held-out 0.915 vs 0.967), while the feature head ties it.
+FINE_TUNE_MIN_IMAGES = 2000
+DEFAULT_FINE_TUNE_EPOCHS = 5
+
+
 @dataclass
 class TrainConfig:
     backbone: str = "mobilenet_v2"
     weights: str | None = None          # imagenet | none | PATH; default: the recipe's
     input_size: tuple[int, int] | None = None
     epochs: int = 10                    # phase 1 (head) epochs
-    fine_tune_epochs: int = 5           # phase 2 epochs; 0 skips fine-tuning
+    fine_tune_epochs: int | None = None  # phase 2 epochs; 0 skips; None: by data size (FINE_TUNE_MIN_IMAGES)
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
@@ -70,14 +77,14 @@ class TrainConfig:
     cache_dir: str | None = None        # default: edgecls.cache.cache_root()
     fold: list[int] | None = None       # [k, i]: validate on fold i of a stratified k-fold split (edgecls cv)
     oversample: bool = False            # draw minority-class training images again, up to the largest class
-    feature_head: bool = False          # phase 1: logistic regression on backbone features computed once
+    feature_head: bool = True           # phase 1: logistic regression on backbone features computed once
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.fine_tune_epochs < 0:
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 0:
             raise OptionError(f"fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}")
         if not 0 <= self.dropout < 1:
             raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -544,6 +551,19 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
     return history
 
 
+def _fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool, console) -> int:
+    """The configured fine-tuning epochs, or by data size when not configured."""
+    if config.fine_tune_epochs is not None:
+        return config.fine_tune_epochs
+    if whole:
+        return 0
+    if train_count >= FINE_TUNE_MIN_IMAGES:
+        return DEFAULT_FINE_TUNE_EPOCHS
+    console.print(f"no fine-tuning phase: {train_count} training images (fewer than {FINE_TUNE_MIN_IMAGES}), where "
+                  "fine-tuning overfits; --fine-tune-epochs N asks for it")
+    return 0
+
+
 def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig, checkpoint: Checkpoint,
                resumed: dict | None, class_weight: dict | None, console, fine_tune_from: str):
     """Run the phases in order (from the resumed one), each on a net built under its dtype policy
@@ -774,8 +794,9 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     set_determinism(deterministic)
     devices = _set_distribution(config)
     whole = trains_whole(recipe, weights)
-    fine_tune = bool(config.fine_tune_epochs and recipe.fine_tune_from and not whole)
-    if config.fine_tune_epochs and whole:
+    fine_tune_epochs = _fine_tune_epochs(config, len(loaded.train), whole, console)
+    fine_tune = bool(fine_tune_epochs and recipe.fine_tune_from and not whole)
+    if fine_tune_epochs and whole:
         console.print("no fine-tuning phase: without pretrained weights the whole network trained from the start")
     images, targets = loaded.cache, loaded.folder.targets
     augmentation = Augmentation(flip=config.flip) if config.augment else None
@@ -787,7 +808,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
              _feeder(images, targets, loaded.val, config.batch_size, shuffle=False, seed=config.seed, multiple=devices))
     class_weight = _class_weight(targets[loaded.train], len(labels)) if config.class_weights else None
     phases = [(1, config.epochs, config.learning_rate)] + (
-        [(2, config.fine_tune_epochs, config.fine_tune_learning_rate)] if fine_tune else [])
+        [(2, fine_tune_epochs, config.fine_tune_learning_rate)] if fine_tune else [])
     policies = {phase: phase_policy(config.precision, phase, device, whole) for phase, _, _ in phases}
     build = lambda policy, fine: _build_net(recipe, labels, input_size, weights, config,  # noqa: E731
                                             preprocessing, policy, fine)
