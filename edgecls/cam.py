@@ -209,13 +209,14 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     for prediction). Returns the predicted label, the explained label and the overlay path.
     """
     from .preprocess import read_rgb
-    from .runtime import looks_like_probabilities, softmax
+    from .runtime import softmax
 
     labels = list(classifier.labels)
     kernel, runner = _opened(classifier.path, len(labels))
     rgb = read_rgb(image_path)
     outs = runner.run(classifier.prepare(rgb))
-    probs = outs.probabilities if looks_like_probabilities(outs.probabilities) else softmax(outs.probabilities)
+    # The activation the classifier decided when the artifact was opened, never a guess from values.
+    probs = softmax(outs.probabilities) if classifier.output_activation == "none" else outs.probabilities
     predicted = int(np.argmax(probs))
     if class_name is not None and class_name not in labels:
         raise OptionError(f"--class {class_name!r} is not one of the model's labels: {', '.join(labels)}")

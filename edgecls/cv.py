@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, OptionError
+from .evaluate import SMALL_SPLIT, save_figure, wilson_interval  # noqa: F401 (re-exported)
 from .manifest import atomic_write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -186,26 +187,7 @@ def plot_folds(result: CVResult, path: str | Path) -> Path:
     ax.set_title(f"{result.name}: {len(folds)}-fold cross-validation")
     ax.legend(loc="upper center", ncol=2, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-SMALL_SPLIT = 200  # below this many validation images, one split's accuracy is a rough guide only
-
-
-def wilson_interval(correct: int, count: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy of `correct` out of `count`."""
-    if count <= 0:
-        return 0.0, 1.0
-    p = correct / count
-    denom = 1 + z * z / count
-    centre = (p + z * z / (2 * count)) / denom
-    half = z * np.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    return save_figure(fig, path)
 
 
 def small_split_note(accuracy: float, count: int) -> str | None:

@@ -117,12 +117,33 @@ def plot_confusion(metrics: Metrics, path: str | Path, title: str = "Confusion m
                 if cm[i, j]:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                             color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+SMALL_SPLIT = 200  # below this many held-out images one split's accuracy is a rough guide only
+
+
+def wilson_interval(correct: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion `correct` / `count` (sound near 0 and 1)."""
+    if count <= 0:
+        return 0.0, 1.0
+    p = correct / count
+    denom = 1 + z * z / count
+    centre = (p + z * z / (2 * count)) / denom
+    half = z * np.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def format_metrics(metrics: Metrics) -> str:

@@ -200,7 +200,7 @@ def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np
                  out_dir: Path, class_index: int | None) -> dict[str, Any]:
     x = preprocessing(rgb)[None]
     maps, logits = grad_cam(model, x, class_index)
-    probs = _probabilities(model, x, logits)
+    probs = _probabilities(model, logits)
     predicted = int(np.argmax(probs[0]))
     chosen = predicted if class_index is None else class_index
     heat = cam_mod.heat_on_picture(rgb, maps[0], preprocessing)
@@ -210,11 +210,16 @@ def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np
             "explained": labels[chosen], "overlay": str(out)}
 
 
-def _probabilities(model, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    out = np.asarray(model.predict_on_batch(x), dtype=np.float32)
-    from .runtime import looks_like_probabilities, softmax
+def _probabilities(model, scores: np.ndarray) -> np.ndarray:
+    """Probabilities from the head's scores, decided by the model's structure, never by the values:
+    a Dense head gives pre-activation logits (softmax them); a head ending in its own Softmax layer
+    gives probabilities already. Saves the second forward pass that a comparison would need."""
+    from .runtime import softmax
 
-    return out if looks_like_probabilities(out) else softmax(logits)
+    last = model.layers[-1]
+    kind = last.__class__.__name__
+    own_softmax = kind == "Softmax" or (kind == "Activation" and getattr(last.activation, "__name__", "") == "softmax")
+    return scores if own_softmax else softmax(scores)
 
 
 def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str | Path, split: str = "val",

@@ -55,11 +55,6 @@ def resolve_activation(engine: Engine, manifest: Manifest | None, explicit: str 
     return getattr(engine, "output_activation", None)
 
 
-def looks_like_probabilities(scores: np.ndarray) -> bool:
-    return bool(scores.min() >= -1e-3 and scores.max() <= 1 + 1e-3
-                and np.allclose(scores.sum(axis=-1), 1.0, atol=0.05))
-
-
 def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 5) -> Prediction:
     """Highest-scoring (label, score) pairs of one score vector, best first."""
     k = max(1, min(k, len(scores)))

@@ -290,17 +290,19 @@ def _remove_artifact(final: Path) -> list[str]:
 
 
 def _explain_variant(ctx: ExportContext, staged: Path, fmt: str):
-    """The two-output model for `fmt` (built once per run), its CAM weights written beside `staged`."""
-    from ..explain import export_explain_model
+    """The two-output model for `fmt` (built once per run); its CAM weights are written beside `staged`."""
+    from ..cam import save_cam_weights
+    from ..explain import cam_kernel, export_explain_model
 
+    cached = ctx.__dict__.setdefault("_explain_models", {})
+    if fmt in cached:
+        save_cam_weights(staged, cam_kernel(ctx.keras_model))
+        return cached[fmt]
     model = export_explain_model(ctx.keras_model, staged, fmt)
-    cached = getattr(ctx, "_explain_models", {})
-    if fmt not in cached:
-        h, w = ctx.input_size
-        model(np.zeros((1, h, w, 3), np.float32))  # Keras' ONNX exporter needs a model that has been called
-        cached[fmt] = model
-        ctx._explain_models = cached
-    return cached[fmt]
+    h, w = ctx.input_size
+    model(np.zeros((1, h, w, 3), np.float32))  # Keras' ONNX exporter needs a model that has been called
+    cached[fmt] = model
+    return model
 
 
 def _compile_edgetpu(final: Path, manifest: Manifest, report: ArtifactReport) -> None:

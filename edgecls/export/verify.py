@@ -7,14 +7,13 @@ the Keras model measures fidelity, not generalisation, so they count for it full
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import data as data_mod
+from ..evaluate import SMALL_SPLIT, wilson_interval
 
-SMALL_VALIDATION = 200   # below this many validation images, calibration-disjoint training images join
 
 
 @dataclass
@@ -40,7 +39,7 @@ def choose_images(folder, split: dict[str, np.ndarray], preprocessing, calibrati
     small, the training images left over from calibration for verification."""
     val = data_mod.load_images(folder, split["val"], preprocessing)
     train_idx = np.asarray(split["train"], dtype=np.int64)
-    small = len(val.targets) < SMALL_VALIDATION
+    small = len(val.targets) < SMALL_SPLIT  # then calibration-disjoint training images join
     calib_idx = np.asarray([], dtype=np.int64)
     if need_calibration and calibration_images is None and len(train_idx):
         # Calibration keeps at least half of a small training split for verification; min/max
@@ -60,17 +59,6 @@ def choose_images(folder, split: dict[str, np.ndarray], preprocessing, calibrati
             images = np.concatenate([val.images, extra.images])
             targets = np.concatenate([val.targets, extra.targets])
     return VerificationSet(images, targets, len(val.targets), calibration)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, targets: np.ndarray, val_count: int) -> dict:
