@@ -41,6 +41,9 @@ def test_onnx_zoo_int8_model_with_torch_normalization(assets, coral):
                                    labels=coral / "imagenet_labels.txt", normalization="torch")
     assert clf.layout == "NCHW" and len(clf.labels) == 1000  # background label dropped for 1000 outputs
     parrot = clf.predict(assets / "images/imagenet-photos/parrot.jpg", 1)
+    # This zoo model has full 8-bit weights, so AVX2-only CPUs saturate: under an emulated AVX2 CPU
+    # (qemu -cpu Haswell-v4) its dragonfly becomes a damselfly, so only the parrot is asserted,
+    # which stays a macaw there (0.999 on VNNI and on emulated AVX2).
     assert parrot[0][0] == "macaw"
 
 
