@@ -14,6 +14,7 @@ TFLite Flex ops) and the same code serves every Keras backend. Randomness is see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -56,6 +57,35 @@ class Augmentation:
             mean = out.mean(axis=(0, 1), keepdims=True)
             out = np.clip((out.astype(np.float32) - mean) * factor + mean, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(out)
+
+
+def corner_crop(batch: np.ndarray, fraction: float, corner: tuple[int, int]) -> np.ndarray:
+    """The `fraction` x `fraction` corner (row 0/1, column 0/1) of every uint8 picture in a batch,
+    resized back to the batch's size."""
+    import cv2
+
+    h, w = batch.shape[1:3]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    y0, x0 = (h - ch) * corner[0], (w - cw) * corner[1]
+    return np.stack([cv2.resize(np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw]), (w, h),
+                                interpolation=cv2.INTER_LINEAR) for img in batch])
+
+
+def feature_views(mirror: bool, crop: float) -> dict[str, Callable[[np.ndarray], np.ndarray] | None]:
+    """The fixed views of each training picture whose backbone features the feature head learns
+    from: as is, mirrored (when flips are allowed) and, with `crop` > 0, its four corner crops of
+    that fraction of each side (None: the picture as is). Deterministic, so features are
+    computed once. On flowers-small at 224 px the four crops moved 5-fold CV accuracy from 0.860 to
+    0.868 (mean over three fold seeds; the probe 0.857), bench/results/feature_head_cv_224px.md:
+    a small gain, inside the fold noise, from a standard augmentation rather than a tuned one."""
+    views: dict = {"as is": None}
+    if mirror:
+        views["mirrored"] = lambda b: b[:, :, ::-1]
+    if crop:
+        for name, corner in (("top left", (0, 0)), ("top right", (0, 1)), ("bottom left", (1, 0)),
+                             ("bottom right", (1, 1))):
+            views[f"{name} {crop:g}"] = lambda b, c=corner: corner_crop(b, crop, c)
+    return views
 
 
 _LAYERS: dict[str, type] = {}

@@ -91,6 +91,10 @@ def train(
                                                    "5 with at least 2000 training images, else none (small sets overfit)."),
     feature_head: bool = typer.Option(True, "--feature-head/--gradient-head", help="Phase 1 as a logistic regression "
                                       "on backbone features computed once (default), or a head trained by gradient descent."),
+    feature_crops: float = typer.Option(0.8, help="Feature head: also learn from the four corner crops of this "
+                                        "fraction of each side (0: none; used when no fine-tuning follows)."),
+    head_c: Optional[float] = typer.Option(None, help="Feature head's inverse L2 strength C (default: chosen by "
+                                           "3-fold CV on the training split)."),
     batch_size: int = typer.Option(32),
     learning_rate: float = typer.Option(1e-3),
     fine_tune_learning_rate: float = typer.Option(1e-4),
@@ -130,6 +134,10 @@ def train(
         raise OptionError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training images")
     at_least("--seed", seed, 0)
     at_least("--patience", patience, 0)
+    if feature_crops:
+        within("--feature-crops", feature_crops, 0.5, 1, high_open=True)
+    if head_c is not None:
+        within("--head-c", head_c, 0, 1e6, low_open=True)
     folder_option("--out", out)
     from .train import TrainConfig, train as run_train
 
@@ -138,7 +146,7 @@ def train(
                          fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip, precision=precision,
-                         feature_head=feature_head,
+                         feature_head=feature_head, feature_crops=feature_crops, head_c=head_c,
                          deterministic=deterministic, data_parallel=data_parallel, oversample=oversample)
     if recipe is not None:
         from .tune import apply_recipe, load_recipe
@@ -628,8 +636,11 @@ def tune_command(
     fine_tune_epochs: Optional[int] = typer.Option(None),
     batch_size: int = typer.Option(32),
     seed: int = typer.Option(0),
+    confirm: bool = typer.Option(True, "--confirm/--no-confirm", help="Score the best and the untuned configuration "
+                                 "again on fresh folds (the best of many noisy trials is biased upwards)."),
 ):
-    """Search learning rate, dropout, augmentation (and sizes, backbones, fine-tuning) with Optuna; save the best recipe."""
+    """Search the head (crops, regularisation), learning rates, dropout, augmentation (and sizes, backbones,
+    fine-tuning) with Optuna; save the best recipe."""
     from rich.markup import escape
 
     from .tune import search_space, tune as run_tune
@@ -659,10 +670,15 @@ def tune_command(
     result = run_tune(dataset, out, base, trials, timeout, folds, space, seed,
                       console=err.get() if hasattr(err, "get") else err,
                       on_trial=lambda r: err.print(f"trial {r['trial']}: score {r['score']:.4f} ({r['seconds']:.0f} s) "
-                                                   f"{json.dumps(r['params'])}", highlight=False, markup=False))
+                                                   f"{json.dumps(r['params'])}", highlight=False, markup=False),
+                      confirm=confirm)
     show.print(Path(result.paths["md"]).read_text(), markup=False)
     show.print(f"untuned {result.baseline['score']:.4f} -> best {result.best['score']:.4f} "
                f"({100 * result.improvement:+.1f} points)", highlight=False)
+    c = result.confirmation
+    if c:
+        show.print(f"fresh folds (seed {c['fold_seed']}): untuned {c['baseline']['score']:.4f} -> best "
+                   f"{c['best']['score']:.4f} ({100 * c['gain']:+.1f} points)", highlight=False)
     show.print(f"recipe: {escape(result.paths['recipe'])}  (edgecls train DATASET --recipe ...)\n"
                f"plot:   {escape(result.paths['png'])}", highlight=False)
 

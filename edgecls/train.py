@@ -79,6 +79,8 @@ class TrainConfig:
     fold: list[int] | None = None       # [k, i]: validate on fold i of a stratified k-fold split (edgecls cv)
     oversample: bool = False            # draw minority-class training images again, up to the largest class
     feature_head: bool = True           # phase 1: logistic regression on backbone features computed once
+    feature_crops: float = 0.8          # feature head: also learn from 4 corner crops of this side fraction; 0: none
+    head_c: float | None = None         # feature head's inverse L2 strength; None: chosen by inner CV
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
@@ -95,6 +97,10 @@ class TrainConfig:
             raise OptionError(f"workers must be >= 0 (0: all cores), got {self.workers}")
         if self.patience < 0:
             raise OptionError(f"patience must be >= 0, got {self.patience}")
+        if self.feature_crops and not 0.5 <= self.feature_crops < 1:
+            raise OptionError(f"feature_crops must be 0 (no crops) or in [0.5, 1), got {self.feature_crops}")
+        if self.head_c is not None and not self.head_c > 0:
+            raise OptionError(f"head_c must be positive, got {self.head_c}")
         resolve_weights(self.weights or recipe.weights)
         return recipe
 
@@ -364,6 +370,7 @@ class _Net:
     backbone: Any
     wrapper: Any
     policy: str
+    extractor: Any = None   # inputs -> the head's input features (built on first use)
 
 
 def _build_net(recipe: Recipe, labels: list[str], input_size: tuple[int, int], weights: str | None,
@@ -585,7 +592,9 @@ def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig,
         # Written into every checkpoint of the phase, so a resume knows what came before.
         extra = _Extra(checkpoint, {"earlier_history": history, "phase_boundary": phase_boundary})
         if phase == 1 and config.feature_head and this is None and not net.backbone.trainable:
-            phase_history = fit_feature_head(net, feeds, config, class_weight, console)
+            # Crop views only pay when this head is the final one; before fine-tuning it is a start.
+            final = not any(p == 2 and e > 0 for p, e, _ in phases)
+            phase_history = fit_feature_head(net, feeds, config, class_weight, console, crops=final)
             extra.save({"epoch": len(phase_history["loss"]), "best": 0.0, "wait": 0, "done": True, "phase": 1,
                         "phase_history": phase_history}, net.wrapper.variables, [], None)
         else:
@@ -597,40 +606,49 @@ def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig,
     return net, history, phase_boundary
 
 
-def frozen_features(net: _Net, feed, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def frozen_features(net: _Net, feed, flip: bool = False, view=None) -> tuple[np.ndarray, np.ndarray]:
     """Backbone features (the head's input) of every picture a feeder yields, computed once with
-    the training wrapper's normalisation and no augmentation (or mirrored, with `flip`)."""
+    the training wrapper's normalisation and no augmentation (or mirrored, with `flip`, or
+    through `view`, a function of the uint8 batch)."""
     keras = _keras()
-    extractor = keras.Model(net.inference.inputs, net.inference.get_layer("probabilities").input)
+    if net.extractor is None:  # one model for every view: a new one per call retraces its predict function
+        net.extractor = keras.Model(net.inference.inputs, net.inference.get_layer("probabilities").input)
+    extractor = net.extractor
     normalize = net.wrapper.get_layer("normalize")
     xs, ys = [], []
     for i in range(len(feed)):
         x, y = feed[i]
-        pixels = normalize(np.ascontiguousarray(x[:, :, ::-1] if flip else x))
+        x = x[:, :, ::-1] if flip else x
+        pixels = normalize(np.ascontiguousarray(view(x) if view is not None else x))
         xs.append(np.asarray(extractor.predict_on_batch(keras.ops.convert_to_numpy(pixels)), dtype=np.float32))
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def fit_feature_head(net: _Net, feeds: tuple, config: TrainConfig, class_weight: dict | None,
-                     console) -> dict[str, list[float]]:
+                     console, crops: bool = True) -> dict[str, list[float]]:
     """Phase 1 on features computed once: the frozen backbone runs over the training set (as is
-    and, with flips on, mirrored) and the validation set once instead of once per epoch; the head
+    and, with augmentation on, in the fixed views of `augment.feature_views`: mirrored, and four
+    corner crops when `crops`) and the validation set once instead of once per epoch; the head
     is a multinomial logistic regression on those features (`logistic_head`), which is what a
     softmax dense layer computes, so its weights go straight into the model. Host-side
     rotation/zoom does not apply here (features are computed once)."""
     from sklearn.metrics import accuracy_score, log_loss
 
+    from .augment import feature_views
+
     train_feed, val_feed = feeds
     train_feed.epoch = 0
-    with _status(console, "phase 1 (head): backbone features, computed once"):
-        tx, ty = frozen_features(net, _unwarped(train_feed))
-        if config.augment and config.flip:
-            fx, fy = frozen_features(net, _unwarped(train_feed), flip=True)
-            tx, ty = np.concatenate([tx, fx]), np.concatenate([ty, fy])
+    views = feature_views(config.flip, config.feature_crops if crops else 0.0) if config.augment else {"as is": None}
+    parts = []
+    with _status(console, f"phase 1 (head): backbone features of {len(views)} view(s), computed once"):
+        for view in views.values():
+            parts.append(frozen_features(net, _unwarped(train_feed), view=view))
         vx, vy = frozen_features(net, val_feed)
+    tx, ty = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    pictures = np.tile(np.arange(len(parts[0][1])), len(parts))  # views of one picture share an inner fold
     head = net.inference.get_layer("probabilities")
-    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight)
+    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)
     head.set_weights([kernel, bias])
     labels = list(range(head.units))
 
@@ -643,28 +661,32 @@ def fit_feature_head(net: _Net, feeds: tuple, config: TrainConfig, class_weight:
                "accuracy": [float(accuracy_score(ty, probs(tx).argmax(1)))],
                "val_loss": [float(log_loss(vy, probs(vx), labels=labels))],
                "val_accuracy": [float(accuracy_score(vy, probs(vx).argmax(1)))]}
-    console.print(f"phase 1 (head): logistic regression on {len(tx)} feature vectors, C={c:g} chosen by "
-                  f"3-fold CV on the training split; val_accuracy {history['val_accuracy'][0]:.3f}")
+    how = "given" if config.head_c is not None else "chosen by 3-fold CV on the training split"
+    console.print(f"phase 1 (head): logistic regression on {len(tx)} feature vectors ({', '.join(views)}), "
+                  f"C={c:g} {how}; val_accuracy {history['val_accuracy'][0]:.3f}")
     return history
 
 
 def logistic_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = 0, class_weight: dict | None = None,
-                  cs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)) -> tuple[np.ndarray, np.ndarray, float]:
-    """Multinomial L2 logistic regression (scikit-learn) on features, its strength C chosen by
-    stratified 3-fold CV on these training features only; returns a softmax dense layer's
-    (kernel, bias) and C. Features of one picture (as is and mirrored) may share a fold; the
-    choice of C is what that affects, never the validation split."""
+                  cs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0), groups: np.ndarray | None = None,
+                  c: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Multinomial L2 logistic regression (scikit-learn) on features, its strength C given or
+    chosen by stratified 3-fold CV on these training features only (`groups`: rows of one
+    picture, its views, stay in one inner fold, so a crop never scores its own original);
+    returns a softmax dense layer's (kernel, bias) and C."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
-    smallest = int(np.bincount(y, minlength=classes)[np.bincount(y, minlength=classes) > 0].min())
+    groups = np.arange(len(y)) if groups is None else groups
+    counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=classes)
+    smallest = int(counts[counts > 0].min())
     weight = "balanced" if class_weight else None
-    if smallest >= 3:
-        folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    if c is None and smallest >= 3:
+        folds = list(StratifiedGroupKFold(3, shuffle=True, random_state=seed).split(x, y, groups))
         model = LogisticRegressionCV(Cs=list(cs), cv=folds, max_iter=3000, class_weight=weight, random_state=seed,
                                      scoring="neg_log_loss")
-    else:  # too few pictures per class to cross-validate C: the usual default
-        model = LogisticRegression(C=1.0, max_iter=3000, class_weight=weight, random_state=seed)
+    else:  # C given, or too few pictures per class to cross-validate it: the usual default
+        model = LogisticRegression(C=1.0 if c is None else c, max_iter=3000, class_weight=weight, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notes on changing defaults
         model.fit(x, y)
@@ -680,7 +702,7 @@ def logistic_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = 0, cla
     # Classes absent from training get a logit far below the others, never a prediction.
     missing = np.setdiff1d(np.arange(classes), present)
     bias[missing] = -1e4
-    c = float(np.ravel(model.C_)[0]) if hasattr(model, "C_") else 1.0
+    c = float(np.ravel(model.C_)[0]) if hasattr(model, "C_") else model.C
     return kernel, bias, c
 
 

@@ -24,16 +24,33 @@ from .manifest import atomic_write_text
 RECIPE_TABLE = "train"
 
 # (TrainConfig field, kind, arguments). Fields the TrainConfig lacks are left out of the space.
+# Order matters: a dimension is sampled only where it acts (`ACTS_WHEN`), judged on the config
+# sampled so far, so no trial is spent on a learning rate that a logistic-regression head ignores.
 SPACE: list[tuple[str, str, tuple]] = [
+    ("feature_head", "categorical", ((True, False),)),
+    ("augment", "categorical", ((True, False),)),
+    ("feature_crops", "categorical", ((0.0, 0.6, 0.7, 0.8, 0.9),)),
+    ("head_c", "categorical", ((None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),)),  # None: inner CV chooses
     ("learning_rate", "log", (1e-4, 1e-2)),
     ("dropout", "float", (0.0, 0.5)),
     ("weight_decay", "log", (1e-6, 1e-2)),
     ("label_smoothing", "float", (0.0, 0.2)),
-    ("augment", "categorical", ((True, False),)),
     ("augment_strength", "float", (0.0, 1.0)),
     ("fine_tune_learning_rate", "log", (1e-5, 1e-3)),
-    ("feature_head", "categorical", ((True, False),)),
 ]
+
+# When a dimension changes training: f(config, fine_tunes) where fine_tunes says whether a
+# fine-tuning phase runs. Dimensions not named here always act.
+ACTS_WHEN: dict[str, Callable[[Any, bool], bool]] = {
+    "feature_crops": lambda c, ft: c.feature_head and c.augment and not ft,
+    "head_c": lambda c, ft: c.feature_head,
+    "learning_rate": lambda c, ft: not c.feature_head,
+    "dropout": lambda c, ft: ft or not c.feature_head,
+    "weight_decay": lambda c, ft: ft or not c.feature_head,
+    "label_smoothing": lambda c, ft: ft or not c.feature_head,
+    "augment_strength": lambda c, ft: c.augment,
+    "fine_tune_learning_rate": lambda c, ft: ft,
+}
 
 
 def _missing_optuna():
@@ -49,6 +66,7 @@ class TuneResult:
     baseline: dict[str, Any]
     recipe_path: Path
     paths: dict[str, str] = field(default_factory=dict)
+    confirmation: dict[str, Any] | None = None   # best vs untuned on fresh folds (tune's `confirm`)
 
     @property
     def improvement(self) -> float:
@@ -66,40 +84,66 @@ def search_space(base, sizes: Sequence[int] = (), backbones: Sequence[str] = (),
     """The dimensions searched for `base` (a TrainConfig): those of SPACE it has, plus input
     sizes, backbones and fine-tuning epochs (0: frozen backbone) when more than one is given."""
     known = config_fields()
-    space = [d for d in SPACE if d[0] in known]
+    space = []  # these first: which other dimensions act depends on them
     if len(set(sizes)) > 1:
         space.append(("input_size", "categorical", (tuple(sorted(set(int(s) for s in sizes))),)))
     if len(set(backbones)) > 1:
         space.append(("backbone", "categorical", (tuple(sorted(set(backbones))),)))
     if len(set(fine_tune)) > 1:
         space.append(("fine_tune_epochs", "categorical", (tuple(sorted(set(int(e) for e in fine_tune))),)))
-    return space
+    return space + [d for d in SPACE if d[0] in known]
 
 
-def _sample(trial, space) -> dict[str, Any]:
+def fine_tunes(config, train_count: int) -> bool:
+    """Whether `config` runs a fine-tuning phase on a training split of `train_count` images."""
+    from .train import FINE_TUNE_MIN_IMAGES
+
+    if config.fine_tune_epochs is not None:
+        return config.fine_tune_epochs > 0
+    return train_count >= FINE_TUNE_MIN_IMAGES
+
+
+def _acts(name: str, config, train_count: int) -> bool:
+    when = ACTS_WHEN.get(name)
+    return when is None or when(config, fine_tunes(config, train_count))
+
+
+def active_values(base, space, train_count: int) -> dict[str, Any]:
+    """The untuned configuration's values of the dimensions that act on it (trial 0)."""
+    out = {}
+    for name, _, _ in space:
+        if _acts(name, base, train_count):
+            out[name] = _plain_value(getattr(base, name))
+    return out
+
+
+def _sample(trial, space, base=None, train_count: int = 0) -> dict[str, Any]:
     out = {}
     for name, kind, args in space:
+        if base is not None and not _acts(name, dataclasses.replace(base, **_from_plain(out)), train_count):
+            continue
         if kind == "log":
             out[name] = trial.suggest_float(name, *args, log=True)
         elif kind == "float":
             out[name] = trial.suggest_float(name, *args)
         else:
             out[name] = trial.suggest_categorical(name, list(args[0]))
-    if "input_size" in out:
-        out["input_size"] = (int(out["input_size"]), int(out["input_size"]))
-    return out
+    return _from_plain(out)
 
 
 def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeout: float | None = None,
          folds: int = 3, space: list | None = None, seed: int = 0, console=None,
-         on_trial: Callable[[dict], None] | None = None) -> TuneResult:
+         on_trial: Callable[[dict], None] | None = None, confirm: bool = True) -> TuneResult:
     """Search `space` around `base` (a TrainConfig). Score: mean CV accuracy over `folds` folds, or
-    the validation accuracy of one split when `folds` is 0. Writes trials.json/md, tune.png and
-    best_recipe.toml (for `edgecls train --recipe`)."""
+    the validation accuracy of one split when `folds` is 0. With `confirm` (and folds), the best
+    and the untuned configuration are scored again on fresh folds (another fold seed): the best of
+    many noisy trials is biased upwards, and the fresh folds say whether its gain holds. Writes
+    trials.json/md, tune.png and best_recipe.toml (for `edgecls train --recipe`)."""
     try:
         import optuna
     except ImportError:
         raise _missing_optuna() from None
+    from . import data as data_mod
     from .cv import cross_validate
     from .train import train
 
@@ -110,13 +154,15 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     if folds == 1 or folds < 0:
         raise OptionError(f"--folds must be 0 (score on the validation split) or at least 2, got {folds}")
     base.validate()
+    count = len(data_mod.scan(dataset))
+    train_count = int(count * (1 - 1 / folds)) if folds else int(count * (1 - base.val_fraction - base.test_fraction))
     space = _including(base, search_space(base) if space is None else space)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
 
     def objective(trial) -> float:
-        params = _sample(trial, space)
+        params = _sample(trial, space, base, train_count)
         config = dataclasses.replace(base, **params)
         config.validate()
         started = time.perf_counter()
@@ -139,8 +185,8 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     # Trial 0 is the untuned configuration: the baseline, scored on the same folds.
-    study.enqueue_trial({name: _plain_value(getattr(base, name)) for name, _, _ in space
-                         if _in_space(getattr(base, name), name, space)}, skip_if_exists=True)
+    study.enqueue_trial({name: value for name, value in active_values(base, space, train_count).items()
+                         if _in_space(value, name, space)}, skip_if_exists=True)
     study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=True)
     baseline = rows[0]
     best = max(rows, key=lambda r: (r["score"], -r["trial"]))
@@ -150,13 +196,31 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
                                    f"{'%d-fold CV' % folds if folds else 'validation'} accuracy {best['score']:.4f} "
                                    f"(untuned {baseline['score']:.4f})")
     result = TuneResult(rows, best, baseline, recipe_path)
+    if confirm and folds and best is not baseline:
+        result.confirmation = _confirm(dataset, out_dir, base, best_config, folds, seed, console)
     payload = {"dataset": str(dataset), "folds": folds, "space": [list(map(str, d[:2])) for d in space],
-               "trials": rows, "best": best, "baseline": baseline}
+               "trials": rows, "best": best, "baseline": baseline, "confirmation": result.confirmation}
     atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / "trials.md", trials_table(result, folds))
     result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
                     "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(recipe_path)}
     return result
+
+
+def _confirm(dataset, out_dir: Path, base, best_config, folds: int, seed: int, console) -> dict[str, Any]:
+    """The untuned and the best configuration on folds drawn with another seed."""
+    from .cv import cross_validate
+
+    fresh = seed + 1
+    out: dict[str, Any] = {"fold_seed": fresh}
+    for key, config in (("baseline", base), ("best", best_config)):
+        where = out_dir / "confirm" / key
+        cv = cross_validate(dataset, where, dataclasses.replace(config, seed=fresh), folds, console=console,
+                            name=f"confirm {key}")
+        _drop_models(where)
+        out[key] = {"score": cv.summary["accuracy"]["mean"], "std": cv.summary["accuracy"]["std"]}
+    out["gain"] = out["best"]["score"] - out["baseline"]["score"]
+    return out
 
 
 def _drop_models(where: Path) -> None:
@@ -280,6 +344,11 @@ def trials_table(result: TuneResult, folds: int) -> str:
                      f"{r['seconds']:.0f} | " + " | ".join(values) + " |")
     lines += ["", f"best {result.best['score']:.4f} vs untuned {result.baseline['score']:.4f} "
                   f"({100 * result.improvement:+.1f} points); recipe: {result.recipe_path}"]
+    c = result.confirmation
+    if c:
+        lines += ["", f"on fresh folds (fold seed {c['fold_seed']}): best {c['best']['score']:.4f} ± "
+                      f"{c['best']['std']:.4f} vs untuned {c['baseline']['score']:.4f} ± {c['baseline']['std']:.4f} "
+                      f"({100 * c['gain']:+.1f} points)"]
     return "\n".join(lines) + "\n"
 
 

@@ -153,6 +153,10 @@ def test_options_are_validated_before_work(flowers, tmp_path):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "precision": "fp8"}))
     with pytest.raises(OptionError, match="needs the JAX backend"):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "data_parallel": True}))
+    with pytest.raises(OptionError, match="feature_crops must be 0"):
+        train(flowers, tmp_path, TrainConfig(**{**TINY, "feature_crops": 1.0}))
+    with pytest.raises(OptionError, match="head_c must be positive"):
+        train(flowers, tmp_path, TrainConfig(**{**TINY, "head_c": 0.0}))
 
 
 def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
@@ -163,6 +167,8 @@ def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
     assert "no checkpoint to resume" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("train", "--precision", "fp8", tmp_path)
     assert proc.returncode != 0 and "--precision 'fp8'" in proc.stderr
+    proc = run_cli("train", "--feature-crops", "0.3", tmp_path)
+    assert proc.returncode != 0 and "--feature-crops must be in [0.5, 1)" in proc.stderr
 
 
 def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobilenet_weights, tmp_path, cache_env):
@@ -170,9 +176,32 @@ def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobil
     the logistic regression scored on the same validation photos (its weights went in intact)."""
     from edgecls.train import TrainConfig, train
 
+    import io
+
+    from rich.console import Console
+
     config = TrainConfig(weights=str(mobilenet_weights), input_size=(96, 96), epochs=1, fine_tune_epochs=0,
                          feature_head=True, seed=0)
-    result = train(flowers, tmp_path, config)
+    console = Console(file=io.StringIO(), width=400)
+    result = train(flowers, tmp_path, config, console=console)
+    # 160 training photos in six views each (as is, mirrored, four corner crops).
+    assert "logistic regression on 960 feature vectors" in console.file.getvalue()
     assert len(result.history["loss"]) == 1
     assert result.metrics["val"]["accuracy"] == pytest.approx(result.history["val_accuracy"][0], abs=1e-9)
     assert result.metrics["val"]["accuracy"] >= 0.6  # chance is 0.2; MobileNetV2 features at 96 px reach ~0.8
+
+
+def test_feature_views_are_the_picture_its_mirror_and_corner_crops():
+    import cv2
+
+    from edgecls.augment import corner_crop, feature_views
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 50, 40, 3), dtype=np.uint8)
+    views = feature_views(mirror=True, crop=0.8)
+    assert list(views)[:2] == ["as is", "mirrored"] and len(views) == 6 and views["as is"] is None
+    assert np.array_equal(views["mirrored"](batch), batch[:, :, ::-1])
+    bottom_right = corner_crop(batch, 0.8, (1, 1))
+    assert bottom_right.shape == batch.shape
+    assert np.array_equal(bottom_right[1], cv2.resize(batch[1, 10:, 8:], (40, 50), interpolation=cv2.INTER_LINEAR))
+    assert len(feature_views(mirror=False, crop=0.0)) == 1 and len(feature_views(mirror=False, crop=0.7)) == 5

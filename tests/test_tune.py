@@ -16,9 +16,12 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     report = json.loads((out / "trials.json").read_text())
     trials = report["trials"]
     assert len(trials) == 2
-    # Trial 0 is the untuned configuration, exactly.
-    assert trials[0]["params"]["learning_rate"] == pytest.approx(1e-3) and trials[0]["params"]["dropout"] == 0.2
+    # Trial 0 is the untuned configuration, exactly, and holds only the settings that act on it:
+    # the default head is a logistic regression, which no learning rate or dropout changes.
+    assert trials[0]["params"] == {"feature_head": True, "augment": True, "feature_crops": 0.8, "head_c": None}
     assert trials[1]["params"] != trials[0]["params"]
+    for t in trials:
+        assert ("learning_rate" in t["params"]) == (not t["params"]["feature_head"])
     assert report["best"]["score"] == max(t["score"] for t in trials)
     assert "untuned" in proc.stdout and (out / "tune.png").stat().st_size > 5_000
     # Trials keep their metrics, not their models.
@@ -27,7 +30,8 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     from edgecls.tune import load_recipe
 
     recipe = load_recipe(out / "best_recipe.toml")
-    assert recipe["learning_rate"] == pytest.approx(report["best"]["params"]["learning_rate"])
+    for name, value in report["best"]["params"].items():
+        assert recipe.get(name) == (pytest.approx(value) if isinstance(value, float) else value), name
     assert recipe["input_size"] == (96, 96) and recipe["epochs"] == 1
 
 
