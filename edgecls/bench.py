@@ -205,12 +205,28 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
     results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
     for result, measured in zip(results, accuracy or []):
         result.update(measured)
+    for result, name in zip(results, display_names(paths)):
+        result["name"] = name
     if on_result:
         for result in results:
             on_result(result)
     return {"schema": SCHEMA, "host": host_info(),
             "options": {**options, "threads": threads, "rounds": rounds, "timeout_s": timeout},
             "target": target_doc, "results": results}
+
+
+def display_names(paths: Sequence[str | Path]) -> list[str]:
+    """File names, lengthened by parent folders until no two artifacts share one (members of an
+    ensemble exported side by side are all `model_int8.tflite`)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        shared = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not shared:
+            return names
+        for i in shared:
+            depth[i] += 1
 
 
 def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -98,6 +98,7 @@ def train(
     batch_size: int = typer.Option(32),
     learning_rate: float = typer.Option(1e-3),
     fine_tune_learning_rate: float = typer.Option(1e-4),
+    dropout: float = typer.Option(0.2, help="Dropout before the dense head (gradient-trained heads and fine-tuning)."),
     val_fraction: float = typer.Option(0.2),
     test_fraction: float = typer.Option(0.0),
     seed: int = typer.Option(0),
@@ -128,6 +129,7 @@ def train(
     at_least("--batch-size", batch_size, 1)
     within("--learning-rate", learning_rate, 0, 10, low_open=True)
     within("--fine-tune-learning-rate", fine_tune_learning_rate, 0, 10, low_open=True)
+    within("--dropout", dropout, 0, 1, high_open=True)
     within("--val-fraction", val_fraction, 0, 1, low_open=True, high_open=True)
     within("--test-fraction", test_fraction, 0, 1, high_open=True)
     if val_fraction + test_fraction >= 1:
@@ -143,7 +145,7 @@ def train(
 
     config = TrainConfig(backbone=backbone, weights=weights, input_size=size, epochs=epochs,
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         fine_tune_learning_rate=fine_tune_learning_rate, val_fraction=val_fraction,
+                         fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip, precision=precision,
                          feature_head=feature_head, feature_crops=feature_crops, head_c=head_c,
@@ -669,8 +671,10 @@ def tune_command(
     space = search_space(base, size_list, items(backbones, "--backbones"), tune_list)
     result = run_tune(dataset, out, base, trials, timeout, folds, space, seed,
                       console=err.get() if hasattr(err, "get") else err,
-                      on_trial=lambda r: err.print(f"trial {r['trial']}: score {r['score']:.4f} ({r['seconds']:.0f} s) "
-                                                   f"{json.dumps(r['params'])}", highlight=False, markup=False),
+                      on_trial=lambda r: err.print(
+                          f"trial {r['trial']}: score {r['score']:.4f} "
+                          + (f"(same settings as trial {r['repeat_of']}, not retrained) " if "repeat_of" in r
+                             else f"({r['seconds']:.0f} s) ") + json.dumps(r["params"]), highlight=False, markup=False),
                       confirm=confirm)
     show.print(Path(result.paths["md"]).read_text(), markup=False)
     show.print(f"untuned {result.baseline['score']:.4f} -> best {result.best['score']:.4f} "

@@ -161,8 +161,17 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
 
+    scored: dict[str, dict[str, Any]] = {}
+
     def objective(trial) -> float:
         params = _sample(trial, space, base, train_count)
+        key = json.dumps(_plain(params), sort_keys=True, default=str)
+        if key in scored:  # TPE re-proposes categorical points; training is deterministic, so reuse the score
+            row = {**scored[key], "trial": trial.number, "seconds": 0.0, "repeat_of": scored[key]["trial"]}
+            rows.append(row)
+            if on_trial:
+                on_trial(row)
+            return row["score"]
         config = dataclasses.replace(base, **params)
         config.validate()
         started = time.perf_counter()
@@ -177,13 +186,17 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
         _drop_models(where)
         row = {"trial": trial.number, "score": float(score), "std": float(std), "macro_f1": float(f1),
                "seconds": round(time.perf_counter() - started, 1), "params": _plain(params)}
+        scored[key] = row
         rows.append(row)
         if on_trial:
             on_trial(row)
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    # TPE samples at random for its first n_startup_trials (10 by default): with a budget of a dozen
+    # trials it would never model the results, so a third of the budget explores (2 to 10 trials).
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     # Trial 0 is the untuned configuration: the baseline, scored on the same folds.
     study.enqueue_trial({name: value for name, value in active_values(base, space, train_count).items()
                          if _in_space(value, name, space)}, skip_if_exists=True)
@@ -335,11 +348,14 @@ def trials_table(result: TuneResult, folds: int) -> str:
     score = f"{folds}-fold CV accuracy" if folds else "validation accuracy"
     names = sorted({k for r in result.trials for k in r["params"]})
     lines = [f"# edgecls tune: {len(result.trials)} trials, score = {score}", "",
+             "A blank cell: the setting has no effect in that trial (a learning rate for a logistic-regression "
+             "head, say) and was not sampled; auto: chosen during training (head_c by inner CV).", "",
              "| trial | score | ± std | macro F1 | s | " + " | ".join(names) + " |",
              "| ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(names)]
     for r in result.trials:
         mark = " (untuned)" if r is result.baseline else (" (best)" if r is result.best else "")
-        values = [_fmt(r["params"].get(n)) for n in names]
+        mark += f" = trial {r['repeat_of']}" if "repeat_of" in r else ""
+        values = [_fmt(r["params"][n]) if n in r["params"] else "" for n in names]  # blank: has no effect here
         lines.append(f"| {r['trial']}{mark} | {r['score']:.4f} | {r['std']:.4f} | {r['macro_f1']:.4f} | "
                      f"{r['seconds']:.0f} | " + " | ".join(values) + " |")
     lines += ["", f"best {result.best['score']:.4f} vs untuned {result.baseline['score']:.4f} "
@@ -355,7 +371,7 @@ def trials_table(result: TuneResult, folds: int) -> str:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
-    return "" if v is None else str(v)
+    return "auto" if v is None else str(v)
 
 
 def plot_trials(result: TuneResult, path: str | Path, folds: int) -> Path:

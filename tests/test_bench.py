@@ -54,3 +54,13 @@ def test_rounds_pool_samples(coral):
     r = report["results"][0]
     assert r["rounds"] == 2 and r["runs"] >= 10 and len(r["samples_ms"]) == r["runs"]
     assert report["options"]["rounds"] == 2
+
+
+def test_display_names_tell_same_named_artifacts_apart(tmp_path):
+    from edgecls.bench import display_names
+
+    a, b, c = tmp_path / "default/export/model_int8.tflite", tmp_path / "ensemble/export/model_int8.tflite", \
+        tmp_path / "other.onnx"
+    assert display_names([a, c]) == ["model_int8.tflite", "other.onnx"]
+    assert display_names([a, b, c]) == ["default/export/model_int8.tflite", "ensemble/export/model_int8.tflite",
+                                        "other.onnx"]

@@ -60,3 +60,24 @@ def test_recipe_errors(tmp_path):
         load_recipe(tmp_path / "broken.toml")
     with pytest.raises(OptionError, match="no such file"):
         load_recipe(tmp_path / "missing.toml")
+
+
+def test_confirmation_rescores_best_and_untuned_on_fresh_folds(flowers, tmp_path):
+    """The best trial's score is the maximum of noisy scores; the confirmation scores both
+    configurations again on folds drawn with another seed, and keeps no models."""
+    import dataclasses
+
+    from edgecls.train import TrainConfig
+    from edgecls.tune import _confirm
+
+    base = TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=1, fine_tune_epochs=0,
+                       batch_size=16, seed=0)
+    other = dataclasses.replace(base, epochs=2)
+    out = _confirm(flowers, tmp_path, base, other, folds=2, seed=0, console=None)
+    assert out["fold_seed"] == 1
+    for key in ("baseline", "best"):
+        assert 0.0 <= out[key]["score"] <= 1.0 and out[key]["std"] >= 0.0
+        cv = json.loads((tmp_path / "confirm" / key / "cv.json").read_text())
+        assert cv["config"]["seed"] == 1 and len(cv["folds_table"]) == 2
+    assert out["gain"] == pytest.approx(out["best"]["score"] - out["baseline"]["score"])
+    assert not list(tmp_path.rglob("*.keras"))
