@@ -99,6 +99,9 @@ def train(
     learning_rate: float = typer.Option(1e-3),
     fine_tune_learning_rate: float = typer.Option(1e-4),
     dropout: float = typer.Option(0.2, help="Dropout before the dense head (gradient-trained heads and fine-tuning)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of gradient-trained phases, in [0, 1)."),
+    weight_decay: float = typer.Option(0.0, help="AdamW decoupled weight decay of gradient-trained phases (0: Adam)."),
+    lr_schedule: str = typer.Option("constant", help="constant | cosine (one warm-up epoch, then cosine decay)."),
     val_fraction: float = typer.Option(0.2),
     test_fraction: float = typer.Option(0.0),
     seed: int = typer.Option(0),
@@ -130,6 +133,9 @@ def train(
     within("--learning-rate", learning_rate, 0, 10, low_open=True)
     within("--fine-tune-learning-rate", fine_tune_learning_rate, 0, 10, low_open=True)
     within("--dropout", dropout, 0, 1, high_open=True)
+    within("--label-smoothing", label_smoothing, 0, 1, high_open=True)
+    within("--weight-decay", weight_decay, 0, 1, high_open=True)
+    one_of("--lr-schedule", lr_schedule, ("constant", "cosine"))
     within("--val-fraction", val_fraction, 0, 1, low_open=True, high_open=True)
     within("--test-fraction", test_fraction, 0, 1, high_open=True)
     if val_fraction + test_fraction >= 1:
@@ -146,6 +152,7 @@ def train(
     config = TrainConfig(backbone=backbone, weights=weights, input_size=size, epochs=epochs,
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout, val_fraction=val_fraction,
+                         label_smoothing=label_smoothing, weight_decay=weight_decay, lr_schedule=lr_schedule,
                          test_fraction=test_fraction, seed=seed, patience=patience,
                          class_weights=class_weights, augment=augment, flip=flip, precision=precision,
                          feature_head=feature_head, feature_crops=feature_crops, head_c=head_c,

@@ -51,6 +51,7 @@ _OUTPUTS = ("model.keras.json", "model.keras", "metrics.json", "history.json", "
 # (held-out 0.915 vs 0.967); the feature head ties the probe.
 FINE_TUNE_MIN_IMAGES = 2000
 DEFAULT_FINE_TUNE_EPOCHS = 5
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -81,6 +82,10 @@ class TrainConfig:
     feature_head: bool = True           # phase 1: logistic regression on backbone features computed once
     feature_crops: float = 0.8          # feature head: also learn from 4 corner crops of this side fraction; 0: none
     head_c: float | None = None         # feature head's inverse L2 strength; None: chosen by inner CV
+    # Gradient-trained phases (a --gradient-head, fine-tuning):
+    label_smoothing: float = 0.0        # cross-entropy against (1 - e) * one-hot + e / classes
+    weight_decay: float = 0.0           # > 0: AdamW with this decoupled weight decay instead of Adam
+    lr_schedule: str = "constant"       # constant | cosine (one warm-up epoch, then cosine decay to 0)
 
     def validate(self) -> Recipe:
         recipe = get_recipe(self.backbone)
@@ -101,6 +106,12 @@ class TrainConfig:
             raise OptionError(f"feature_crops must be 0 (no crops) or in [0.5, 1), got {self.feature_crops}")
         if self.head_c is not None and not self.head_c > 0:
             raise OptionError(f"head_c must be positive, got {self.head_c}")
+        if not 0 <= self.label_smoothing < 1:
+            raise OptionError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.weight_decay < 1:
+            raise OptionError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OptionError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
         resolve_weights(self.weights or recipe.weights)
         return recipe
 
@@ -529,8 +540,9 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     keras = _keras()
-    net.wrapper.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.SparseCategoricalCrossentropy(),
-                        metrics=["accuracy"], jit_compile="auto")
+    train_feed, val_feed = feeds
+    net.wrapper.compile(optimizer=_optimizer(config, learning_rate, epochs * len(train_feed), len(train_feed)),
+                        loss=_loss(config.label_smoothing), metrics=["accuracy"], jit_compile="auto")
     state: dict[str, Any] = {"epoch": 0, "best": math.inf, "wait": 0, "done": False}
     history: dict[str, list[float]] = {}
     if resumed is not None:
@@ -545,7 +557,6 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
             if state["best_weights"] is not None:
                 net.wrapper.set_weights(state["best_weights"])
             return history
-    train_feed, val_feed = feeds
     name = "phase 1 (head)" if phase == 1 else "phase 2 (fine-tune)"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[metrics]}"))
@@ -557,6 +568,34 @@ def fit_phase(net: _Net, phase: int, epochs: int, learning_rate: float, feeds: t
                         # would draw from Python's global RNG, which a resumed run cannot replay.
                         shuffle=False, class_weight=class_weight, callbacks=[callback])
     return history
+
+
+def _optimizer(config: TrainConfig, learning_rate: float, total_steps: int, warmup_steps: int):
+    """Adam, or AdamW with `weight_decay`; constant rate, or one warm-up epoch then cosine decay."""
+    keras = _keras()
+    rate = learning_rate
+    if config.lr_schedule == "cosine" and total_steps > warmup_steps:
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate / 10, total_steps - warmup_steps,
+                                                      warmup_target=learning_rate, warmup_steps=warmup_steps)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def _loss(label_smoothing: float):
+    """Sparse cross-entropy, with label smoothing when asked (Keras' sparse loss has none)."""
+    keras = _keras()
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+    ops = keras.ops
+
+    def smoothed_cross_entropy(y_true, y_pred):
+        log_p = ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0))
+        index = ops.reshape(ops.cast(y_true, "int32"), (-1, 1))
+        nll = -ops.take_along_axis(log_p, index, axis=-1)[:, 0]
+        return (1 - label_smoothing) * nll - label_smoothing * ops.mean(log_p, axis=-1)
+
+    return smoothed_cross_entropy
 
 
 def _fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool, console) -> int:

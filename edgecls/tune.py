@@ -33,7 +33,8 @@ SPACE: list[tuple[str, str, tuple]] = [
     ("head_c", "categorical", ((None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),)),  # None: inner CV chooses
     ("learning_rate", "log", (1e-4, 1e-2)),
     ("dropout", "float", (0.0, 0.5)),
-    ("weight_decay", "log", (1e-6, 1e-2)),
+    ("weight_decay", "categorical", ((0.0, 1e-5, 1e-4, 1e-3, 1e-2),)),  # 0: Adam (a log range excludes it)
+    ("lr_schedule", "categorical", (("constant", "cosine"),)),
     ("label_smoothing", "float", (0.0, 0.2)),
     ("augment_strength", "float", (0.0, 1.0)),
     ("fine_tune_learning_rate", "log", (1e-5, 1e-3)),
@@ -48,6 +49,7 @@ ACTS_WHEN: dict[str, Callable[[Any, bool], bool]] = {
     "dropout": lambda c, ft: ft or not c.feature_head,
     "weight_decay": lambda c, ft: ft or not c.feature_head,
     "label_smoothing": lambda c, ft: ft or not c.feature_head,
+    "lr_schedule": lambda c, ft: ft or not c.feature_head,
     "augment_strength": lambda c, ft: c.augment,
     "fine_tune_learning_rate": lambda c, ft: ft,
 }

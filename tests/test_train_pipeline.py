@@ -205,3 +205,44 @@ def test_feature_views_are_the_picture_its_mirror_and_corner_crops():
     assert bottom_right.shape == batch.shape
     assert np.array_equal(bottom_right[1], cv2.resize(batch[1, 10:, 8:], (40, 50), interpolation=cv2.INTER_LINEAR))
     assert len(feature_views(mirror=False, crop=0.0)) == 1 and len(feature_views(mirror=False, crop=0.7)) == 5
+
+
+def test_label_smoothing_loss_and_optimizer_settings():
+    """The smoothed loss is cross-entropy against (1 - e) one-hot + e / classes; weight decay
+    picks AdamW, the cosine schedule warms up for one epoch then decays."""
+    import keras
+
+    from edgecls.train import TrainConfig, _loss, _optimizer
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 2])
+    eps = 0.1
+    target = (1 - eps) * np.eye(3)[labels] + eps / 3
+    expected = -(target * np.log(probs)).sum(1)
+    got = keras.ops.convert_to_numpy(_loss(eps)(labels, probs))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    plain = keras.ops.convert_to_numpy(_loss(0.0)(labels, probs))
+    assert abs(float(plain) - float(-np.log(probs[[0, 1], labels]).mean())) < 1e-5
+
+    assert type(_optimizer(TrainConfig(), 1e-3, 100, 10)).__name__ == "Adam"
+    adamw = _optimizer(TrainConfig(weight_decay=1e-4, lr_schedule="cosine"), 1e-3, 100, 10)
+    assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == pytest.approx(1e-4)
+    schedule = adamw._learning_rate
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 10, 55, 99)]
+    assert rates[0] == pytest.approx(1e-4) and rates[1] == pytest.approx(1e-3, rel=1e-3)
+    assert rates[1] > rates[2] > rates[3] >= 0.0
+
+
+def test_gradient_options_train_and_are_recorded(flowers, tmp_path):
+    from edgecls.errors import OptionError
+    from edgecls.train import TrainConfig, train
+
+    config = TrainConfig(**{**TINY, "epochs": 2, "label_smoothing": 0.1, "weight_decay": 1e-4, "lr_schedule": "cosine"})
+    result = train(flowers, tmp_path, config)
+    assert len(result.history["loss"]) == 2 and np.isfinite(result.history["loss"]).all()
+    recorded = json.loads((tmp_path / "model.keras.json").read_text())["source"]["config"]
+    assert (recorded["label_smoothing"], recorded["weight_decay"], recorded["lr_schedule"]) == (0.1, 1e-4, "cosine")
+    for bad, message in (({"label_smoothing": 1.0}, "label_smoothing must be"), ({"weight_decay": -1.0}, "weight_decay"),
+                         ({"lr_schedule": "step"}, "lr_schedule must be one of")):
+        with pytest.raises(OptionError, match=message):
+            train(flowers, tmp_path / "bad", TrainConfig(**{**TINY, **bad}))
