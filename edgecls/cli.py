@@ -561,7 +561,7 @@ def ensemble(
 
 
 def _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_size, learning_rate, dropout, seed,
-                 augment, oversample, class_weights, recipe):
+                 augment, oversample, class_weights, recipe, feature_crops=0.8, head_c=None):
     """A TrainConfig from the shared cv/tune options (a --recipe fills what the options leave at default)."""
     from .train import TrainConfig
 
@@ -571,9 +571,14 @@ def _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_
     within("--learning-rate", learning_rate, 0, 10, low_open=True)
     within("--dropout", dropout, 0, 1, high_open=True)
     at_least("--seed", seed, 0)
+    if feature_crops:
+        within("--feature-crops", feature_crops, 0.5, 1, high_open=True)
+    if head_c is not None:
+        within("--head-c", head_c, 0, 1e6, low_open=True)
     config = TrainConfig(backbone=backbone, weights=weights, input_size=_size(input_size), epochs=epochs,
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                         dropout=dropout, seed=seed, augment=augment, oversample=oversample, class_weights=class_weights)
+                         dropout=dropout, seed=seed, augment=augment, oversample=oversample, class_weights=class_weights,
+                         feature_crops=feature_crops, head_c=head_c)
     if recipe is not None:
         from .tune import apply_recipe, load_recipe
 
@@ -603,13 +608,15 @@ def cross_validation(
     augment: bool = typer.Option(True),
     oversample: bool = typer.Option(False, help="Draw minority-class images again up to the largest class."),
     class_weights: bool = typer.Option(False, help="Weight classes inversely to their frequency."),
+    feature_crops: float = typer.Option(0.8, help="Feature head: corner crops of this side fraction (0: none)."),
+    head_c: Optional[float] = typer.Option(None, help="Feature head's C (default: chosen by inner CV)."),
 ):
     """Stratified k-fold cross-validation: mean ± std of accuracy and macro F1, per-fold table and plot."""
     from rich.markup import escape
 
     at_least("--folds", folds, 2)
     config = _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_size, learning_rate, dropout,
-                          seed, augment, oversample, class_weights, recipe)
+                          seed, augment, oversample, class_weights, recipe, feature_crops, head_c)
     if probe:
         from .cv import probe_cv, probe_features
 

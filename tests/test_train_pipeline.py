@@ -167,8 +167,9 @@ def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
     assert "no checkpoint to resume" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("train", "--precision", "fp8", tmp_path)
     assert proc.returncode != 0 and "--precision 'fp8'" in proc.stderr
-    proc = run_cli("train", "--feature-crops", "0.3", tmp_path)
-    assert proc.returncode != 0 and "--feature-crops must be in [0.5, 1)" in proc.stderr
+    for command in ("train", "cv"):
+        proc = run_cli(command, tmp_path, "--feature-crops", "0.3")
+        assert proc.returncode != 0 and "--feature-crops must be in [0.5, 1)" in proc.stderr, command
 
 
 def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobilenet_weights, tmp_path, cache_env):
