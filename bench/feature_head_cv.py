@@ -59,9 +59,10 @@ def main() -> None:
     net = _build_net(recipe, folder.classes, size, args.weights, base, prep, "float32", False)
     start = time.perf_counter()
     feed = _feeder(cache, folder.targets, rows, 64, shuffle=False, seed=0)
-    feats, targets = frozen_features(net, feed)
-    views = {name: frozen_features(net, feed, view=view)[0] if view else feats
-             for name, view in feature_views(True, 0.8).items()}
+    view_fns = feature_views(True, 0.8)
+    per_view, targets = frozen_features(net, feed, tuple(view_fns.values()))
+    views = dict(zip(view_fns, per_view))
+    feats = views["as is"]
     mirrored = views["mirrored"]
     order = np.concatenate([np.sort(rows[i : i + 64]) for i in range(0, len(rows), 64)])
     by_file = {int(r): k for k, r in enumerate(order)}

@@ -74,8 +74,12 @@ def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def _threads(value: Optional[int]) -> None:
-    cli_light.threads_option(value)
+def _head_options(feature_crops: float, head_c: Optional[float]) -> None:
+    """The feature head's options, checked before work (train and cv share them)."""
+    if feature_crops:
+        within("--feature-crops", feature_crops, 0.5, 1, high_open=True)
+    if head_c is not None:
+        within("--head-c", head_c, 0, 1e6, low_open=True)
 
 
 @app.command()
@@ -135,17 +139,16 @@ def train(
     within("--dropout", dropout, 0, 1, high_open=True)
     within("--label-smoothing", label_smoothing, 0, 1, high_open=True)
     within("--weight-decay", weight_decay, 0, 1, high_open=True)
-    one_of("--lr-schedule", lr_schedule, ("constant", "cosine"))
+    from .train import LR_SCHEDULES
+
+    one_of("--lr-schedule", lr_schedule, LR_SCHEDULES)
     within("--val-fraction", val_fraction, 0, 1, low_open=True, high_open=True)
     within("--test-fraction", test_fraction, 0, 1, high_open=True)
     if val_fraction + test_fraction >= 1:
         raise OptionError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no training images")
     at_least("--seed", seed, 0)
     at_least("--patience", patience, 0)
-    if feature_crops:
-        within("--feature-crops", feature_crops, 0.5, 1, high_open=True)
-    if head_c is not None:
-        within("--head-c", head_c, 0, 1e6, low_open=True)
+    _head_options(feature_crops, head_c)
     folder_option("--out", out)
     from .train import TrainConfig, train as run_train
 
@@ -298,7 +301,7 @@ def evaluate(
     activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrix, overfitting check."""
-    _threads(threads)
+    cli_light.threads_option(threads)
     one_of("--activation", activation, ("softmax", "none"))
     one_of("--split", split, ("train", "val", "test", "all", "auto"))
     folder_option("--out", out)
@@ -338,7 +341,7 @@ def bench(
     from .bench import bench as run_bench, check_options
 
     options = dict(batch=batch, warmup=warmup, warmup_seconds=warmup_time, min_runs=runs, min_seconds=min_time)
-    _threads(threads)
+    cli_light.threads_option(threads)
     positive("--timeout", timeout)
     one_of("--activation", activation, ("softmax", "none"))
     check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
@@ -401,7 +404,7 @@ def stream(
     activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
 ):
     """Classify a camera or video stream, pipelined, with live statistics."""
-    _threads(threads)
+    cli_light.threads_option(threads)
     at_least("--top-k", top_k, 1)
     at_least("--max-frames", max_frames, 0)
     at_least("--fps", fps, 0)
@@ -571,10 +574,7 @@ def _base_config(backbone, weights, input_size, epochs, fine_tune_epochs, batch_
     within("--learning-rate", learning_rate, 0, 10, low_open=True)
     within("--dropout", dropout, 0, 1, high_open=True)
     at_least("--seed", seed, 0)
-    if feature_crops:
-        within("--feature-crops", feature_crops, 0.5, 1, high_open=True)
-    if head_c is not None:
-        within("--head-c", head_c, 0, 1e6, low_open=True)
+    _head_options(feature_crops, head_c)
     config = TrainConfig(backbone=backbone, weights=weights, input_size=_size(input_size), epochs=epochs,
                          fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
                          dropout=dropout, seed=seed, augment=augment, oversample=oversample, class_weights=class_weights,

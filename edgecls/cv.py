@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, OptionError
-from .evaluate import SMALL_SPLIT, save_figure, wilson_interval  # noqa: F401 (re-exported)
+from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
 from .manifest import atomic_write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -98,11 +99,9 @@ def search_space(base, sizes: Sequence[int] = (), backbones: Sequence[str] = (),
 
 def fine_tunes(config, train_count: int) -> bool:
     """Whether `config` runs a fine-tuning phase on a training split of `train_count` images."""
-    from .train import FINE_TUNE_MIN_IMAGES
+    from .train import planned_fine_tune_epochs
 
-    if config.fine_tune_epochs is not None:
-        return config.fine_tune_epochs > 0
-    return train_count >= FINE_TUNE_MIN_IMAGES
+    return planned_fine_tune_epochs(config, train_count) > 0
 
 
 def _acts(name: str, config, train_count: int) -> bool:
@@ -245,8 +244,6 @@ def _drop_models(where: Path) -> None:
         Path(str(model) + ".json").unlink(missing_ok=True)
     for checkpoint in where.rglob("checkpoint"):
         if checkpoint.is_dir():
-            import shutil
-
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 

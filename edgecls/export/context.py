@@ -27,6 +27,7 @@ class ExportContext:
     embedded_manifest: str = "{}"             # JSON embedded in the artifact where the format allows
     quantization_scheme: dict[str, Any] | None = None  # set by an int8 export: types, ranges, CPU class
     explain_model: Any = None                # two-output model (probabilities + feature map) when explaining
+    explain_models: dict[str, Any] = field(default_factory=dict)  # per format, built once per run
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -294,14 +294,13 @@ def _explain_variant(ctx: ExportContext, staged: Path, fmt: str):
     from ..cam import save_cam_weights
     from ..explain import cam_kernel, export_explain_model
 
-    cached = ctx.__dict__.setdefault("_explain_models", {})
-    if fmt in cached:
+    if fmt in ctx.explain_models:
         save_cam_weights(staged, cam_kernel(ctx.keras_model))
-        return cached[fmt]
+        return ctx.explain_models[fmt]
     model = export_explain_model(ctx.keras_model, staged, fmt)
     h, w = ctx.input_size
     model(np.zeros((1, h, w, 3), np.float32))  # Keras' ONNX exporter needs a model that has been called
-    cached[fmt] = model
+    ctx.explain_models[fmt] = model
     return model
 
 
