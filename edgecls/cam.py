@@ -28,7 +28,7 @@ def save_cam_weights(artifact: str | Path, kernel: np.ndarray) -> Path:
     """Write the final dense kernel (channels, classes) beside an artifact, atomically."""
     import io
 
-    from .manifest import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     kernel = np.asarray(kernel, dtype=np.float32)
     if kernel.ndim != 2:
@@ -120,7 +120,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Encode an RGB picture as PNG and write it atomically."""
     import cv2
 
-    from .manifest import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:

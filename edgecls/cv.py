@@ -12,31 +12,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, OptionError
+from .data import fold_indices
+from .errors import OptionError
 from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-def fold_indices(targets: np.ndarray, folds: int, fold: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """The split of fold `fold` of a stratified `folds`-fold partition (shuffled with `seed`):
-    that fold is "val", the rest "train"; "test" is empty and "all" is everything."""
-    from sklearn.model_selection import StratifiedKFold
-
-    targets = np.asarray(targets)
-    if folds < 2:
-        raise OptionError(f"folds must be at least 2, got {folds}")
-    if not 0 <= fold < folds:
-        raise OptionError(f"fold must be in 0..{folds - 1}, got {fold}")
-    smallest = int(np.unique(targets, return_counts=True)[1].min()) if len(targets) else 0
-    if smallest < folds:
-        raise DatasetError(f"the smallest class has {smallest} images; {folds}-fold cross-validation needs at least "
-                           f"{folds} per class (use fewer folds)")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train, val = list(splitter.split(np.zeros(len(targets)), targets))[fold]
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.zeros(0, dtype=np.int64),
-            "all": np.arange(len(targets))}
 
 
 def scores_from_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str]) -> dict[str, float]:

@@ -17,17 +17,8 @@ import numpy as np
 
 from . import cam as cam_mod
 from .errors import ModelError, OptionError
+from .keras_model import keras as _keras
 from .preprocess import Preprocessing, read_rgb
-
-
-def _keras():
-    try:
-        import keras
-    except ImportError:
-        from .errors import missing_extra
-
-        raise missing_extra("keras (and tensorflow-cpu)", "train") from None
-    return keras
 
 
 def _node_output(layer):
@@ -174,7 +165,7 @@ def export_explain_model(keras_model, artifact_path: str | Path, format: str = "
 
 
 def _load(model_path: Path):
-    from .train import KerasScorer
+    from .keras_model import KerasScorer
 
     return KerasScorer(model_path)
 
@@ -227,7 +218,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     """An HTML page of the images of `split` the model gets wrong, each with Grad-CAM overlays for
     the predicted and the true class. Returns counts and the page's path."""
     from . import data as data_mod
-    from .manifest import atomic_write_text
+    from .files import atomic_write_text
 
     if limit < 1:
         raise OptionError(f"limit must be at least 1, got {limit}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import OptionError
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 
 RECIPE_TABLE = "train"
 

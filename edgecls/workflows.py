@@ -11,13 +11,13 @@ import numpy as np
 from . import data as data_mod
 from .errors import DatasetError, OptionError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 
 
 def _scorer(model: Path, **engine_options: Any):
     """A function RGB uint8 (resized) images -> probabilities, plus labels and preprocessing."""
     if model.suffix == ".keras":
-        from .train import KerasScorer
+        from .keras_model import KerasScorer
 
         keras_scorer = KerasScorer(model)
         return keras_scorer.scores_resized, keras_scorer.labels, keras_scorer.preprocessing, keras_scorer.manifest

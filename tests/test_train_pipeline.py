@@ -213,20 +213,20 @@ def test_label_smoothing_loss_and_optimizer_settings():
     picks AdamW, the cosine schedule warms up for one epoch then decays."""
     import keras
 
-    from edgecls.train import TrainConfig, _loss, _optimizer
+    from edgecls.train import TrainConfig, loss, optimizer
 
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
     labels = np.array([0, 2])
     eps = 0.1
     target = (1 - eps) * np.eye(3)[labels] + eps / 3
     expected = -(target * np.log(probs)).sum(1)
-    got = keras.ops.convert_to_numpy(_loss(eps)(labels, probs))
+    got = keras.ops.convert_to_numpy(loss(eps)(labels, probs))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    plain = keras.ops.convert_to_numpy(_loss(0.0)(labels, probs))
+    plain = keras.ops.convert_to_numpy(loss(0.0)(labels, probs))
     assert abs(float(plain) - float(-np.log(probs[[0, 1], labels]).mean())) < 1e-5
 
-    assert type(_optimizer(TrainConfig(), 1e-3, 100, 10)).__name__ == "Adam"
-    adamw = _optimizer(TrainConfig(weight_decay=1e-4, lr_schedule="cosine"), 1e-3, 100, 10)
+    assert type(optimizer(TrainConfig(), 1e-3, 100, 10)).__name__ == "Adam"
+    adamw = optimizer(TrainConfig(weight_decay=1e-4, lr_schedule="cosine"), 1e-3, 100, 10)
     assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == pytest.approx(1e-4)
     schedule = adamw._learning_rate
     rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 10, 55, 99)]

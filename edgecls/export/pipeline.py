@@ -18,7 +18,8 @@ from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError, stop_requested
 from ..cam import cam_weights_path
 from ..cpu import cpu_info, saturation_risk
-from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
+from ..files import atomic_write_text, sha256_file
+from ..manifest import Manifest, load_manifest, manifest_path
 from ..runtime import Classifier
 from . import ExportSpec, resolve
 from .context import ExportContext
@@ -109,7 +110,7 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
              if calibration and need_calibration else None)
     verify_set = choose_images(folder, split, manifest.preprocessing, calibration_count, need_calibration, given)
 
-    from ..train import KerasScorer
+    from ..keras_model import KerasScorer
 
     scorer = KerasScorer(model_path)
     reference = scorer.scores_resized(verify_set.images)
