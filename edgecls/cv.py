@@ -12,12 +12,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import checks
 from .data import fold_indices
-from .errors import OptionError
 from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
 from .files import atomic_write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def check_folds(folds: int) -> None:
+    """Cross-validation needs at least two folds (checked before features are computed or models trained)."""
+    checks.at_least("folds", folds, 2)
 
 
 def scores_from_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str]) -> dict[str, float]:
@@ -60,8 +65,7 @@ def cross_validate(dataset: str | Path, out_dir: str | Path, config, folds: int 
     """Train `config` (an edgecls.train.TrainConfig) once per fold; validation scores per fold."""
     from .train import train
 
-    if folds < 2:
-        raise OptionError(f"--folds must be at least 2, got {folds}")
+    check_folds(folds)
     config.validate()
     from . import data as data_mod
 
@@ -109,6 +113,7 @@ def probe_cv(features: np.ndarray, targets: np.ndarray, labels: Sequence[str], f
 
     from .imbalance import imbalance_metrics
 
+    check_folds(folds)
     rows = []
     for i in range(folds):
         split = fold_indices(targets, folds, i, seed)

@@ -195,7 +195,7 @@ def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np
     predicted = int(np.argmax(probs[0]))
     chosen = predicted if class_index is None else class_index
     heat = cam_mod.heat_on_picture(rgb, maps[0], preprocessing)
-    out = out_dir / f"{stem}.{cam_mod._safe(labels[chosen])}.gradcam.png"
+    out = out_dir / f"{stem}.{cam_mod.safe_file_name(labels[chosen])}.gradcam.png"
     cam_mod.write_png(out, cam_mod.overlay(rgb, heat))
     return {"predicted": labels[predicted], "probability": float(probs[0, predicted]),
             "explained": labels[chosen], "overlay": str(out)}
@@ -238,7 +238,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     for i in wrong:
         file = Path(loaded.files[i])
         rgb = read_rgb(file)
-        stem = f"{len(rows):03d}_{cam_mod._safe(file.stem)}"
+        stem = f"{len(rows):03d}_{cam_mod.safe_file_name(file.stem)}"
         pred = _explain_one(scorer.model, scorer.preprocessing, labels, rgb, stem, out_dir / "overlays", None)
         true = _explain_one(scorer.model, scorer.preprocessing, labels, rgb, stem, out_dir / "overlays", int(truth[i]))
         rows.append({"file": str(file), "true": labels[truth[i]], "predicted": pred["predicted"],

@@ -70,11 +70,14 @@ class Manifest:
         return _parse_manifest(d, where)
 
     def save(self, artifact: str | Path) -> Path:
-        """Write the manifest beside `artifact`; an OpenVINO IR's weights file gets its checksum too."""
+        """Write the manifest beside `artifact`; its companion files (an OpenVINO IR's weights) get
+        their checksums too."""
+        from .engines import companion_files
+
         artifact = Path(artifact)
-        weights = artifact.with_suffix(".bin")
-        if artifact.suffix.lower() == ".xml" and weights.is_file():
-            self.companions[weights.name] = sha256_file(weights)
+        for companion in companion_files(artifact):
+            if companion.is_file():
+                self.companions[companion.name] = sha256_file(companion)
         import json
 
         path = manifest_path(artifact)

@@ -149,7 +149,7 @@ def test_options_are_validated_before_work(flowers, tmp_path):
     from edgecls.errors import OptionError
     from edgecls.train import TrainConfig, train
 
-    with pytest.raises(OptionError, match="precision must be one of"):
+    with pytest.raises(OptionError, match="precision 'fp8': expected one of"):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "precision": "fp8"}))
     with pytest.raises(OptionError, match="needs the JAX backend"):
         train(flowers, tmp_path, TrainConfig(**{**TINY, "data_parallel": True}))
@@ -169,7 +169,7 @@ def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
     assert proc.returncode != 0 and "--precision 'fp8'" in proc.stderr
     for command in ("train", "cv"):
         proc = run_cli(command, tmp_path, "--feature-crops", "0.3")
-        assert proc.returncode != 0 and "--feature-crops must be in [0.5, 1)" in proc.stderr, command
+        assert proc.returncode != 0 and "--feature-crops must be 0 (no crops) or in [0.5, 1)" in proc.stderr, command
 
 
 def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobilenet_weights, tmp_path, cache_env):
@@ -244,6 +244,6 @@ def test_gradient_options_train_and_are_recorded(flowers, tmp_path):
     recorded = json.loads((tmp_path / "model.keras.json").read_text())["source"]["config"]
     assert (recorded["label_smoothing"], recorded["weight_decay"], recorded["lr_schedule"]) == (0.1, 1e-4, "cosine")
     for bad, message in (({"label_smoothing": 1.0}, "label_smoothing must be"), ({"weight_decay": -1.0}, "weight_decay"),
-                         ({"lr_schedule": "step"}, "lr_schedule must be one of")):
+                         ({"lr_schedule": "step"}, "lr_schedule 'step': expected one of")):
         with pytest.raises(OptionError, match=message):
             train(flowers, tmp_path / "bad", TrainConfig(**{**TINY, **bad}))

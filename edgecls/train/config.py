@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import checks
 from ..errors import OptionError
 from ..models import Recipe, get_recipe, resolve_weights
 
@@ -56,31 +57,35 @@ class TrainConfig:
     lr_schedule: str = "constant"       # constant | cosine (one warm-up epoch, then cosine decay to 0)
 
     def validate(self) -> Recipe:
-        """Check every setting (OptionError names the first one at fault); returns the backbone recipe."""
+        """Check every setting before any work (OptionError names the first one at fault, by its
+        field name); returns the backbone's recipe."""
         recipe = get_recipe(self.backbone)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 0:
-            raise OptionError(f"fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}")
-        if not 0 <= self.dropout < 1:
-            raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise OptionError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.workers < 0:
-            raise OptionError(f"workers must be >= 0 (0: all cores), got {self.workers}")
-        if self.patience < 0:
-            raise OptionError(f"patience must be >= 0, got {self.patience}")
+        checks.at_least("epochs", self.epochs, 1)
+        checks.at_least("fine_tune_epochs", self.fine_tune_epochs, 0)
+        checks.at_least("batch_size", self.batch_size, 1)
+        checks.within("learning_rate", self.learning_rate, 0, 10, low_open=True)
+        checks.within("fine_tune_learning_rate", self.fine_tune_learning_rate, 0, 10, low_open=True)
+        checks.within("dropout", self.dropout, 0, 1, high_open=True)
+        checks.within("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        checks.within("weight_decay", self.weight_decay, 0, 1, high_open=True)
+        checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.within("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        checks.within("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise OptionError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} leave no "
+                              "training images", "val_fraction", "test_fraction")
+        checks.at_least("seed", self.seed, 0)
+        checks.at_least("patience", self.patience, 0)
+        checks.one_of("precision", self.precision, PRECISION_CHOICES)
+        checks.at_least("workers", self.workers, 0)
+        if self.input_size is not None and (len(self.input_size) != 2 or not all(1 <= s <= 4096 for s in self.input_size)):
+            raise OptionError(f"input_size must be (height, width) with sizes from 1 to 4096, got {self.input_size}",
+                              "input_size")
         if self.feature_crops and not 0.5 <= self.feature_crops < 1:
-            raise OptionError(f"feature_crops must be 0 (no crops) or in [0.5, 1), got {self.feature_crops}")
-        if self.head_c is not None and not self.head_c > 0:
-            raise OptionError(f"head_c must be positive, got {self.head_c}")
-        if not 0 <= self.label_smoothing < 1:
-            raise OptionError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.weight_decay < 1:
-            raise OptionError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise OptionError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+            raise OptionError(f"feature_crops must be 0 (no crops) or in [0.5, 1), got {self.feature_crops}",
+                              "feature_crops")
+        if self.head_c is not None and not 0 < self.head_c <= 1e6:
+            raise OptionError(f"head_c must be positive (at most 1e6), got {self.head_c}", "head_c")
         resolve_weights(self.weights or recipe.weights)
         return recipe
 
