@@ -207,3 +207,18 @@ def test_fast_predict_parser_hands_anything_unusual_to_the_full_command_line():
                  ["m.tflite"], ["m.tflite", "a.jpg", "--help"], ["m.tflite", "--", "-a.jpg"], ["m.tflite", "a.jpg", "-k2"]):
         with pytest.raises(NotPlain):
             parse_plain_predict(argv)
+
+
+def test_cli_package_exposes_the_typer_app_and_runs_nothing_on_import():
+    """`from edgecls.cli import app` is the Typer application however often it is imported (a
+    submodule must not shadow it), and every command group of commands.GROUPS is registered."""
+    import typer
+
+    import edgecls.cli
+    import edgecls.cli.commands as commands
+    from edgecls.cli import app
+
+    assert isinstance(app, typer.Typer) and edgecls.cli.app is app
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert {"train", "export", "predict", "evaluate", "bench", "report", "stream", "cv", "tune"} <= names
+    assert len(commands.GROUPS) == len(set(commands.GROUPS))

@@ -1,10 +1,10 @@
-"""The `edgecls` command line: one module per command group (`app.GROUPS`), each importing the
-layer it drives only when a command runs.
+"""The `edgecls` command line: one module per command group (listed in `commands.GROUPS`), each
+importing the layer it drives only when a command runs.
 
 `main()` is the `edgecls` console script and `python -m edgecls.cli`. A plain `edgecls predict`
 call runs in `plain_predict`, without Typer or Rich (a cold start on a device pays for every
-import); everything else goes through the Typer application of `app.build_app`. Importing this
-package runs nothing.
+import); everything else goes through the Typer application of `commands.build_app`. Importing
+this package runs nothing.
 
 User-supplied text (paths, labels, messages) is printed escaped or with markup off: a file named
 `photo[copy].jpg` prints as it is named.
@@ -26,7 +26,7 @@ def main() -> None:
 
     install_sigterm()
     run_plain_predict(sys.argv[1:])  # a plain `edgecls predict` runs there and exits
-    from .app import build_app
+    from .commands import build_app
 
     try:
         build_app()()
@@ -43,7 +43,7 @@ def main() -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "app":  # the Typer application, for typer.testing.CliRunner and embedding
-        from .app import build_app
+        from .commands import build_app
 
         return build_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
