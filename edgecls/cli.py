@@ -443,6 +443,11 @@ def stream(
         raise typer.Exit(1)
 
 
+from .serve.command import register as _register_serve  # noqa: E402 - serve's commands live in their package
+
+_register_serve(app, friendly)
+
+
 @app.command()
 @friendly
 def quickstart(
