@@ -31,6 +31,7 @@ class Service:
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
         self.decoder = ThreadPoolExecutor(cfg.limits.decode_threads, thread_name_prefix="edgecls-decode")
         self.viewers: set = set()
+        self.in_flight = 0                # requests being handled, viewer streams aside
         self.stopping = False
         self.store: Any = None
         self.feed: Any = None
@@ -124,10 +125,15 @@ async def errors(request: web.Request, handler):
 async def measured(request: web.Request, handler):
     svc = request.app[SERVICE]
     route = _route(request)
+    streaming = route in STREAMING_ROUTES
     start = time.perf_counter()
-    response = await handler(request)
+    svc.in_flight += not streaming
+    try:
+        response = await handler(request)
+    finally:
+        svc.in_flight -= not streaming
     svc.metrics.requests.labels(route, str(response.status)).inc()
-    if route not in STREAMING_ROUTES:
+    if not streaming:
         svc.metrics.latency.labels(route).observe(time.perf_counter() - start)
     return response
 
@@ -156,7 +162,7 @@ def make_app(svc: Service) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(view.routes)
     app.router.add_get("/metrics", metrics)
-    app.on_shutdown.append(_close_viewers)
+    app.on_shutdown.append(close_viewers)
     return app
 
 
@@ -165,7 +171,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def _close_viewers(app: web.Application) -> None:
+async def close_viewers(app: web.Application) -> None:
     """Long-lived viewer connections end first, so shutdown waits only for real requests."""
     svc = app[SERVICE]
     svc.stopping = True

@@ -20,8 +20,10 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
     svc = Service(cfg, log)
     try:
         await asyncio.to_thread(svc.open, loop)
+        # lingering_time: how long the rest of a refused body is read and discarded before the
+        # connection closes (aiohttp's default, 10 s, holds a connection for every 413).
         runner = web.AppRunner(make_app(svc), handle_signals=False, access_log=None,
-                               shutdown_timeout=shutdown_timeout)
+                               shutdown_timeout=shutdown_timeout, lingering_time=1.0)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         await site.start()
@@ -33,10 +35,24 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
         started(f"http://{host}:{bound[1]}/")
         await stop.wait()
         log("stopping: finishing requests in progress")
-        svc.stopping = True  # readiness turns false first
-        await runner.cleanup()  # stops listening, ends viewer streams, waits for in-flight requests
+        await _drain(svc, runner, site, shutdown_timeout)
+        await runner.cleanup()
     finally:
         await asyncio.to_thread(svc.close)
+
+
+async def _drain(svc, runner, site, timeout: float) -> None:
+    """Readiness false, stop listening, end viewer streams, then wait for requests in progress —
+    including one whose body is still arriving (aiohttp's own shutdown would stop reading it)."""
+    from .app import close_viewers
+
+    svc.stopping = True
+    await site.stop()
+    await close_viewers(runner.app)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while svc.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def run(cfg: ServeConfig, log: Callable[[str], None], started: Callable[[str], None],
