@@ -35,7 +35,7 @@ def served(tmp_path_factory, assets, coral):
     for name in PHOTOS:
         shutil.copyfile(assets / "images/imagenet-photos" / name, photos / name)
     server = Server(model, photos, "--fps", "8", "--state-dir", tmp / "state", "--read-timeout", "1",
-                    "--stale-after", "1.5", "--max-upload-mb", "8", "--learn", tmp / "learn", "--learn-margin", "1.0",
+                    "--stale-after", "1.5", "--max-upload-mb", "8", "--queue-size", "6", "--learn", tmp / "learn", "--learn-margin", "1.0",
                     "--learn-per-minute", "30", "--learn-max-mb", "0.25")
     try:
         server.wait_ready(True)
@@ -211,6 +211,25 @@ async def _load(port: int, body: bytes, stop: asyncio.Event, results: list, work
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(workers)))
+
+
+def test_a_burst_beyond_the_queue_is_answered_503_with_retry_after(served):
+    import aiohttp
+
+    async def burst():
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+            async def one():
+                async with session.post(f"http://127.0.0.1:{served.server.port}/classify", data=photo_bytes(served),
+                                        headers={"Content-Type": "image/jpeg"}) as r:
+                    return r.status, r.headers.get("Retry-After"), await r.json()
+            return await asyncio.gather(*(one() for _ in range(30)))
+
+    answers = asyncio.run(burst())
+    busy = [a for a in answers if a[0] == 503]
+    assert busy and all(int(retry) >= 1 and "busy" in out["error"] for _, retry, out in busy)
+    assert all(status == 200 for status, _, _ in answers if status != 503)
+    assert len(answers) - len(busy) >= 6  # the admitted ones were answered
+    assert served.server.json("POST", "/classify", photo_bytes(served), headers={"Content-Type": "image/jpeg"})[0] == 200
 
 
 async def _upload(port: int, artifact: Path, manifest: bytes | None = None, data: bytes | None = None):

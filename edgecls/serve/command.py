@@ -25,7 +25,7 @@ def serve(
     labels: Optional[Path] = typer.Option(None, help="Label file, for a model without a manifest."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes in answers and in the live view."),
     fps: float = typer.Option(0.0, help="Play an image-folder source at this frame rate (0: as fast as possible)."),
-    queue_size: int = typer.Option(8, help="Requests admitted at once; more are answered 503 with Retry-After."),
+    queue_size: int = typer.Option(16, help="Requests admitted at once; more are answered 503 with Retry-After."),
     decode_threads: int = typer.Option(2, help="Threads decoding request images."),
     max_upload_mb: float = typer.Option(20.0, help="Largest image or inference request body."),
     max_model_mb: float = typer.Option(256.0, help="Largest model upload."),

@@ -20,7 +20,7 @@ class Limits:
     max_model_mb: float = 256.0          # a model update (artifact + manifest + companions)
     max_pixels: int = 25_000_000         # decoded picture size (25 MP: a 24 MP camera photo fits)
     read_timeout: float = 15.0           # seconds to receive a whole body (a slow client gets 408)
-    queue_size: int = 8                  # requests admitted at once (decoding, queued, running); more: 503
+    queue_size: int = 16                 # requests admitted at once (decoding, queued, running); more: 503
     decode_threads: int = 2              # threads that decode and prepare request images
 
     @property
