@@ -30,16 +30,18 @@ def served(tmp_path_factory, assets, coral):
     tmp = tmp_path_factory.mktemp("serve")
     labels = (coral / "imagenet_labels.txt").read_text().splitlines()
     model = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", labels, tmp / "model")
-    photos = tmp / "photos"
+    photos, watched = tmp / "photos", tmp / "watched"
     photos.mkdir()
+    watched.mkdir()
     for name in PHOTOS:
         shutil.copyfile(assets / "images/imagenet-photos" / name, photos / name)
     server = Server(model, photos, "--fps", "8", "--state-dir", tmp / "state", "--read-timeout", "1",
                     "--stale-after", "1.5", "--max-upload-mb", "8", "--queue-size", "6", "--learn", tmp / "learn", "--learn-margin", "1.0",
-                    "--learn-per-minute", "30", "--learn-max-mb", "0.25")
+                    "--learn-per-minute", "30", "--learn-max-mb", "0.25", "--watch", watched)
     try:
         server.wait_ready(True)
-        yield SimpleNamespace(server=server, model=model, photos=photos, learn=tmp / "learn", labels=labels, tmp=tmp)
+        yield SimpleNamespace(server=server, model=model, photos=photos, learn=tmp / "learn", labels=labels, tmp=tmp,
+                              watched=watched)
     finally:
         server.stop()
 
@@ -299,6 +301,26 @@ def test_model_swap_under_load_loses_no_request(served, coral, assets):
     assert stored == ["model.onnx", "model.onnx.json"]
 
 
+def test_a_model_dropped_into_the_watched_folder_is_checked_and_served(served):
+    """A copy still in progress (not matching its manifest's checksum) is left alone; complete, it is
+    checked and swapped in like an upload."""
+    good = served.tmp / "updates/good/zoo.onnx"
+    target = served.watched / "zoo.onnx"
+    shutil.copyfile(good.with_name("zoo.onnx.json"), served.watched / "zoo.onnx.json")
+    data = good.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    time.sleep(2.5)  # one pass of the watch (every 2 s) over the half-written file
+    assert served.server.json("GET", "/v2/models/model")[1]["versions"] == ["1"]
+    target.write_bytes(data)
+    deadline = time.time() + 20
+    while served.server.json("GET", "/v2/models/model")[1]["versions"] == ["1"]:
+        assert time.time() < deadline, "".join(served.server.log[-10:])
+        time.sleep(0.2)
+    meta = served.server.json("GET", "/v2/models/model")[1]
+    assert meta["versions"] == ["3"] and meta["parameters"]["edgecls"]["origin"] == "watch"
+    poll(lambda: any("--watch: zoo.onnx accepted as model v3" in line for line in served.server.log), 5)
+
+
 def test_readiness_follows_the_source(served):
     s = served.server
     away = served.tmp / "away"
@@ -321,7 +343,7 @@ def test_uncertain_frames_kept_for_training(served):
     lines = [json.loads(line) for line in (served.learn / "predictions.jsonl").read_text().splitlines()]
     assert files and sorted(r["file"] for r in lines) == files
     assert sum((served.learn / f).stat().st_size for f in files) <= 0.25 * (1 << 20)
-    assert all(r["margin"] < 1.0 and r["model"]["version"] in ("1", "2") and r["top_k"] for r in lines)
+    assert all(r["margin"] < 1.0 and r["model"]["version"] in ("1", "2", "3") and r["top_k"] for r in lines)
     assert all(Path(r["file"]).parent.name.replace("_", "") for r in lines)
     names = {Path(f).parent.name for f in files}
     if len(names) >= 2:  # a training set needs two classes; the photos give several
