@@ -419,6 +419,48 @@ def test_sigterm_finishes_the_request_in_progress(coral, assets, tmp_path):
         server.stop()
 
 
+class FlakyEngine:
+    """A real engine that fails while `broken` is set (an unplugged accelerator, say)."""
+
+    def __init__(self, engine):
+        self._engine, self.broken = engine, False
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def run(self, batch):
+        if self.broken:
+            raise RuntimeError("engine unplugged")
+        return self._engine.run(batch)
+
+
+def test_engine_failures_turn_readiness_off_until_the_engine_answers_again(coral):
+    from edgecls.runtime import Classifier
+    from edgecls.serve.engine import EngineWorker, LoadedModel
+
+    path = coral / "mobilenet_v2_1.0_224_quant.tflite"
+    clf = Classifier.from_artifact(path, labels=coral / "imagenet_labels.txt")
+    clf.engine = flaky = FlakyEngine(clf.engine)
+    model = LoadedModel(clf, 1, "", path, "test")
+    worker = EngineWorker(probe_after=0.2)
+    worker.current = lambda: model
+    worker.start()
+    try:
+        inputs = clf.prepare(np.zeros((224, 224, 3), np.uint8))[None]
+        flaky.broken = True
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="unplugged"):
+                worker.run_blocking(model, inputs)
+        assert not worker.healthy and "unplugged" in worker.last_error
+        time.sleep(0.5)
+        assert not worker.healthy  # the probes fail too while it is broken
+        flaky.broken = False
+        poll(lambda: worker.healthy, 5)  # a probe found it answering, with no request needed
+        assert worker.run_blocking(model, inputs).scores.shape == (1, 1001)
+    finally:
+        worker.stop()
+
+
 def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
     from typer.testing import CliRunner
 

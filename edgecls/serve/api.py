@@ -111,8 +111,7 @@ async def classify(request: web.Request) -> web.Response:
         inputs, pictures = await _prepared(svc, model, [data])
         decoded = time.perf_counter()
         job = await svc.worker.run(model, inputs)
-    if svc.feed.wants_reference():  # kept off the event loop and off the answer's path
-        svc.feed._last_reference = time.perf_counter()
+    if svc.feed.claim_reference():  # a reference picture for model checks, made off the event loop
         asyncio.get_running_loop().run_in_executor(svc.decoder, svc.feed.remember, pictures[0])
     top = top_k(job.scores[0], model.labels, k)
     return web.json_response({

@@ -48,6 +48,7 @@ class Service:
         self.store = ModelStore(self.cfg, self.worker, lambda: self.feed.references(), self.log,
                                 on_change=lambda m: self.metrics.set_model(self.cfg.name, m.describe()))
         self.store.start()
+        self.worker.current = lambda: self.store.current
         self.worker.start()
         self.feed = LiveFeed(self.cfg, self.store, self.worker, loop, self.log, learn, self.metrics.learned.inc)
         self.feed.start()

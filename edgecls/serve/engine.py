@@ -91,8 +91,10 @@ class Job:
 class EngineWorker:
     """Runs jobs one at a time in its own thread; notes failures and hangs for the health checks."""
 
-    def __init__(self, observe: Callable[[float], None] | None = None, hang_after: float = 30.0):
+    def __init__(self, observe: Callable[[float], None] | None = None, hang_after: float = 30.0,
+                 probe_after: float = 5.0):
         self._queue: queue.Queue = queue.Queue()
+        self.probe_after = probe_after
         self._observe = observe or (lambda s: None)
         self.hang_after = hang_after
         self.failures = 0                 # consecutive failed jobs
@@ -101,6 +103,7 @@ class EngineWorker:
         self.mean_seconds = 0.05          # running mean of one job, for Retry-After
         self._thread = threading.Thread(target=self._loop, name="edgecls-engine", daemon=True)
         self._stopping = False
+        self.current: Callable[[], LoadedModel | None] = lambda: None  # the serving model, for probes
 
     def start(self) -> None:
         self._thread.start()
@@ -156,12 +159,26 @@ class EngineWorker:
     def _loop(self) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=5.0)
+                job = self._queue.get(timeout=self.probe_after)
             except queue.Empty:
+                self._probe()
                 continue
             if job is None:
                 return
             self._run(job)
+
+    def _probe(self) -> None:
+        """After failures and `probe_after` seconds without work, try the engine on a blank picture: when it answers
+        again, readiness returns without waiting for traffic that a not-ready server never gets."""
+        model = self.current()
+        if self.healthy or model is None:
+            return
+        try:
+            inputs = model.clf.prepare(np.zeros((64, 64, 3), np.uint8))[None]
+        except Exception:  # noqa: BLE001 - counted as the engine's failure below
+            inputs = None
+        if inputs is not None:
+            self._run(Job(model, inputs))
 
     def _run(self, job: Job) -> None:
         start = time.perf_counter()

@@ -142,7 +142,7 @@ class LiveFeed:
         self._times.append(now)
         self._latency.append(frame.timings.get("capture_to_result", 0.0))
         model = frame.extras["model"]
-        if now - self._last_reference >= 1.0:
+        if self.claim_reference():
             self.remember(frame.rgb)
         if self.learn is not None and self.learn.offer(frame.rgb, frame.scores, top, model, frame.index):
             self.on_learned()
@@ -153,12 +153,15 @@ class LiveFeed:
 
     def remember(self, rgb: np.ndarray) -> None:
         """Keep a small copy of a recent picture: reference material for checking a new model."""
-        self._last_reference = time.perf_counter()
         self._references.append(fit_width(rgb, 320).copy())
 
-    def wants_reference(self) -> bool:
-        """Whether a request's picture should be kept as a reference (at most one a second)."""
-        return time.perf_counter() - self._last_reference >= 1.0
+    def claim_reference(self) -> bool:
+        """True at most once a second: the caller then passes a picture to `remember`."""
+        now = time.perf_counter()
+        if now - self._last_reference < 1.0:
+            return False
+        self._last_reference = now
+        return True
 
     def references(self) -> list[np.ndarray]:
         return list(self._references)
