@@ -195,7 +195,7 @@ def test_bad_input_is_answered_4xx_and_the_server_keeps_serving(served):
         slow.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100000\r\n\r\n".encode() + b"\xff" * 100)
         assert s.json("POST", "/classify", photo_bytes(served), headers={"Content-Type": "image/jpeg"})[0] == 200
         answer = read_response(slow)
-    assert answer.startswith(b"HTTP/1.1 408") and time.perf_counter() - start < 5
+    assert answer.startswith(b"HTTP/1.1 408") and time.perf_counter() - start < 8
     assert s.json("POST", "/classify", photo_bytes(served), headers={"Content-Type": "image/jpeg"})[1]["top_k"][0][0] == "macaw"
     assert s.json("GET", "/v2/health/ready", auth=False)[0] == 200
 
@@ -394,6 +394,14 @@ def test_live_page_in_headless_chromium(served, tmp_path):
             browser.close()
 
 
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return False
+    except OSError:
+        return True
+
+
 def test_sigterm_finishes_the_request_in_progress(coral, assets, tmp_path):
     labels = (coral / "imagenet_labels.txt").read_text().splitlines()
     model = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", labels, tmp_path / "model")
@@ -408,8 +416,7 @@ def test_sigterm_finishes_the_request_in_progress(coral, assets, tmp_path):
             deadline = time.time() + 10
             while not any("stopping" in line for line in server.log) and time.time() < deadline:
                 time.sleep(0.05)
-            with pytest.raises(OSError):  # no new connections once stopping
-                socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            poll(lambda: refused(server.port), 5)  # no new connections once stopping
             sock.sendall(jpeg[1000:])
             answer = read_response(sock)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -83,8 +83,15 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 # --- inference -----------------------------------------------------------------------
 def _prepare(model, data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(picture, model input without a batch dimension)."""
     rgb = decode_upload(data, max_pixels, what)
     return rgb, model.clf.prepare(rgb)
+
+
+def _prepare_one(model, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(picture, a batch of one): for the engine thread's own decoding."""
+    rgb, inputs = _prepare(model, data, max_pixels, "the image")
+    return rgb, inputs[None]
 
 
 async def _prepared(svc, model, images: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -108,15 +115,19 @@ async def classify(request: web.Request) -> web.Response:
         data = await image_bytes(request, svc.cfg.limits.max_upload_bytes, svc.cfg.limits.read_timeout)
         received = time.perf_counter()
         model = svc.store.current
-        inputs, pictures = await _prepared(svc, model, [data])
-        decoded = time.perf_counter()
-        job = await svc.worker.run(model, inputs)
+        if svc.worker.idle:
+            job = await svc.worker.run(model, None, prepare=lambda: _prepare_one(model, data, svc.cfg.limits.max_pixels))
+            picture, decode_ms = job.picture, job.decode_ms
+        else:
+            inputs, pictures = await _prepared(svc, model, [data])
+            picture, decode_ms = pictures[0], _ms(time.perf_counter() - received)
+            job = await svc.worker.run(model, inputs)
     if svc.feed.claim_reference():  # a reference picture for model checks, made off the event loop
-        asyncio.get_running_loop().run_in_executor(svc.decoder, svc.feed.remember, pictures[0])
+        asyncio.get_running_loop().run_in_executor(svc.decoder, svc.feed.remember, picture)
     top = top_k(job.scores[0], model.labels, k)
     return web.json_response({
         "top_k": [[label, round(p, 6)] for label, p in top],
-        "latency_ms": {"receive": _ms(received - start), "decode": _ms(decoded - received), "queue": round(job.queue_ms, 3),
+        "latency_ms": {"receive": _ms(received - start), "decode": round(decode_ms, 3), "queue": round(job.queue_ms, 3),
                        "inference": round(job.inference_ms, 3), "total": _ms(time.perf_counter() - start)},
         "model": {"name": svc.cfg.name, **model.describe()}})
 

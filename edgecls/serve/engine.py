@@ -77,14 +77,17 @@ def open_model(path: Path, version: int, origin: str, engine_options: dict[str, 
 @dataclass
 class Job:
     model: LoadedModel
-    inputs: np.ndarray                  # (N, ...) in the engine's dtype and layout
+    inputs: np.ndarray | None           # (N, ...) in the engine's dtype and layout; None: `prepare` makes them
     cam: bool = False
+    prepare: Callable[[], tuple[Any, np.ndarray]] | None = None  # -> (picture, inputs), run by the engine thread
+    picture: Any = None
     done: Callable[["Job"], None] | None = None
     submitted: float = field(default_factory=time.perf_counter)
     scores: np.ndarray | None = None
     feature_map: np.ndarray | None = None
     error: BaseException | None = None
     queue_ms: float = 0.0
+    decode_ms: float = 0.0
     inference_ms: float = 0.0
 
 
@@ -126,18 +129,25 @@ class EngineWorker:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running: a request can be decoded by the engine thread itself, saving
+        two thread hand-offs (under load, decoding in other threads overlaps it with inference)."""
+        return self.busy_since is None and self._queue.empty()
+
     def submit(self, job: Job) -> None:
         self._queue.put(job)
 
-    async def run(self, model: LoadedModel, inputs: np.ndarray) -> Job:
-        """Run prepared inputs from the event loop; raises the engine's error."""
+    async def run(self, model: LoadedModel, inputs: np.ndarray | None,
+                  prepare: Callable[[], tuple[Any, np.ndarray]] | None = None) -> Job:
+        """Run prepared inputs (or `prepare`'s) from the event loop; raises the engine's error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
         def done(job: Job) -> None:
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(job))
 
-        self.submit(Job(model, inputs, done=done))
+        self.submit(Job(model, inputs, prepare=prepare, done=done))
         job = await future
         if job.error is not None:
             raise job.error
@@ -184,6 +194,16 @@ class EngineWorker:
         start = time.perf_counter()
         job.queue_ms = (start - job.submitted) * 1e3
         self.busy_since = start
+        if job.prepare is not None:
+            try:
+                job.picture, job.inputs = job.prepare()
+            except Exception as exc:  # noqa: BLE001 - the request's fault (not an image...), not the engine's
+                job.error = exc
+                self.busy_since = None
+                job.done(job)
+                return
+            job.decode_ms = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
         try:
             if job.cam:
                 _run_cam(job)

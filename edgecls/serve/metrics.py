@@ -7,8 +7,21 @@ from typing import Any, Callable
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+_TEMPERATURE: dict[str, float | None] = {"at": -1e9, "value": None}
+
+
 def cpu_temperature() -> float | None:
-    """CPU temperature in °C from the kernel's thermal zones (Raspberry Pi: cpu-thermal), or None."""
+    """CPU temperature in °C from the kernel's thermal zones (Raspberry Pi: cpu-thermal), or None;
+    read at most once a second (the live view asks for every frame it shows)."""
+    import time
+
+    now = time.monotonic()
+    if now - _TEMPERATURE["at"] >= 1.0:
+        _TEMPERATURE["at"], _TEMPERATURE["value"] = now, _read_temperature()
+    return _TEMPERATURE["value"]
+
+
+def _read_temperature() -> float | None:
     zones = sorted(Path("/sys/class/thermal").glob("thermal_zone*"))
     preferred = ("cpu", "soc", "x86_pkg", "package", "core")
     ranked = sorted(zones, key=lambda z: not any(k in _read(z / "type").lower() for k in preferred))

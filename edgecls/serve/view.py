@@ -72,37 +72,33 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     svc.viewers.add(ws)
     state = {"cam": request.query.get("cam") == "1", "changed": asyncio.Event()}
     reader = asyncio.create_task(_read_choices(ws, state))
+    change = asyncio.ensure_future(state["changed"].wait())
     try:
         seen = 0
         while not ws.closed and not svc.stopping and not reader.done():
             cam = state["cam"]
             with svc.feed.viewer("websocket", cam):
                 while cam == state["cam"] and not ws.closed and not svc.stopping:
-                    frame = await _next_or_change(svc.feed, seen, state["changed"], reader)
-                    if frame is None:
+                    frame = asyncio.ensure_future(svc.feed.newer_than(seen))
+                    await asyncio.wait({frame, change, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if not frame.done():  # the viewer changed its choice, or left
+                        frame.cancel()
                         break
-                    seen = frame.version
-                    await ws.send_str(json.dumps(frame.header(cam)))
-                    await ws.send_bytes(frame.cam_jpeg if cam and frame.cam_jpeg else frame.jpeg)
+                    shown = frame.result()
+                    seen = shown.version
+                    await ws.send_str(json.dumps(shown.header(cam)))
+                    await ws.send_bytes(shown.cam_jpeg if cam and shown.cam_jpeg else shown.jpeg)
+            if change.done():
+                state["changed"].clear()
+                change = asyncio.ensure_future(state["changed"].wait())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         reader.cancel()
+        change.cancel()
         svc.viewers.discard(ws)
         await ws.close()
     return ws
-
-
-async def _next_or_change(feed, seen: int, changed: asyncio.Event, reader: asyncio.Task):
-    """The next newer frame, or None when the viewer changed its choice or its connection ended."""
-    wait = asyncio.ensure_future(feed.newer_than(seen))
-    change = asyncio.ensure_future(changed.wait())
-    done, _ = await asyncio.wait({wait, change, reader}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (wait, change):
-        if not task.done():
-            task.cancel()
-    changed.clear()
-    return wait.result() if wait in done else None
 
 
 async def _read_choices(ws: web.WebSocketResponse, state: dict) -> None:
