@@ -31,7 +31,7 @@ def serve(
     max_model_mb: float = typer.Option(256.0, help="Largest model upload."),
     max_pixels: int = typer.Option(25_000_000, help="Largest picture decoded (width x height)."),
     read_timeout: float = typer.Option(15.0, help="Seconds a client may take to send a body."),
-    view_fps: float = typer.Option(15.0, help="Most frames per second sent to live viewers."),
+    view_fps: float = typer.Option(10.0, help="Most frames per second sent to live viewers (each shown frame is encoded once)."),
     view_width: int = typer.Option(640, help="Live-view frames wider than this are scaled down."),
     view_quality: int = typer.Option(80, help="JPEG quality of live-view frames."),
     state_dir: Path = typer.Option(DEFAULT_STATE_DIR, help="Where accepted model updates are kept."),

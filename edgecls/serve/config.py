@@ -56,7 +56,7 @@ class ServeConfig:
     labels: Path | None = None           # a label file, for a model without a manifest
     top_k: int = 5
     fps: float = 0.0                     # pace an image-folder source
-    view_fps: float = 15.0               # most frames per second encoded for viewers
+    view_fps: float = 10.0               # most frames per second encoded for viewers
     view_width: int = 640                # frames wider than this are scaled down for viewers
     view_quality: int = 80
     state_dir: Path = DEFAULT_STATE_DIR
