@@ -78,6 +78,7 @@ class LiveFeed:
         self.cam_viewers = 0
         self.latest: Published | None = None
         self._closing = False
+        self._last_sink_error = ""
         self._event = asyncio.Event()
         self._times: deque[float] = deque(maxlen=256)
         self._latency: deque[float] = deque(maxlen=300)
@@ -103,27 +104,34 @@ class LiveFeed:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                source = open_source(self.cfg.source, fps=self.cfg.fps)
-            except (SourceError, OSError) as exc:
-                self._lost(str(exc))
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            stream = ServeStream(self, self.store.current.clf, source, [self._on_result],
-                                 StreamOptions(top_k=self.cfg.top_k, retries=2, retry_interval=0.5, stats_interval=0),
-                                 log=self.log)
-            self._stream = stream
-            if self._stopping.is_set():
-                stream.stop()
-            stream.run()
-            self._add_totals(stream)
-            self._stream = None
-            if stream.error:
-                self._lost(stream.error)
+                error = self._one_run()
+            except Exception as exc:  # noqa: BLE001 - the stream restarts; the server keeps answering
+                error = f"{type(exc).__name__}: {exc}"
+            if error:
+                self._lost(error)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             else:
                 backoff = 0.5  # a file or folder that ended: replayed from its start
+
+    def _one_run(self) -> str | None:
+        """Open the source and stream it until it ends; the error that ended it, if any."""
+        try:
+            source = open_source(self.cfg.source, fps=self.cfg.fps)
+        except (SourceError, OSError) as exc:
+            return str(exc)
+        stream = ServeStream(self, self.store.current.clf, source, [self._on_result],
+                             StreamOptions(top_k=self.cfg.top_k, retries=2, retry_interval=0.5, stats_interval=0),
+                             log=self.log)
+        self._stream = stream
+        if self._stopping.is_set():
+            stream.stop()
+        try:
+            stream.run()
+        finally:
+            self._add_totals(stream)
+            self._stream = None
+        return stream.error
 
     def _lost(self, message: str) -> None:
         if message != self.source_error:
@@ -144,12 +152,18 @@ class LiveFeed:
         model = frame.extras["model"]
         if self.claim_reference():
             self.remember(frame.rgb)
-        if self.learn is not None and self.learn.offer(frame.rgb, frame.scores, top, model, frame.index):
-            self.on_learned()
-        watching = sum(self.viewers.values())
-        if watching and now - self._last_encode >= 1.0 / self.cfg.view_fps:
-            self._last_encode = now
-            self._publish(frame, top, model)
+        try:  # a full disk or a failed encoding costs this frame its extras, never the stream
+            if self.learn is not None and self.learn.offer(frame.rgb, frame.scores, top, model, frame.index):
+                self.on_learned()
+            watching = sum(self.viewers.values())
+            if watching and now - self._last_encode >= 1.0 / self.cfg.view_fps:
+                self._last_encode = now
+                self._publish(frame, top, model)
+        except Exception as exc:  # noqa: BLE001
+            message = f"frame {frame.index}: live view or --learn failed: {type(exc).__name__}: {exc}"
+            if message.split(":", 1)[1] != self._last_sink_error:
+                self.log(message)
+            self._last_sink_error = message.split(":", 1)[1]
 
     def remember(self, rgb: np.ndarray) -> None:
         """Keep a small copy of a recent picture: reference material for checking a new model."""
