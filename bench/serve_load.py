@@ -176,7 +176,7 @@ def screenshot(server: Server, path: Path) -> None:
 
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
-            profile, executable_path="/usr/bin/chromium", viewport={"width": 960, "height": 420},
+            profile, executable_path="/usr/bin/chromium", viewport={"width": 960, "height": 560},
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync"])
         page = browser.new_page()
