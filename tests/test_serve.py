@@ -491,3 +491,29 @@ def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
     assert leaked.exit_code == 2 and "--token-file" in leaked.output
     typo = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--prot", "80"])
     assert typo.exit_code == 2 and "do not parse" in typo.output
+
+
+def test_a_restart_serves_the_last_accepted_update(coral, assets, tmp_path):
+    """After a restart the accepted upload serves again — while the command line names the same
+    artifact as when it was accepted; --no-resume serves the command line's."""
+    labels = (coral / "imagenet_labels.txt").read_text().splitlines()
+    model = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", labels, tmp_path / "model")
+    good = onnx_manifest(assets / "models/onnx/mobilenetv2-12-int8.onnx", labels, tmp_path / "good")
+    args = (model, "--state-dir", tmp_path / "state", "--min-agreement", "0")
+    first = Server(*args)
+    try:
+        assert asyncio.run(_upload(first.port, good))[0] == 200
+    finally:
+        assert first.stop() == 0
+    second = Server(*args)
+    try:
+        meta = second.json("GET", "/v2/models/model")[1]
+        assert meta["versions"] == ["2"] and meta["parameters"]["edgecls"]["origin"] == "resumed"
+        assert meta["platform"] == "onnxruntime_onnx"
+    finally:
+        second.stop()
+    third = Server(*args, "--no-resume")
+    try:
+        assert third.json("GET", "/v2/models/model")[1]["parameters"]["edgecls"]["file"] == "model.tflite"
+    finally:
+        third.stop()
