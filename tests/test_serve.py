@@ -487,6 +487,10 @@ def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
     text = unit.read_text()
     assert "Restart=on-failure" in text and "KillSignal=SIGTERM" in text and "StateDirectory=edgecls" in text
     assert f"-m edgecls.cli serve {model} 0 --host 0.0.0.0 --token-file {token} --state-dir /var/lib/edgecls" in text
+    import subprocess
+
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr  # systemd's own reading of the unit
     leaked = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--token", TOKEN])
     assert leaked.exit_code == 2 and "--token-file" in leaked.output
     typo = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--prot", "80"])
