@@ -115,6 +115,13 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
 
 def check_config(cfg: ServeConfig) -> None:
     """Refuse settings that would expose the device or cannot work, before anything opens."""
+    if not Path(cfg.artifact).is_file():
+        raise OptionError(f"{cfg.artifact}: model file not found")
+    src = cfg.source
+    if src and not (src.isdigit() or "://" in src or "!" in src or src.startswith("picamera2")) and not Path(src).exists():
+        # A camera may come and go (the server waits for it); a file or folder named wrongly will not appear.
+        raise OptionError(f"{src}: no such file or folder (a source is a camera index, video file, URL, "
+                          "GStreamer pipeline, picamera2[:N] or image folder)")
     if not cfg.loopback and not cfg.token:
         raise OptionError(f"--host {cfg.host} reaches beyond this machine: give --token-file (or --token, or "
                           "$EDGECLS_TOKEN); every route but health and the page will require it")

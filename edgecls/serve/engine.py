@@ -114,7 +114,8 @@ class EngineWorker:
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._queue.put(None)
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started (a start-up failure may come first)
+            self._thread.join(timeout)
 
     @property
     def healthy(self) -> bool:
