@@ -350,6 +350,51 @@ def test_uncertain_frames_kept_for_training(served):
         assert set(scan(served.learn).classes) == names
 
 
+def engine_jobs_and_frames(server: Server) -> tuple[float, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(server.request("GET", "/metrics")[2].decode())}
+    jobs = next(x.value for x in families["edgecls_inference_seconds"].samples if x.name.endswith("_count"))
+    frames = next(x.value for x in families["edgecls_stream_frames"].samples if x.labels["state"] == "processed")
+    return jobs, frames
+
+
+def test_viewers_share_one_inference_per_frame(served):
+    """Four viewers (two per transport) watching: still one engine job per classified frame, and
+    each viewer receives frames."""
+    import aiohttp
+
+    async def watch():
+        received = [0] * 4
+        stop = asyncio.Event()
+
+        async def ws_viewer(i, session):
+            async with session.ws_connect(f"http://127.0.0.1:{served.server.port}/ws") as ws:
+                while not stop.is_set():
+                    if (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY:
+                        received[i] += 1
+
+        async def mjpeg_viewer(i, session):
+            async with session.get(f"http://127.0.0.1:{served.server.port}/stream.mjpg") as r:
+                while not stop.is_set():
+                    received[i] += (await r.content.read(1 << 16)).count(b"Content-Type: image/jpeg")
+
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+            tasks = [asyncio.create_task(ws_viewer(0, session)), asyncio.create_task(ws_viewer(1, session)),
+                     asyncio.create_task(mjpeg_viewer(2, session)), asyncio.create_task(mjpeg_viewer(3, session))]
+            await asyncio.sleep(0.5)
+            before = engine_jobs_and_frames(served.server)
+            await asyncio.sleep(2.0)
+            after = engine_jobs_and_frames(served.server)
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return received, after[0] - before[0], after[1] - before[1]
+
+    received, jobs, frames = asyncio.run(watch())
+    assert all(n >= 2 for n in received), received
+    assert frames >= 4 and jobs <= frames + 2  # +2: a frame whose job and result straddle a scrape
+
+
 def poll(condition, timeout: float = 15.0) -> None:
     deadline = time.time() + timeout
     while not condition():
