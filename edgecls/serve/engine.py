@@ -201,7 +201,8 @@ class EngineWorker:
             except Exception as exc:  # noqa: BLE001 - the request's fault (not an image...), not the engine's
                 job.error = exc
                 self.busy_since = None
-                job.done(job)
+                if job.done is not None:
+                    job.done(job)
                 return
             job.decode_ms = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
