@@ -12,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789abcdef"
@@ -123,3 +125,41 @@ def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
         out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
                 f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+PHOTOS = ["parrot.jpg", "cat.bmp", "grace_hopper.bmp", "hot_dog.jpg", "bird.bmp", "dragonfly.bmp"]
+
+
+@contextmanager
+def serving(tmp_path_factory, assets: Path, coral: Path):
+    """The Coral MobileNetV2 with a manifest, streaming a folder of the six ImageNet photos at 8 fps,
+    keeping every frame to learn from (margin 1.0) and watching a folder for models."""
+    tmp = tmp_path_factory.mktemp("serve")
+    labels = (coral / "imagenet_labels.txt").read_text().splitlines()
+    model = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", labels, tmp / "model")
+    photos, watched = tmp / "photos", tmp / "watched"
+    photos.mkdir()
+    watched.mkdir()
+    for name in PHOTOS:
+        shutil.copyfile(assets / "images/imagenet-photos" / name, photos / name)
+    server = Server(model, photos, "--fps", "8", "--state-dir", tmp / "state", "--read-timeout", "1",
+                    "--stale-after", "1.5", "--max-upload-mb", "8", "--queue-size", "6", "--learn", tmp / "learn",
+                    "--learn-margin", "1.0", "--learn-per-minute", "30", "--learn-max-mb", "0.25", "--watch", watched)
+    try:
+        server.wait_ready(True)
+        yield SimpleNamespace(server=server, model=model, photos=photos, learn=tmp / "learn", labels=labels, tmp=tmp,
+                              watched=watched)
+    finally:
+        server.stop()
+
+
+def photo_bytes(served) -> bytes:
+    return (served.photos / "parrot.jpg").read_bytes()
+
+
+def poll(condition, timeout: float = 15.0) -> None:
+    """Wait until `condition()` is true; fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "condition not met in time"
+        time.sleep(0.1)
