@@ -179,10 +179,14 @@ def test_bad_input_is_answered_4xx_and_the_server_keeps_serving(served):
 def test_a_burst_beyond_the_queue_is_answered_503_with_retry_after(served):
     import aiohttp
 
+    # 30 connections send at once: their handlers start (and take a slot) as their headers arrive,
+    # within a millisecond on loopback, long before the first decode (~10 ms) frees one.
+    body = photo_bytes(served)
+
     async def burst():
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
             async def one():
-                async with session.post(f"http://127.0.0.1:{served.server.port}/classify", data=photo_bytes(served),
+                async with session.post(f"http://127.0.0.1:{served.server.port}/classify", data=body,
                                         headers={"Content-Type": "image/jpeg"}) as r:
                     return r.status, r.headers.get("Retry-After"), await r.json()
             return await asyncio.gather(*(one() for _ in range(30)))
