@@ -66,7 +66,14 @@ def serve(
 
 
 def _run(cfg, target: Optional[str], threads: Optional[int], shutdown_timeout: float) -> None:
+    from importlib.util import find_spec
+
+    from ..errors import missing_extra
     from ..targets import engine_options_for
+
+    for module, package in (("aiohttp", "aiohttp"), ("prometheus_client", "prometheus-client"), ("PIL", "pillow")):
+        if find_spec(module) is None:
+            raise missing_extra(package, "serve")
     from .server import run
 
     def log(message: str) -> None:
