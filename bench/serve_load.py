@@ -191,6 +191,58 @@ PHOTO = Path()
 LOAD_BEFORE = ""
 
 
+def show(row: dict) -> None:
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+def measure_api(artifact: Path, work: Path, body: bytes, requests: int) -> tuple[float, float, list]:
+    """Idle RSS, RSS after the load, and one row per concurrency level, for a server without a source."""
+    api = Server(artifact, "--state-dir", work / "state_api")
+    try:
+        api.request("POST", "/classify", body, headers={"Content-Type": "image/jpeg"})
+        time.sleep(1.0)
+        idle_rss = rss_mb(api.proc.pid)
+        print(f"server idle RSS {idle_rss:.0f} MB", flush=True)
+        levels = []
+        for c in (1, 4, 16):
+            levels.append(asyncio.run(load(api.port, api.token, body, c, requests, api.proc.pid)))
+            show(levels[-1])
+        return idle_rss, rss_mb(api.proc.pid), levels
+    finally:
+        api.stop()
+
+
+def measure_stream(artifact: Path, work: Path, assets: Path, rounds: int, window: float) -> list:
+    """Stream windows with 0, 1 and 4 viewers per transport, interleaved and repeated: the host's
+    other load drifts, and a ratio of neighbours is steadier."""
+    streamer = Server(artifact, make_video(work / "photos.avi", assets), "--state-dir", work / "state_stream")
+    windows = []
+    try:
+        streamer.wait_ready(True)
+        time.sleep(2)
+        for _ in range(rounds):
+            for transport, viewers in (("-", 0), ("websocket", 1), ("websocket", 4), ("mjpeg", 1), ("mjpeg", 4)):
+                windows.append(asyncio.run(stream_window(streamer, transport, viewers, window)))
+                show(windows[-1])
+    finally:
+        streamer.stop()
+    return windows
+
+
+def take_screenshot(artifact: Path, work: Path, assets: Path, path: Path) -> None:
+    """The page over a folder of the photos at 2 fps, as the README shows it."""
+    photos = work / "photos"
+    photos.mkdir()
+    for name in PHOTOS:
+        (photos / name).write_bytes((assets / "images/imagenet-photos" / name).read_bytes())
+    shown = Server(artifact, photos, "--fps", "2", "--state-dir", work / "state_shot", "-k", "3")
+    try:
+        shown.wait_ready(True)
+        screenshot(shown, path)
+    finally:
+        shown.stop()
+
+
 def main() -> None:
     global PHOTO, LOAD_BEFORE
     LOAD_BEFORE = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -204,53 +256,18 @@ def main() -> None:
     args = ap.parse_args()
     PHOTO = args.assets / "images/imagenet-photos/parrot.jpg"
     coral = args.assets / "models/coral"
-    work = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    artifact = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite",
-                              (coral / "imagenet_labels.txt").read_text().splitlines(), work / "model")
-    body = PHOTO.read_bytes()
-    engine = bare_engine(artifact, body, args.requests)
-    print(f"bare engine: {engine['rate']:.1f} images/s (decode + prepare + infer), p50 {engine['p50_ms']:.1f} ms, "
-          f"p99 {engine['p99_ms']:.1f} ms, RSS {engine['rss_mb']:.0f} MB", flush=True)
-
-    api = Server(artifact, "--state-dir", work / "state_api")
-    try:
-        api.request("POST", "/classify", body, headers={"Content-Type": "image/jpeg"})
-        time.sleep(1.0)
-        idle_rss = rss_mb(api.proc.pid)
-        print(f"server idle RSS {idle_rss:.0f} MB", flush=True)
-        levels = []
-        for c in (1, 4, 16):
-            levels.append(asyncio.run(load(api.port, api.token, body, c, args.requests, api.proc.pid)))
-            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in levels[-1].items()}), flush=True)
-        loaded_rss = rss_mb(api.proc.pid)
-    finally:
-        api.stop()
-
-    video = make_video(work / "photos.avi", args.assets)
-    streamer = Server(artifact, video, "--state-dir", work / "state_stream")
-    windows = []
-    try:
-        streamer.wait_ready(True)
-        time.sleep(2)
-        # Interleaved and repeated: the host's other load drifts, and a ratio of neighbours is steadier.
-        for _ in range(args.rounds):
-            for transport, viewers in (("-", 0), ("websocket", 1), ("websocket", 4), ("mjpeg", 1), ("mjpeg", 4)):
-                windows.append(asyncio.run(stream_window(streamer, transport, viewers, args.window)))
-                print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in windows[-1].items()}),
-                      flush=True)
-    finally:
-        streamer.stop()
-    if args.screenshot:
-        photos = work / "photos"
-        photos.mkdir()
-        for name in PHOTOS:
-            (photos / name).write_bytes((args.assets / "images/imagenet-photos" / name).read_bytes())
-        shown = Server(artifact, photos, "--fps", "2", "--state-dir", work / "state_shot", "-k", "3")
-        try:
-            shown.wait_ready(True)
-            screenshot(shown, args.screenshot)
-        finally:
-            shown.stop()
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+        work = Path(tmp)
+        artifact = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite",
+                                  (coral / "imagenet_labels.txt").read_text().splitlines(), work / "model")
+        body = PHOTO.read_bytes()
+        engine = bare_engine(artifact, body, args.requests)
+        print(f"bare engine: {engine['rate']:.1f} images/s (decode + prepare + infer), p50 {engine['p50_ms']:.1f} ms, "
+              f"p99 {engine['p99_ms']:.1f} ms, RSS {engine['rss_mb']:.0f} MB", flush=True)
+        idle_rss, loaded_rss, levels = measure_api(artifact, work, body, args.requests)
+        windows = measure_stream(artifact, work, args.assets, args.rounds, args.window)
+        if args.screenshot:
+            take_screenshot(artifact, work, args.assets, args.screenshot)
     report(args, engine, idle_rss, loaded_rss, levels, windows)
 
 
