@@ -23,6 +23,7 @@ GROUPS = (
     "ensemble",     # edgecls ensemble
     "cv",           # edgecls cv
     "tune",         # edgecls tune
+    "serve",        # edgecls serve, edgecls serve-unit
 )
 
 
