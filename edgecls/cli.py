@@ -701,6 +701,12 @@ def tune_command(
                f"plot:   {escape(result.paths['png'])}", highlight=False)
 
 
+# --- deployment (issue 19): the commands live in their own modules, registered here -----------
+from .doctor.command import doctor as _doctor  # noqa: E402
+
+app.command("doctor")(friendly(_doctor))
+
+
 def main() -> None:
     cli_light.install_sigterm()
     try:
