@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test qemu bench-flowers bench-int8 clean
+.PHONY: quickstart test test-device qemu bench-flowers bench-int8 clean
 
 $(BIN)/edgecls: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ quickstart: $(BIN)/edgecls
 # int8 artifacts on an emulated AVX2 CPU; `qemu` installs it when this runs as root with apt.
 test: $(BIN)/edgecls qemu
 	$(BIN)/python -m pytest -q
+
+# The Raspberry Pi path end to end without a Pi (about 5 min, needs root; not part of `make test`): a bundle
+# built here for raspberrypi4, installed offline in an emulated arm64 Debian root, doctor, predict, rollback.
+test-device: $(BIN)/edgecls
+	PYTHON=$(abspath $(BIN)/python) tests/device/raspberrypi_e2e.sh
 
 qemu:
 	@command -v qemu-x86_64 >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -702,8 +702,10 @@ def tune_command(
 
 
 # --- deployment (issue 19): the commands live in their own modules, registered here -----------
+from .deploy.command import deploy as _deploy  # noqa: E402
 from .doctor.command import doctor as _doctor  # noqa: E402
 
+app.command("deploy")(friendly(_deploy))
 app.command("doctor")(friendly(_doctor))
 
 
