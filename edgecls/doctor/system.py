@@ -2,6 +2,7 @@
 folder, temperature and throttling."""
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import shutil
@@ -60,17 +61,34 @@ def emulated() -> bool:
     return any(v in text for v in _X86_VENDORS)
 
 
+def arm_hwcaps() -> list[str] | None:
+    """The Arm features the kernel (or an emulator) reports to programs, as edgecls names them;
+    None off AArch64. This is what XNNPACK and onnxruntime dispatch on."""
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype, libc.getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+        hwcap, hwcap2 = libc.getauxval(16), libc.getauxval(26)  # AT_HWCAP, AT_HWCAP2
+    except (OSError, AttributeError):
+        return None
+    bits = {"neon": hwcap >> 1, "dotprod": hwcap >> 20, "sve": hwcap >> 22, "i8mm": hwcap2 >> 13}
+    return [name for name, value in bits.items() if value & 1]
+
+
 def _cpu(request: Request) -> Finding:
     from ..cpu import cpu_info
 
     cpu = cpu_info()
     data = {**cpu, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "emulated": emulated()}
-    detail = (f"{platform.machine()}, {cpu['model']}, class {cpu['class']} "
-              f"({', '.join(cpu['features']) or 'no SIMD features read'}), {data['cpus']} CPUs")
+            "emulated": emulated(), "hwcaps": arm_hwcaps()}
+    features = data["hwcaps"] if data["hwcaps"] is not None else cpu["features"]
+    model = "emulated Arm CPU" if data["emulated"] else cpu["model"]
+    detail = (f"{platform.machine()}, {model}, class {cpu['class']} "
+              f"({', '.join(features) or 'no SIMD features read'}), {data['cpus']} CPUs")
     if data["emulated"]:
-        detail += ("; runs under an emulator (qemu-user): the CPU model and features shown are the host's, "
-                   "timings mean nothing")
+        detail += ("; runs under an emulator (qemu-user: /proc/cpuinfo shows the host's CPU, the features above "
+                   "are the emulated core's HWCAP): timings mean nothing")
     device = request.target.device if request.target else {}
     if device.get("machine") and device["machine"] != platform.machine().lower():
         return Finding("system", "cpu", "fail", detail + f"; target {request.target.name} is {device['machine']}",
