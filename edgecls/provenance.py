@@ -81,9 +81,13 @@ def throttle_flags() -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        word = int(raw, 16)
+        return decode_throttled(int(raw, 16), source)
     except ValueError:
         return None
+
+
+def decode_throttled(word: int, source: str | None = None) -> dict[str, Any]:
+    """The firmware's throttling word as names: what holds now, what happened since boot."""
     return {"raw": hex(word), "source": source,
             "now": [name for bit, name in THROTTLE_BITS.items() if word >> bit & 1],
             "since_boot": [name for bit, name in THROTTLE_BITS.items() if word >> (bit + 16) & 1]}

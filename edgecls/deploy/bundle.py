@@ -64,7 +64,7 @@ def resolve_platform(request: BundleRequest) -> tuple[Platform, dict[str, str]]:
     profile = get_target(request.target)
     device = dict(profile.device)
     python = request.python or device.get("python")
-    tags = request.platforms or profile.pip_platforms()
+    tags = _widen(request.platforms) if request.platforms else profile.pip_platforms()
     if not python or not tags:
         raise OptionError(f"target {profile.name} names no device platform ([device] in its profile): pass "
                           "--platform TAG (such as manylinux_2_36_aarch64) and --python-version X.Y")
@@ -75,6 +75,20 @@ def resolve_platform(request: BundleRequest) -> tuple[Platform, dict[str, str]]:
         raise OptionError(f"--platform tags name several machines ({', '.join(sorted(machines))}); give one machine's tags")
     device.update(python=python, machine=machines.pop())
     return Platform(tuple(tags), python), device
+
+
+def _widen(tags: list[str]) -> list[str]:
+    """A glibc 2.N system runs every manylinux level up to 2.N: add the older levels of each
+    manylinux_2_N tag (pip does not), keeping the order given."""
+    from ..targets import manylinux_tags
+
+    out: list[str] = []
+    for tag in tags:
+        m = re.fullmatch(r"manylinux_2_(\d+)_(.+)", tag)
+        for t in manylinux_tags(m.group(2), f"2.{m.group(1)}") if m and int(m.group(1)) >= 17 else [tag]:
+            if t not in out:
+                out.append(t)
+    return out
 
 
 def check_request(request: BundleRequest) -> None:
