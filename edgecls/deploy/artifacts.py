@@ -64,6 +64,9 @@ def stage(path: Path, dest: Path, labels: Path | None = None, check_images: Sequ
         shutil.copy2(source, dest / name)
     staged = Staged(path.name, engine, f"{manifest.format}:{manifest.quantization}", names,
                     sum((dest / n).stat().st_size for n in names), len(manifest.checks))
+    if manifest.checks and check_images:
+        staged.notes.append(f"{path.name}: keeps the {len(manifest.checks)} check images stored at export; "
+                            "--check-image is used only for artifacts without any")
     if not manifest.checks:
         if check_images:
             _add_checks(dest / path.name, check_images, staged)

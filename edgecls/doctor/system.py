@@ -152,7 +152,7 @@ def _disk(request: Request) -> list[Finding]:
         try:
             free = shutil.disk_usage(place).free
         except OSError as exc:
-            findings.append(Finding("resources", f"disk {place}", "warn", f"cannot read free space ({exc.strerror})"))
+            findings.append(Finding("resources", "disk", "warn", f"cannot read free space at {place} ({exc.strerror})"))
             continue
         detail, data = f"{free / MB:,.0f} MB free at {place}", {"path": str(place), "free_bytes": free}
         if free < 50 * MB:

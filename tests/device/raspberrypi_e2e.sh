@@ -108,6 +108,7 @@ t0=$SECONDS
 device "/srv/b1/edgecls-bundle-raspberrypi4/install.sh --prefix $PREFIX --unit-dir /srv/units" \
     || fail "install of bundle 1 failed"
 log "bundle 1 installed and its doctor passed in $((SECONDS - t0)) s (emulated)"
+log "installed size on the device: $(device "du -sh --apparent-size $PREFIX/releases/*/venv $PREFIX/releases/*/artifacts" | tr '\n\t' '; ')"
 
 log "edgecls predict on the shared ImageNet photos"
 ART=$PREFIX/current/artifacts/mobilenet_v2_1.0_224_quant.tflite
