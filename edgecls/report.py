@@ -167,8 +167,14 @@ def html_page(report: dict[str, Any]) -> str:
             f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['throughput_ips']:.1f}",
             f"{r['peak_rss_mb']:.0f}", acc)) + "</tr>")
     titles = {"latency": "Latency distribution", "tradeoff": "Accuracy vs latency", "size": "Artifact size"}
+    try:
+        figures = plots(report)
+    except ImportError:  # a device with the runtime extra only: the page says why it has no plots
+        figures = {}
     images = "".join(f'<h2>{titles[k]}</h2><img alt="{titles[k]}" src="data:image/png;base64,{data}">'
-                     for k, data in plots(report).items())
+                     for k, data in figures.items()) or (
+        '<p class="note">No plots: matplotlib is not installed where this report was written (a device with '
+        'edgecls[runtime] only). bench.json holds the timings; render it elsewhere with edgecls.report.write_all.</p>')
     target = report.get("target")
     refs = ""
     if target:

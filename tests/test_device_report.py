@@ -91,3 +91,27 @@ def test_compare_cli_with_an_older_report(workstation_report, tmp_path):
     result = run_cli("report", "compare", old_path, workstation_report)
     assert result.returncode == 0, result.stderr
     assert "not recorded (a report from before device provenance)" in result.stdout
+
+
+def test_bench_on_a_runtime_only_device_writes_its_report(workstation_report, tmp_path):
+    """A device has edgecls[runtime] only: no matplotlib. The report is still written, the page says why it has no plots."""
+    import os
+    import textwrap
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "matplotlib":
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+    """))
+    artifact = json.loads(workstation_report.read_text())["results"][0]["artifact"]
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = run_cli("bench", artifact, "--runs", "3", "--min-time", "0", "--warmup", "1", "--warmup-time", "0",
+                     "--out", tmp_path / "out", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "No plots: matplotlib is not installed" in (tmp_path / "out/bench.html").read_text()
+    assert json.loads((tmp_path / "out/bench.json").read_text())["device"]["engines"]["litert"]
