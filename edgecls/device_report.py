@@ -74,6 +74,8 @@ def _devices(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     lines = ["", "## Where each run was measured", "", "| | A | B |", "|---|---|---|"]
     lines += [f"| {label} | {get(a)} | {get(b)} |" for label, get in rows]
     for name, report in (("A", a), ("B", b)):
+        if (report.get("device") or {}).get("emulated"):
+            lines += ["", f"{WARN} Run {name} ran under an emulator (qemu-user): its timings say nothing about the device."]
         if (report.get("device") or {}).get("throttled"):
             lines += ["", f"{WARN} Run {name} throttled ({report['device']['throttled']}): its latencies are not the "
                       "device's; cool the device (or fix its power supply) and measure again."]

@@ -28,6 +28,17 @@ def _read(path: str | Path) -> str | None:
         return None
 
 
+def emulated() -> bool:
+    """Whether this process runs under a user-mode emulator: an Arm process that sees an x86 host's
+    /proc/cpuinfo (qemu-user passes the host's through)."""
+    import platform
+
+    if not platform.machine().lower().startswith(("arm", "aarch64")):
+        return False
+    text = _read("/proc/cpuinfo") or ""
+    return any(vendor in text for vendor in ("GenuineIntel", "AuthenticAMD"))
+
+
 def device_model() -> str | None:
     """The board's name from the device tree (Raspberry Pi, Jetson), else the DMI product name."""
     for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
@@ -148,4 +159,4 @@ def device_provenance() -> dict[str, Any]:
     cpu = cpu_info()
     return {"model": device_model(), "cpu": cpu["model"], "cpu_class": cpu["class"], "machine": cpu["machine"],
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "engines": engine_versions()}
+            "emulated": emulated(), "engines": engine_versions()}

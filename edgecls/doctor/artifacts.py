@@ -132,7 +132,7 @@ def _sweep(path: Path, engine, options: dict[str, Any], section: str) -> Finding
     the model's shape: the time does not depend on the pixel values)."""
     from ..errors import EdgeclsError
     from ..runtime import open_artifact
-    from .system import emulated
+    from ..provenance import emulated
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     counts = sorted({n for n in (1, 2, 4, 8, 16) if n <= cpus} | {cpus})

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from . import Finding, Request
 
+from ..provenance import emulated
+
 MB = 1024 * 1024
-_X86_VENDORS = ("GenuineIntel", "AuthenticAMD")
 
 
 def check(request: Request) -> list[Finding]:
@@ -48,17 +49,6 @@ def _os_release() -> str | None:
     except OSError:
         pass
     return None
-
-
-def emulated() -> bool:
-    """Whether this process runs under a user-mode emulator (qemu-user shows the host's /proc/cpuinfo)."""
-    if not platform.machine().lower().startswith(("arm", "aarch64")):
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(v in text for v in _X86_VENDORS)
 
 
 def arm_hwcaps() -> list[str] | None:

@@ -123,13 +123,16 @@ log "all 6 photos answered as expected"
 
 log "a device report that comes home: edgecls bench on the device, report compare on the workstation"
 device "$PREFIX/current/venv/bin/edgecls bench $ART --target raspberrypi4 --threads 2 --runs 3 --min-time 0 --warmup 1 \
-    --warmup-time 0 --out /srv/bench" >/dev/null 2>&1 || fail "edgecls bench on the device failed"
+    --warmup-time 0 --out /srv/bench" >"$WORK/bench-device.log" 2>&1 \
+    || fail "edgecls bench on the device failed: $(tail -5 "$WORK/bench-device.log")"
 PYTHONPATH=$REPO "$PYTHON" -m edgecls.cli bench "$ROOT$ART" --target raspberrypi4 --threads 2 --runs 20 --min-time 0.5 \
-    --out "$WORK/bench-host" >/dev/null 2>&1 || fail "edgecls bench on the workstation failed"
+    --out "$WORK/bench-host" >"$WORK/bench-host.log" 2>&1 \
+    || fail "edgecls bench on the workstation failed: $(tail -5 "$WORK/bench-host.log")"
 PYTHONPATH=$REPO "$PYTHON" -m edgecls.cli report compare "$WORK/bench-host/bench.json" "$ROOT/srv/bench/bench.json" \
     | tee "$WORK/compare.md" | sed -n '/## Where each run/,$p'
-if ! grep -q "| board |" "$WORK/compare.md" || ! grep -q "XNNPACK README" "$WORK/compare.md"; then
-    fail "report compare shows no device section or no published reference"
+if ! grep -q "| board |" "$WORK/compare.md" || ! grep -q "XNNPACK README" "$WORK/compare.md" \
+        || ! grep -q "Run B ran under an emulator" "$WORK/compare.md"; then
+    fail "report compare shows no device section, no published reference or no emulation flag"
 fi
 
 log "install.sh of bundle 2: the doctor needs camera 0, which the emulator lacks"
