@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test test-fast qemu chromium bench-flowers bench-int8 bench-serve clean
+.PHONY: quickstart test test-fast test-device qemu chromium bench-flowers bench-int8 bench-serve clean
 
 $(BIN)/edgecls: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(BIN)/edgecls qemu chromium
 # (full-size training, the export matrix, a fresh environment; see tests/conftest.py). Not what CI runs.
 test-fast: $(BIN)/edgecls
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The Raspberry Pi path end to end without a Pi (about 5 min, needs root; not part of `make test`): a bundle
+# built here for raspberrypi4, installed offline in an emulated arm64 Debian root, doctor, predict, rollback.
+test-device: $(BIN)/edgecls
+	PYTHON=$(abspath $(BIN)/python) tests/device/raspberrypi_e2e.sh
 
 qemu:
 	@command -v qemu-x86_64 >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -21,14 +21,20 @@ TOKEN = "test-token-0123456789abcdef"
 
 
 class Server:
-    def __init__(self, *args: str, token: str | None = TOKEN, timeout: float = 90.0):
+    def __init__(self, *args: str, token: str | None = TOKEN, timeout: float = 90.0, python: str | None = None,
+                 cwd: Path = ROOT):
+        """`python`: another environment's interpreter (an installed release), run from `cwd`
+        without this checkout on its path."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("EDGECLS_TOKEN", None)
+        if python:
+            env.pop("PYTHONPATH", None)
         if token:
             env["EDGECLS_TOKEN"] = token
         self.token = token
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "serve", *map(str, args), "--port", "0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        self.proc = subprocess.Popen([python or sys.executable, "-m", "edgecls.cli", "serve", *map(str, args),
+                                      "--port", "0"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
         self.log: list[str] = []
         self._started = threading.Event()
         self.port = 0

@@ -300,3 +300,10 @@ def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
     assert leaked.exit_code == 2 and "--token-file" in leaked.output
     typo = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--prot", "80"])
     assert typo.exit_code == 2 and "do not parse" in typo.output
+    # The same unit runs `edgecls stream` for a deploy bundle's stream service, its arguments parsed by stream.
+    streamed = run(app, ["serve-unit", "--command", "stream", "--out", str(unit), "--python", "/opt/edgecls/py",
+                         "--", str(model), "0", "--target", "raspberrypi4"])
+    assert streamed.exit_code == 0, streamed.output
+    assert f"ExecStart=/opt/edgecls/py -m edgecls.cli stream {model} 0 --target raspberrypi4\n" in unit.read_text()
+    wrong = run(app, ["serve-unit", "--command", "stream", "--out", str(unit), "--", str(model), "0", "--queue-size", "4"])
+    assert wrong.exit_code == 2 and "the stream arguments do not parse" in wrong.output

@@ -24,6 +24,8 @@ GROUPS = (
     "cv",           # edgecls cv
     "tune",         # edgecls tune
     "serve",        # edgecls serve, edgecls serve-unit
+    "deploy",       # edgecls deploy
+    "doctor",       # edgecls doctor
 )
 
 

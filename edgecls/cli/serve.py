@@ -95,35 +95,44 @@ def serve_unit(
     out: Path = typer.Option(Path("edgecls.service"), help="Where to write the unit file."),
     user: Optional[str] = typer.Option(None, help="User the service runs as (default: the current user)."),
     description: str = typer.Option("edgecls model server", help="The unit's description."),
+    run: str = typer.Option("serve", "--command", help="The edgecls command the unit runs: serve, or stream (what "
+                            "the installer of an `edgecls deploy` bundle writes for --service stream)."),
+    python: Optional[str] = typer.Option(None, help="The Python that runs edgecls (default: this one; the bundle "
+                                         "installer gives PREFIX/current/venv/bin/python)."),
 ):
-    """Write a systemd unit that runs `edgecls serve ARGS...` and restarts it on failure.
+    """Write a systemd unit that runs `edgecls serve ARGS...` (or `edgecls stream ARGS...` with --command
+    stream) and restarts it on failure.
 
     Example: edgecls serve-unit --out edgecls.service -- model.tflite picamera2 --host 0.0.0.0 --token-file /etc/edgecls/token
     """
     from ..errors import OptionError
-    from ..serve.unit import write_unit
+    from ..serve.unit import SERVICES, write_unit
 
+    checks.one_of("command", run, SERVICES)
     args: List[str] = list(ctx.args)
     if not args:
-        raise OptionError("give the serve arguments after --, e.g. edgecls serve-unit -- model.tflite 0")
-    path = write_unit(args, out, user, description, validate=_validate_serve_args)
+        raise OptionError(f"give the {run} arguments after --, e.g. edgecls serve-unit -- model.tflite 0")
+    path = write_unit(args, out, user, description, validate=lambda a: _validate_args(run, a), kind=run,
+                      python=python)
     print(f"wrote {path}\ninstall: sudo cp {path} /etc/systemd/system/ && sudo systemctl daemon-reload && "
           f"sudo systemctl enable --now {path.stem}\nlogs:    journalctl -u {path.stem} -f")
 
 
-def _validate_serve_args(args: list[str]) -> None:
-    """Parse the arguments with the serve command itself, so a unit never carries a typo."""
+def _validate_args(run: str, args: list[str]) -> None:
+    """Parse the arguments with the command the unit runs, so a unit never carries a typo."""
     import click
 
     from ..errors import OptionError
+    from .stream import stream
 
-    command = typer.main.get_command(_serve_app())
+    app = typer.Typer(add_completion=False)
+    app.command()(serve if run == "serve" else stream)
     try:
-        command.make_context("edgecls serve", list(args), resilient_parsing=False)
+        typer.main.get_command(app).make_context(f"edgecls {run}", list(args), resilient_parsing=False)
     except click.exceptions.Exit:
         pass
     except click.ClickException as exc:
-        raise OptionError(f"the serve arguments do not parse: {exc.format_message()}") from None
+        raise OptionError(f"the {run} arguments do not parse: {exc.format_message()}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -131,9 +140,3 @@ def register(app: typer.Typer) -> None:
     command(app, serve)
     command(app, serve_unit, "serve-unit",
             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-
-
-def _serve_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    app.command()(serve)
-    return app

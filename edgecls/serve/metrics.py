@@ -1,7 +1,6 @@
 """Prometheus metrics through the standard client library, on a registry of the server's own."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -15,31 +14,12 @@ def cpu_temperature() -> float | None:
     read at most once a second (the live view asks for every frame it shows)."""
     import time
 
+    from ..provenance import temperature_c
+
     now = time.monotonic()
     if now - _TEMPERATURE["at"] >= 1.0:
-        _TEMPERATURE["at"], _TEMPERATURE["value"] = now, _read_temperature()
+        _TEMPERATURE["at"], _TEMPERATURE["value"] = now, temperature_c()[0]
     return _TEMPERATURE["value"]
-
-
-def _read_temperature() -> float | None:
-    zones = sorted(Path("/sys/class/thermal").glob("thermal_zone*"))
-    preferred = ("cpu", "soc", "x86_pkg", "package", "core")
-    ranked = sorted(zones, key=lambda z: not any(k in _read(z / "type").lower() for k in preferred))
-    for zone in ranked:
-        try:
-            millidegrees = int(_read(zone / "temp"))
-        except ValueError:
-            continue
-        if -40_000 < millidegrees < 150_000:
-            return millidegrees / 1000.0
-    return None
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 class Metrics:

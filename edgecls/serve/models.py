@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import EdgeclsError
-from .checks import check_model, load_check_images
+from .update_check import check_model, load_check_images
 from .config import ServeConfig
 from .engine import EngineWorker, LoadedModel, open_model
 
