@@ -131,6 +131,7 @@ def _install(bundle: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(bundle / "install.sh"), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # builds two fresh virtual environments (pip install from the bundles), as runtime_venv does
 def test_install_offline_keep_previous_and_roll_back(pi_bundle, coral, assets, tmp_path):
     """Two bundles for this machine installed one after the other (the second with a serve service,
     whose unit is run as written), then a rollback; a damaged bundle refused."""

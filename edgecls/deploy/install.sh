@@ -159,7 +159,7 @@ prepare_unit() {  # the new release's unit, beside the live one until the releas
 }
 
 install_unit() {
-    [ -f "$UNIT_DIR/.edgecls-new.service" ] || return 0
+    [ -n "$SERVICE_KIND" ] && [ "$WITH_SERVICE" = 1 ] || return 0
     mv -f "$UNIT_DIR/.edgecls-new.service" "$UNIT_DIR/edgecls.service"
     say "service unit written: $UNIT_DIR/edgecls.service (edgecls $SERVICE_KIND)"
 }
@@ -187,6 +187,7 @@ PREFIX=$(cd "$PREFIX" && pwd)  # absolute: the service unit names paths under it
 if [ -n "$SERVICE_KIND" ] && [ "$WITH_SERVICE" = 1 ]; then
     { mkdir -p "$UNIT_DIR" 2>/dev/null && [ -w "$UNIT_DIR" ]; } \
         || die "cannot write the service unit to $UNIT_DIR: run with sudo, or pass --no-service or --unit-dir DIR"
+    UNIT_DIR=$(cd "$UNIT_DIR" && pwd)
 fi
 build_release
 doctor
