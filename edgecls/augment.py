@@ -102,6 +102,9 @@ def keras_layers() -> dict[str, type]:
         """Batched random flip, brightness and contrast on 0..255 float pixels; identity unless training."""
 
         def __init__(self, flip=True, contrast=0.1, brightness=0.0, seed=0, **kwargs):
+            # float32 whatever the mixed-precision policy: the random factors are float32, and
+            # pixel arithmetic in float16 would round 0..255 values to steps of 0.125.
+            kwargs["dtype"] = "float32"
             super().__init__(**kwargs)
             self.flip, self.contrast, self.brightness = flip, contrast, brightness
             self.seed_generator = keras.random.SeedGenerator(seed)

@@ -92,6 +92,25 @@ def test_in_model_augmentation_acts_only_in_training():
     assert np.mean(np.abs(out - x)) > 1.0  # changed: flips, brightness and contrast applied
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_in_model_augmentation_trains_under_mixed_precision(policy):
+    """--precision fp16/bf16 with augmentation: the layer once mixed float16 pixels with float32 noise."""
+    import keras
+
+    from edgecls.augment import keras_layers
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = keras_layers()["InModelAugment"](flip=True, contrast=0.3, brightness=0.1, seed=1)
+        x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype("float32")
+        out = keras.ops.convert_to_numpy(layer(x, training=True))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 255
+    assert np.mean(np.abs(out - x)) > 1.0
+
+
 def test_deterministic_runs_reproduce(flowers, baseline, tmp_path):
     from edgecls.train import TrainConfig, train
 
