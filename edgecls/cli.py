@@ -412,6 +412,9 @@ def stream(
     at_least("--retry-interval", retry_interval, 0)
     at_least("--stats-interval", stats_interval, 0)
     one_of("--activation", activation, ("softmax", "none"))
+    from .outputs import refuse_overlaps
+
+    refuse_overlaps({"model": artifact, "source": source}, files={"--save": save})
     from .runtime import Classifier
     from .stream import JsonLinesSink, Stream, StreamOptions, VideoSink, WindowSink, install_signal_handlers, open_source
     from .targets import engine_options_for

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import DatasetError, OptionError
 from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
 from .manifest import atomic_write_text
+from .outputs import refuse_overlaps
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -86,6 +87,7 @@ def cross_validate(dataset: str | Path, out_dir: str | Path, config, folds: int 
 
     fold_indices(data_mod.scan(dataset).targets, folds, 0, config.seed)  # dataset checks before any training
     out_dir = Path(out_dir)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
     rows = []
     for i in range(folds):
         fold_config = dataclasses.replace(config, fold=[folds, i])

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ModelError, OptionError
 from .manifest import Manifest, atomic_write_text, load_manifest, sha256_file
+from .outputs import refuse_overlaps
 from .preprocess import Preprocessing
 
 
@@ -116,6 +117,9 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
     if len({p.resolve() for p in paths}) != len(paths):
         raise OptionError("the same model is listed twice; an ensemble of copies adds nothing")
     manifests = _member_manifests(paths)
+    out_dir = Path(out_dir)
+    refuse_overlaps({**{f"member {i + 1}": p for i, p in enumerate(paths)}, "dataset": dataset},
+                    folders={"--out": out_dir})
     labels = manifests[0].labels
     for path, m in zip(paths, manifests):
         if m.labels != labels:
@@ -138,7 +142,6 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
         raise ModelError(f"not a loadable .keras model among {[str(p) for p in paths]}: {exc}") from None
     model = build_ensemble_model(members, member_pre, pre, activations)
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     tmp = out_dir / ".model.tmp.keras"

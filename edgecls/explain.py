@@ -17,6 +17,7 @@ import numpy as np
 
 from . import cam as cam_mod
 from .errors import ModelError, OptionError
+from .outputs import refuse_overlaps
 from .preprocess import Preprocessing, read_rgb
 
 
@@ -182,29 +183,32 @@ def _load(model_path: Path):
 def explain_images(model_path: str | Path, images: Sequence[str | Path], out_dir: str | Path,
                    class_name: str | None = None) -> list[dict[str, Any]]:
     """Grad-CAM overlays (PNG) for the predicted class, or `class_name`, of each image."""
+    out_dir = Path(out_dir)
+    refuse_overlaps({"model": model_path, "image": images}, folders={"--out": out_dir})
     scorer = _load(Path(model_path))
     labels = list(scorer.labels)
     if class_name is not None and class_name not in labels:
         raise OptionError(f"--class {class_name!r} is not one of the model's labels: {', '.join(labels)}")
-    out_dir = Path(out_dir)
     results = []
+    taken: set[Path] = set()
     for path in images:
         rgb = read_rgb(path)
         results.append(_explain_one(scorer.model, scorer.preprocessing, labels, rgb, Path(path).stem, out_dir,
-                                    labels.index(class_name) if class_name else None))
+                                    labels.index(class_name) if class_name else None, taken))
         results[-1]["image"] = str(path)
     return results
 
 
 def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np.ndarray, stem: str,
-                 out_dir: Path, class_index: int | None) -> dict[str, Any]:
+                 out_dir: Path, class_index: int | None, taken: set[Path] | None = None) -> dict[str, Any]:
     x = preprocessing(rgb)[None]
     maps, logits = grad_cam(model, x, class_index)
     probs = _probabilities(model, logits)
     predicted = int(np.argmax(probs[0]))
     chosen = predicted if class_index is None else class_index
     heat = cam_mod.heat_on_picture(rgb, maps[0], preprocessing)
-    out = out_dir / f"{stem}.{cam_mod._safe(labels[chosen])}.gradcam.png"
+    out = cam_mod.overlay_path(out_dir, stem, f".{cam_mod._safe(labels[chosen])}.gradcam.png",
+                               set() if taken is None else taken)
     cam_mod.write_png(out, cam_mod.overlay(rgb, heat))
     return {"predicted": labels[predicted], "probability": float(probs[0, predicted]),
             "explained": labels[chosen], "overlay": str(out)}
@@ -231,6 +235,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
 
     if limit < 1:
         raise OptionError(f"limit must be at least 1, got {limit}")
+    refuse_overlaps({"model": model_path, "dataset": dataset}, folders={"--out": out_dir})
     scorer = _load(Path(model_path))
     labels = list(scorer.labels)
     folder = data_mod.scan(dataset)

@@ -36,6 +36,7 @@ from .errors import EdgeclsError, ModelError, OptionError
 from .evaluate import Metrics, compute_metrics, overfit_warning, plot_confusion
 from .manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file, verify_checksums
 from .models import Recipe, build_feature_extractor, get_recipe, resolve_weights
+from .outputs import output_lock, refuse_overlaps
 from .preprocess import Preprocessing
 
 # --precision values -> Keras dtype policies. `auto` is resolved per phase by `phase_policy`.
@@ -820,11 +821,12 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     """Train a classifier on an image-folder dataset and save model, labels, history and plots."""
     config.validate()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(out_dir)
-    checkpoint = Checkpoint(out_dir)
-    checkpoint.start(Path(dataset).resolve(), config)
-    return _run(Path(dataset), out_dir, config, checkpoint, None, console)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
+    with output_lock(out_dir, "edgecls train"):
+        _clear_outputs(out_dir)
+        checkpoint = Checkpoint(out_dir)
+        checkpoint.start(Path(dataset).resolve(), config)
+        return _run(Path(dataset), out_dir, config, checkpoint, None, console)
 
 
 def resume(out_dir: str | Path, console=None) -> TrainResult:
@@ -836,8 +838,9 @@ def resume(out_dir: str | Path, console=None) -> TrainResult:
         raise EdgeclsError(f"{out_dir}: no checkpoint to resume{done}; expected {checkpoint.config_path}")
     dataset, config = checkpoint.run()
     config.validate()
-    _clear_outputs(out_dir)
-    return _run(dataset, out_dir, config, checkpoint, checkpoint.load(), console)
+    with output_lock(out_dir, "edgecls train --resume"):
+        _clear_outputs(out_dir)
+        return _run(dataset, out_dir, config, checkpoint, checkpoint.load(), console)
 
 
 def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoint, resumed: dict | None,

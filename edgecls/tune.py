@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import OptionError
 from .manifest import atomic_write_text
+from .outputs import refuse_overlaps
 
 RECIPE_TABLE = "train"
 
@@ -159,6 +160,7 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     train_count = int(count * (1 - 1 / folds)) if folds else int(count * (1 - base.val_fraction - base.test_fraction))
     space = _including(base, search_space(base) if space is None else space)
     out_dir = Path(out_dir)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
 

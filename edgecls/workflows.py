@@ -12,6 +12,7 @@ from . import data as data_mod
 from .errors import DatasetError, OptionError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
 from .manifest import atomic_write_text
+from .outputs import refuse_overlaps
 
 
 def _scorer(model: Path, **engine_options: Any):
@@ -35,6 +36,8 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
 
     console = console or Console(stderr=True)
     model = Path(model)
+    out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
+    refuse_overlaps({"model": model, "dataset": dataset}, folders={"--out": out_dir})
     scores, labels, preprocessing, manifest = _scorer(model, **engine_options)
     folder = data_mod.scan(dataset)
     # Dataset class index -> model output index, by name.
@@ -64,7 +67,6 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
         warning = overfit_warning(train_metrics.accuracy, metrics.accuracy)
         if warning:
             result["warning"] = warning
-    out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
     out_dir.mkdir(parents=True, exist_ok=True)
     result["confusion_matrix_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png",
                                                         f"{model.name} on {split}"))

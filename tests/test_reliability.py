@@ -396,3 +396,115 @@ def test_hostile_model_and_label_files_are_one_line_errors(coral, assets, tmp_pa
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines[0].startswith("error: ") and message in result.stderr.replace("\n", ""), result.stderr
         assert "Traceback" not in result.stderr and "libprotobuf" not in result.stderr
+
+
+# ==== issue 16: the second probe ===================================================================
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from edgecls.errors import OptionError  # noqa: E402
+from edgecls.outputs import LOCK_NAME, output_lock, refuse_overlaps  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its checksum: to prove nothing was touched."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- item 4: outputs never overwrite inputs -------------------------------------------------------
+def test_every_output_is_checked_against_every_input(flowers, tmp_path):
+    """The one helper: an output that is an input (or a hard link to it), lies inside an input
+    folder, or is a folder holding an input file is refused; neighbours are allowed."""
+    video = tmp_path / "clip.avi"
+    video.write_bytes(b"frames")
+    os.link(video, tmp_path / "same_clip.avi")
+    member = tmp_path / "run_a" / "model.keras"
+    member.parent.mkdir()
+    member.write_bytes(b"model")
+    refused = [
+        ({"source": video}, {}, {"--save": video}, "is the source"),
+        ({"source": video}, {}, {"--save": tmp_path / "same_clip.avi"}, "is the source"),
+        ({"dataset": flowers}, {"--out": flowers / "run1"}, {}, "lies inside the dataset folder"),
+        ({"dataset": flowers}, {"--out": flowers}, {}, "is the dataset folder"),
+        ({"dataset": flowers}, {}, {"--save": flowers / "daisy" / "out.mp4"}, "lies inside the dataset folder"),
+        ({"member 1": member}, {"--out": member.parent}, {}, "holds the member 1"),
+        ({"member 1": member}, {"--out": tmp_path / "run_a" / "." / ".." / "run_a"}, {}, "holds the member 1"),
+    ]
+    for inputs, folders, files, message in refused:
+        with pytest.raises(OptionError, match=message):
+            refuse_overlaps(inputs, folders=folders, files=files)
+    refuse_overlaps({"dataset": flowers, "member": member, "camera": "0", "url": "rtsp://host/x"},
+                    folders={"--out": tmp_path / "ensemble"}, files={"--save": tmp_path / "out.avi"})
+
+
+def test_stream_save_onto_its_source_is_refused(coral, assets, tmp_path):
+    import cv2
+
+    video = tmp_path / "photos.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(20):
+        writer.write(cv2.resize(cv2.imread(str(assets / "images/imagenet-photos/parrot.jpg")), (64, 48)))
+    writer.release()
+    before = sha256_file(video)
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    result = run_cli("stream", model, video, "--labels", labels, "--save", video, "--stats-interval", "0")
+    assert result.returncode == 2 and f"--save {video}: is the source" in " ".join(result.stderr.split())
+    assert sha256_file(video) == before
+
+
+def test_train_ensemble_explain_and_evaluate_refuse_outputs_over_inputs(tiny_keras_model, flowers, tmp_path):
+    from edgecls.ensemble import build_ensemble
+    from edgecls.explain import explain_images
+    from edgecls.train import TrainConfig, train
+    from edgecls.workflows import evaluate_model
+
+    data = _small_dataset(flowers, tmp_path / "ds", per_class=3)
+    dataset_files = _tree(data)
+    config = TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=1, fine_tune_epochs=0)
+    for out in (data / "run1", data / "daisy"):
+        with pytest.raises(OptionError, match="inside the dataset folder"):
+            train(data, out, config)
+    # A member's run folder: its model, manifest, labels and metrics stay as they were.
+    member_dir = tmp_path / "member"
+    shutil.copytree(tiny_keras_model.parent, member_dir, ignore=shutil.ignore_patterns("export", "eval"))
+    other = tmp_path / "other"
+    shutil.copytree(member_dir, other)
+    members_before = _tree(member_dir)
+    with pytest.raises(OptionError, match="holds the member 1"):
+        build_ensemble([member_dir / "model.keras", other / "model.keras"], member_dir, data)
+    with pytest.raises(OptionError, match="holds the image"):  # overlays would join the class as photos
+        explain_images(member_dir / "model.keras", [data / "daisy" / sorted(os.listdir(data / "daisy"))[0]],
+                       data / "daisy")
+    with pytest.raises(OptionError, match="holds the model"):  # its metrics.json is the training run's
+        evaluate_model(member_dir / "model.keras", data, out_dir=member_dir)
+    assert _tree(member_dir) == members_before and _tree(data) == dataset_files
+
+
+# --- item 14: one run per output folder --------------------------------------------------------------
+def test_second_run_into_a_locked_output_folder_is_refused_naming_the_holder(tiny_keras_model, flowers, tmp_path):
+    from edgecls.export.pipeline import export_model
+    from edgecls.train import TrainConfig, train
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edgecls.outputs import output_lock\n"
+                               "with output_lock(sys.argv[1], 'edgecls train DS --out OUT'):\n"
+                               "    print('held', flush=True); time.sleep(120)\n", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=1, fine_tune_epochs=0)
+        with pytest.raises(EdgeclsError, match=rf"{out}: in use by another edgecls run \(pid {holder.pid} on .*"
+                                               r"`edgecls train DS --out OUT`, since"):
+            train(_small_dataset(flowers, tmp_path / "ds", per_class=3), out, config)
+        with pytest.raises(EdgeclsError, match=rf"in use by another edgecls run \(pid {holder.pid} "):
+            export_model(tiny_keras_model, out_dir=out)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # neither run wrote anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed with SIGKILL: its lock file is left, but the kernel released the lock.
+    with output_lock(out, "next run") as lock:
+        assert "next run" in lock.read_text()
+    assert not (out / LOCK_NAME).exists()  # released and removed

@@ -19,6 +19,7 @@ from ..errors import DatasetError, ModelError, OptionError, stop_requested
 from ..cam import cam_weights_path
 from ..cpu import cpu_info, saturation_risk
 from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
+from ..outputs import output_lock, refuse_overlaps
 from ..runtime import Classifier
 from . import ExportSpec, resolve
 from .context import ExportContext
@@ -70,7 +71,6 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
     feature map as a second output (TFLite and ONNX), so the device runtime can draw class
     activation maps."""
     from rich.console import Console
-    from rich.markup import escape
 
     console = console or Console(stderr=True)
     specs = resolve(formats, quants, {"io_dtype": io_dtype, "int8_cpu": int8_cpu,  # before any slow work
@@ -98,7 +98,17 @@ def export_model(model_path: str | Path, formats: str | list[str] = "tflite", qu
     if not str(dataset) or not dataset.is_dir():
         raise DatasetError(f"{dataset}: dataset for verification not found; pass --dataset DIR")
     out_dir = Path(out_dir) if out_dir else model_path.parent / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    refuse_overlaps({"dataset": dataset, "calibration": calibration}, folders={"--out": out_dir})
+    with output_lock(out_dir, "edgecls export"):
+        return _export_locked(model_path, manifest, dataset, out_dir, specs, calibration, calibration_count,
+                              max_accuracy_drop, io_dtype, console, int8_cpu, min_agreement, target, explain, profile)
+
+
+def _export_locked(model_path: Path, manifest: Manifest, dataset: Path, out_dir: Path, specs, calibration,
+                   calibration_count: int, max_accuracy_drop: float, io_dtype: str | None, console,
+                   int8_cpu: str, min_agreement: float | None, target: str | None, explain: bool,
+                   profile) -> list[ArtifactReport]:
+    from rich.markup import escape
 
     folder = data_mod.scan(dataset)
     if folder.classes != manifest.labels:
