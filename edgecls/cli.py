@@ -706,6 +706,7 @@ def tune_command(
 
 def main() -> None:
     cli_light.install_sigterm()
+    cli_light.raw_file_names()
     try:
         app()
     except (SystemExit, KeyboardInterrupt):

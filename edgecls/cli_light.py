@@ -195,6 +195,18 @@ def install_sigterm() -> None:
             signal.signal(sig, handler)
 
 
+def raw_file_names() -> None:
+    """Print file names that are not valid UTF-8 as their bytes, as `ls` does, instead of failing
+    with UnicodeEncodeError under a strict UTF-8 locale (Python decodes such names to surrogates)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            try:
+                reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):
+                pass
+
+
 def interrupted_exit_code() -> int:
     """128 + the signal number, as a shell reports a process stopped by that signal."""
     from .errors import stop_requested
@@ -214,6 +226,7 @@ def fast_predict() -> None:
     except _Fallback:
         return
     install_sigterm()
+    raw_file_names()
 
     def warn(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .manifest import Manifest, atomic_write_text, load_manifest, sha256_file
+from .manifest import Manifest, atomic_output, atomic_write_text, load_manifest, sha256_file
 from .outputs import refuse_overlaps
 from .preprocess import Preprocessing
 
@@ -144,9 +144,8 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
-    tmp = out_dir / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(model_path)
+    with atomic_output(model_path) as tmp:
+        model.save(tmp)
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
     first = manifests[0]
     manifest = Manifest(

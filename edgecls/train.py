@@ -34,7 +34,7 @@ from .augment import Augmentation, keras_layers
 from .cache import ImageCache, cached_images
 from .errors import EdgeclsError, ModelError, OptionError
 from .evaluate import Metrics, compute_metrics, overfit_warning, plot_confusion
-from .manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file, verify_checksums
+from .manifest import Manifest, atomic_output, atomic_write_text, load_manifest, manifest_path, sha256_file, verify_checksums
 from .models import Recipe, build_feature_extractor, get_recipe, resolve_weights
 from .outputs import output_lock, refuse_overlaps
 from .preprocess import Preprocessing
@@ -429,12 +429,8 @@ class Checkpoint:
         arrays = {f"m{i}": np.asarray(v) for i, v in enumerate(model_vars)}
         arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer_vars)})
         arrays.update({f"b{i}": np.asarray(v) for i, v in enumerate(best or [])})
-        tmp = self.dir / ".state.tmp.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, state=np.asarray(json.dumps(state)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.state_path)
+        with atomic_output(self.state_path) as tmp:
+            np.savez(tmp, state=np.asarray(json.dumps(state)), **arrays)
 
     def load(self) -> dict | None:
         """The last completed epoch's state, or None before the first epoch completed."""
@@ -794,9 +790,8 @@ def _class_weight(targets: np.ndarray, num_classes: int) -> dict[int, float]:
 def save_model(model, out_dir: Path) -> Path:
     """Write model.keras atomically (the manifest, written last, is what marks a run finished)."""
     model_path = out_dir / "model.keras"
-    tmp = out_dir / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(model_path)
+    with atomic_output(model_path) as tmp:
+        model.save(tmp)
     return model_path
 
 

@@ -508,3 +508,104 @@ def test_second_run_into_a_locked_output_folder_is_refused_naming_the_holder(tin
     with output_lock(out, "next run") as lock:
         assert "next run" in lock.read_text()
     assert not (out / LOCK_NAME).exists()  # released and removed
+
+
+# --- item 1 and the disk fault injection: a small full file system --------------------------------
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 MB tmpfs of its own (root only): a real full disk, ENOSPC from the kernel."""
+    if os.geteuid() != 0:
+        pytest.skip("fault injection needs root to mount a small tmpfs (a real full disk); not root here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"fault injection needs a small tmpfs; mount refused: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path, leave_kb: int) -> None:
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave_kb * 1024))
+
+
+def _temporary(disk: Path) -> list[str]:
+    return [str(p) for p in disk.rglob("*") if ".tmp" in p.name or p.name.startswith((".building-", ".staging-"))
+            or p.name == LOCK_NAME]
+
+
+def test_full_disk_cache_build_fails_cleanly(flowers, small_disk, tmp_path):
+    """The probe's case: the cache build on a full disk stopped at "decoding images 96/200" forever
+    (workers died of SIGBUS writing through the map; the pool waited for them); a read-only cache
+    folder did not mention EDGECLS_CACHE."""
+    from edgecls import data
+    from edgecls.cache import build_cache
+
+    data_dir = _small_dataset(flowers, tmp_path / "ds")
+    cache = small_disk / "cache"
+    files = data.scan(data_dir).files
+    earlier = build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=2)  # fits: 74 KB
+    pixels = earlier.read(np.arange(len(files)))
+    result = run_cli("train", data_dir, "--backbone", "simple_cnn", "--weights", "none", "--input-size", "256",
+                     "--out", tmp_path / "out", env={"EDGECLS_CACHE": str(cache)}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"{cache}: no space left for the image cache: 4.7 MB needed for 24 images at 256x256" in message
+    assert "set EDGECLS_CACHE to a writable folder with room" in message
+    assert _temporary(small_disk) == [] and [p.name for p in cache.iterdir()] == [earlier.path.name]
+    again = build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=1)
+    assert not again.built and np.array_equal(again.read(np.arange(len(files))), pixels)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(EdgeclsError, match=r"not writable \(the image cache folder, from the cache_dir option\); "
+                                            "set EDGECLS_CACHE"):
+        build_cache(files, Preprocessing.named("tf", (48, 48)), root=cache, workers=1)
+    assert not build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=1).built  # still served
+
+
+def test_full_disk_training_checkpoint_fails_cleanly(flowers, tiny_keras_model, small_disk, tmp_path):
+    data_dir = _small_dataset(flowers, tmp_path / "ds")
+    earlier = small_disk / "earlier_run"
+    shutil.copytree(tiny_keras_model.parent, earlier, ignore=shutil.ignore_patterns("export", "eval"))
+    before = _tree(earlier)
+    _fill(small_disk, leave_kb=48)  # room for the run's config, not for one epoch's weights
+    out = small_disk / "run"
+    result = run_cli("train", data_dir, "--backbone", "simple_cnn", "--weights", "none", "--input-size", "32",
+                     "--epochs", "3", "--out", out, env={"EDGECLS_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {out / 'checkpoint' / 'state.npz'}: No space left on device" in " ".join(result.stderr.split())
+    assert _temporary(small_disk) == [] and not (out / "model.keras").exists()
+    assert _tree(earlier) == before
+
+
+def test_full_disk_export_fails_cleanly(tiny_keras_model, small_disk):
+    from edgecls.export.pipeline import export_model
+
+    out = small_disk / "export"
+    (onnx,) = export_model(tiny_keras_model, "onnx", "fp32", out_dir=out, max_accuracy_drop=100)
+    assert onnx.passed
+    before = _tree(out)
+    _fill(small_disk, leave_kb=48)
+    result = run_cli("export", tiny_keras_model, "--format", "tflite,onnx", "--quant", "fp32", "--out", out,
+                     "--max-accuracy-drop", "100", timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    for key, name in (("tflite:fp32", "model_fp32.tflite"), ("onnx:fp32", "model_fp32.onnx")):
+        assert f"{key}: conversion failed: OSError: [Errno 28] No space left on device" in message
+    assert "kept the earlier model_fp32.onnx, a verified export of this model" in message
+    assert _temporary(small_disk) == [] and not (out / "model_fp32.tflite").exists()
+    assert {k: v for k, v in _tree(out).items() if k != "export_summary.json"} == {
+        k: v for k, v in before.items() if k != "export_summary.json"}
+    assert Classifier.from_artifact(out / "model_fp32.onnx").labels == ["daisy", "roses"]
+
+
+def test_sigterm_during_cache_build_removes_the_build_folder(flowers, tmp_path):
+    """SIGTERM left a .building-images-* folder as large as the cache (the probe's 15 MB), keeping
+    the disk full; a killed worker printed a KeyboardInterrupt traceback."""
+    cache = tmp_path / "cache"
+    rc, _, err = _terminate_when(["train", flowers, "--backbone", "simple_cnn", "--weights", "none",
+                                  "--input-size", "448", "--out", tmp_path / "out"],
+                                 lambda: any(cache.glob(".building-*/pixels.npy")), {"EDGECLS_CACHE": str(cache)})
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert list(cache.iterdir()) == []

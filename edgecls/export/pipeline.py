@@ -213,6 +213,7 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     final = Path(out_dir) / spec.filename()
+    judged = False  # True once this run's artifact was verified (then an earlier one must go)
     try:
         base = ctx.manifest
         ctx.quantization_scheme = None
@@ -232,6 +233,7 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
             report.error = f"conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             report.notes["traceback"] = traceback.format_exc(limit=3)
             return report
+        judged = True
         engine = open_engine(staged)
         classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
         stats = compare(reference, classifier.scores(verify_set.images), verify_set.targets, verify_set.val_count)
@@ -275,12 +277,30 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
     finally:
         report.seconds = round(time.perf_counter() - started, 2)
         shutil.rmtree(staging, ignore_errors=True)
-        if not report.passed:
+        if not report.passed and not judged and _verified_export_of(final, ctx):
+            # The conversion failed before judging anything (a full disk, a converter error): an
+            # earlier artifact that passed its gate for this very model stays.
+            report.error = (report.error or "not kept") + f"; kept the earlier {final.name}, a verified export of this model"
+        elif not report.passed:
             # A stale artifact of the same name from an earlier run must not pass for this one.
             removed = _remove_artifact(final)
             if removed:
                 report.notes["removed"] = removed
                 report.error = (report.error or "not kept") + f"; removed the earlier {', '.join(removed)}"
+
+
+def _verified_export_of(final: Path, ctx: ExportContext) -> bool:
+    """Whether `final` is an intact artifact exported (and gated) from the model being exported now."""
+    from ..manifest import verify_checksums
+
+    try:
+        manifest = load_manifest(final)
+        if manifest is None or not manifest.artifact_sha256 or not ctx.manifest.artifact_sha256:
+            return False
+        verify_checksums(final, manifest)
+    except ModelError:
+        return False
+    return manifest.source.get("model_sha256") == ctx.manifest.artifact_sha256
 
 
 def _remove_artifact(final: Path) -> list[str]:
