@@ -609,3 +609,17 @@ def test_sigterm_during_cache_build_removes_the_build_folder(flowers, tmp_path):
                                  lambda: any(cache.glob(".building-*/pixels.npy")), {"EDGECLS_CACHE": str(cache)})
     assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
     assert list(cache.iterdir()) == []
+
+
+def test_predict_prints_a_file_name_that_is_not_utf8(coral, assets, tmp_path):
+    """Under a strict UTF-8 locale (PYTHONIOENCODING stands in for en_US.UTF-8 here) printing a
+    name decoded to a surrogate raised UnicodeEncodeError; it prints as its bytes, as `ls` does."""
+    photo = tmp_path / os.fsdecode(b"bad\xffname.jpg")
+    shutil.copy(assets / "images/imagenet-photos/parrot.jpg", photo)
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    for extra in ([], ["--explain-out", str(tmp_path / "x"), "--threads", "1"]):
+        result = subprocess.run([sys.executable, "-m", "edgecls.cli", "predict", model, photo, "--labels", labels,
+                                 "-k", "1", *extra], capture_output=True, cwd=ROOT,
+                                env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, timeout=120)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        assert result.stdout.startswith(os.fsencode(photo) + b": macaw (")  # the score may differ by a uint8 step on AVX2
