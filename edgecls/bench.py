@@ -52,7 +52,8 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
     The artifact is opened as every loader opens it (checksums and structure checked against its
     manifest) with exactly `engine_options`. A model without a manifest is timed too: its input is
     a random tensor of the right shape and type (latency does not depend on pixel values here)."""
-    from .runtime import Classifier, open_artifact
+    from .manifest import sha256_file
+    from .runtime import Classifier, finite_scores, open_artifact
 
     path = Path(path)
     engine_options = dict(engine_options or {})
@@ -72,8 +73,9 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
         x = (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
     run = engine.run
     t0 = time.perf_counter()
-    run(x)
+    first = run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
+    finite_scores(np.asarray(first, dtype=np.float32), path)  # a model answering NaN has no latency worth reporting
     count, start = 0, time.perf_counter()
     while count < warmup or time.perf_counter() - start < warmup_seconds:
         run(x)
@@ -87,6 +89,8 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
     stats = latency_stats(samples)
     return {
         "artifact": str(path), "name": path.name,
+        # Its identity for `report compare`: the same file, wherever it was typed from.
+        "sha256": manifest.artifact_sha256 if manifest and manifest.artifact_sha256 else sha256_file(path),
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
         "engine": engine.name, "engine_version": engine.version,
@@ -288,7 +292,7 @@ def _worker(argv: list[str]) -> int:
     except EdgeclsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
     return 0
 
 

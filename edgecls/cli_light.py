@@ -122,7 +122,8 @@ def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Cal
         if as_json:
             import json
 
-            out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})}))
+            out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})},
+                           allow_nan=False))  # strict JSON: the runtime refuses non-finite scores
         else:
             out(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result))
             for key, value in (more or {}).items():

@@ -148,7 +148,7 @@ def _finish(name: str, rows: list[dict], out_dir: Path, meta: dict) -> CVResult:
     result = CVResult(name, rows, summarize(rows))
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, **meta, "folds_table": rows, "summary": result.summary}
-    atomic_write_text(out_dir / "cv.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "cv.json", json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "cv.md", markdown_table(result))
     result.paths = {"json": str(out_dir / "cv.json"), "md": str(out_dir / "cv.md"),
                     "png": str(plot_folds(result, out_dir / "cv.png"))}

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .manifest import Manifest, atomic_output, atomic_write_text, load_manifest, sha256_file
+from .manifest import Manifest, atomic_output, atomic_write_json, atomic_write_text, load_manifest, sha256_file
 from .outputs import refuse_overlaps
 from .preprocess import Preprocessing
 
@@ -167,7 +167,7 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
         manifest.verification = {"val_accuracy": result.metrics["ensemble"]["accuracy"],
                                  "val_count": result.metrics["count"]}
         manifest.save(model_path)
-        atomic_write_text(out_dir / "metrics.json", json.dumps({**result.metrics, "warnings": warnings}, indent=2) + "\n")
+        atomic_write_json(out_dir / "metrics.json", {**result.metrics, "warnings": warnings})
     else:
         result.warnings.append(f"{ds}: dataset not found; the ensemble was not evaluated (pass --dataset)")
     return result

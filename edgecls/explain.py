@@ -8,7 +8,6 @@ The explained layer is the last one with a 4-D output; the layers after it must 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -231,7 +230,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     """An HTML page of the images of `split` the model gets wrong, each with Grad-CAM overlays for
     the predicted and the true class. Returns counts and the page's path."""
     from . import data as data_mod
-    from .manifest import atomic_write_text
+    from .manifest import atomic_write_json, atomic_write_text
 
     if limit < 1:
         raise OptionError(f"limit must be at least 1, got {limit}")
@@ -260,7 +259,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
                      "overlay_true": true["overlay"]})
     page = out_dir / "mistakes.html"
     atomic_write_text(page, _gallery_html(rows, Path(model_path).name, split, len(loaded.targets), out_dir))
-    atomic_write_text(out_dir / "mistakes.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(out_dir / "mistakes.json", rows)
     return {"page": str(page), "count": len(loaded.targets), "wrong": int(np.sum(probs.argmax(1) != truth)),
             "shown": len(rows), "rows": rows}
 

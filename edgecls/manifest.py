@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import __version__
-from .errors import ModelError, OptionError
+from .errors import EdgeclsError, ModelError, OptionError
 from .preprocess import Preprocessing
 
 SCHEMA = "edgecls.manifest/1"
@@ -115,6 +115,46 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any, where: str, indent: int | None = None) -> str:
+    """JSON text every parser accepts. A NaN or infinity (which Python would write as `NaN`, and
+    strict parsers reject) is an EdgeclsError naming its field: a non-finite result is an error."""
+    import json
+
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        field, value = _non_finite(obj, "")
+        raise EdgeclsError(f"{where}: {field or 'a value'} is {value}, not a finite number; refusing to write "
+                           "it (non-finite results are errors, and JSON has no NaN or infinity)") from None
+
+
+def _non_finite(obj: Any, at: str) -> tuple[str, Any]:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return at, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else str(key))
+        if found[0]:
+            return found
+    return "", None
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Strict JSON (`strict_json`), written atomically."""
+    atomic_write_text(path, strict_json(obj, str(path), indent) + "\n")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (only finite numbers are)")
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON as a strict parser would: NaN, Infinity and -Infinity are ValueErrors."""
+    import json
+
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 ACTIVATIONS = ("softmax", "sigmoid", "none")  # a model's final activation; "logits" is read as "none"
 _HEX = set("0123456789abcdef")
 
@@ -166,10 +206,8 @@ class Manifest:
         weights = artifact.with_suffix(".bin")
         if artifact.suffix.lower() == ".xml" and weights.is_file():
             self.companions[weights.name] = sha256_file(weights)
-        import json
-
         path = manifest_path(artifact)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
         return path
 
 
@@ -338,11 +376,9 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
     path = manifest_path(artifact)
     if not path.exists():
         return None
-    import json  # only when there is a manifest: a cold start without one skips it
-
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        data = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the manifest ({exc.strerror})") from None

@@ -28,6 +28,17 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
+def finite_scores(scores: np.ndarray, where: str | Path | None) -> np.ndarray:
+    """`scores` when every value is a finite number; a ModelError otherwise. A model with NaN
+    weights (or one that overflows) answers NaN, and argmax(NaN) would silently say class 0."""
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores).all(axis=-1)).sum()) if scores.ndim > 1 else 1
+        raise ModelError(f"{where}: the model's outputs are not finite numbers (NaN or infinity) for {bad} of "
+                         f"{len(scores) if scores.ndim > 1 else 1} input(s): its weights are broken or it "
+                         "overflows; retrain or re-export it")
+    return scores
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -163,7 +174,7 @@ class Classifier:
             raise ModelError(f"{self.path}: {_UNKNOWN_ACTIVATION}")
         if self.output_activation == "none":
             scores = softmax(scores)
-        return scores
+        return finite_scores(scores, self.path)
 
     def scores(self, images: Iterable[np.ndarray], batch_size: int = 1) -> np.ndarray:
         """Probabilities for RGB uint8 pictures of any size."""

@@ -38,6 +38,7 @@ from .manifest import Manifest, atomic_output, atomic_write_text, load_manifest,
 from .models import Recipe, build_feature_extractor, get_recipe, resolve_weights
 from .outputs import output_lock, refuse_overlaps
 from .preprocess import Preprocessing
+from .runtime import finite_scores
 
 # --precision values -> Keras dtype policies. `auto` is resolved per phase by `phase_policy`.
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -518,14 +519,14 @@ class KerasScorer:
                                  "(such as a Lambda layer), which safe mode does not allow; rebuild it without "
                                  "such layers") from None
             raise ModelError(f"{path}: not a loadable .keras model (truncated or corrupt?): {exc}") from None
-        self.manifest = manifest
+        self.manifest, self.path = manifest, path
         self.labels = manifest.labels
         self.preprocessing = manifest.preprocessing
 
     def scores_resized(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         out = [np.asarray(self.model.predict_on_batch(self.preprocessing.normalize(images[i : i + batch_size])))
                for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        return finite_scores(np.concatenate(out).astype(np.float32), self.path)
 
 
 
@@ -802,7 +803,7 @@ def evaluate_split(model, images: np.ndarray | ImageCache, indices: np.ndarray, 
     probs = [np.asarray(model.predict_on_batch(preprocessing.normalize(read(np.sort(indices[i : i + batch_size])))))
              for i in range(0, len(indices), batch_size)]
     order = np.concatenate([np.sort(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)])
-    return compute_metrics(targets[order], np.concatenate(probs).argmax(1), labels)
+    return compute_metrics(targets[order], finite_scores(np.concatenate(probs), "the trained model (diverged?)").argmax(1), labels)
 
 
 def _clear_outputs(out_dir: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import OptionError
-from .manifest import atomic_write_text
+from .manifest import atomic_write_json, atomic_write_text
 from .outputs import refuse_overlaps
 
 RECIPE_TABLE = "train"
@@ -216,7 +216,7 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
         result.confirmation = _confirm(dataset, out_dir, base, best_config, folds, seed, console)
     payload = {"dataset": str(dataset), "folds": folds, "space": [list(map(str, d[:2])) for d in space],
                "trials": rows, "best": best, "baseline": baseline, "confirmation": result.confirmation}
-    atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(out_dir / "trials.json", payload)
     atomic_write_text(out_dir / "trials.md", trials_table(result, folds))
     result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
                     "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(recipe_path)}

@@ -1,7 +1,6 @@
 """Whole jobs built from the layers below: evaluation of any model file, and the quickstart."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 from . import data as data_mod
 from .errors import DatasetError, OptionError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
-from .manifest import atomic_write_text
+from .manifest import atomic_write_json, atomic_write_text
 from .outputs import refuse_overlaps
 
 
@@ -70,7 +69,7 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     out_dir.mkdir(parents=True, exist_ok=True)
     result["confusion_matrix_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png",
                                                         f"{model.name} on {split}"))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out_dir / "metrics.json", result)
     result["metrics_json"] = str(out_dir / "metrics.json")
     result["table"] = format_metrics(metrics)
     return result

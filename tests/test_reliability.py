@@ -401,7 +401,6 @@ def test_hostile_model_and_label_files_are_one_line_errors(coral, assets, tmp_pa
 # ==== issue 16: the second probe ===================================================================
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 from edgecls.errors import OptionError  # noqa: E402
 from edgecls.outputs import LOCK_NAME, output_lock, refuse_overlaps  # noqa: E402
@@ -623,3 +622,73 @@ def test_predict_prints_a_file_name_that_is_not_utf8(coral, assets, tmp_path):
                                 env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, timeout=120)
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         assert result.stdout.startswith(os.fsencode(photo) + b": macaw (")  # the score may differ by a uint8 step on AVX2
+
+
+# --- item 6: non-finite outputs are errors everywhere; JSON is strict ------------------------------
+def _nan_onnx(path: Path) -> Path:
+    """A real graph whose weights hold one NaN: every output is NaN, argmax says class 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    weights[5, 1] = np.nan
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+             helper.make_node("Softmax", ["m"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_nan_outputs_are_errors_in_predict_and_bench(assets, tmp_path):
+    model = _nan_onnx(tmp_path / "nan.onnx")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    photo = assets / "images/imagenet-photos/parrot.jpg"
+    result = run_cli("predict", model, photo, "--labels", tmp_path / "labels.txt", "--normalization", "unit", "--json")
+    assert result.returncode == 2 and "NaN" not in result.stdout and result.stdout == ""
+    assert "the model's outputs are not finite numbers (NaN or infinity) for 1 of 1 input(s)" in result.stderr
+    from edgecls.bench import bench
+
+    with pytest.raises(EdgeclsError, match="not finite numbers"):
+        bench([model], min_runs=1, min_seconds=0, warmup=0, warmup_seconds=0)
+
+
+def test_nan_keras_model_fails_export_and_evaluate(tiny_keras_model, flowers, tmp_path):
+    """The probe's model with NaN weights passed the export gate (agreement 1.0000, max|dp| nan)
+    and evaluated at 0.2 without a word."""
+    import keras
+
+    from edgecls.export.pipeline import export_model
+    from edgecls.manifest import load_manifest
+    from edgecls.workflows import evaluate_model
+
+    model = keras.saving.load_model(tiny_keras_model, compile=False)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    nan_model = tmp_path / "model.keras"
+    model.save(nan_model)
+    manifest = load_manifest(tiny_keras_model)
+    manifest.artifact_sha256 = sha256_file(nan_model)
+    manifest.save(nan_model)
+    with pytest.raises(ModelError, match=r"model\.keras: the model's outputs are not finite numbers"):
+        export_model(nan_model, "tflite,onnx", "fp32,int8", out_dir=tmp_path / "export", max_accuracy_drop=100)
+    assert not [p for p in (tmp_path / "export").rglob("*") if p.name.startswith("model")]
+    with pytest.raises(ModelError, match="not finite numbers"):
+        evaluate_model(nan_model, manifest.source["dataset"], out_dir=tmp_path / "eval")
+
+
+def test_json_is_strict_on_both_sides(coral, tmp_path):
+    """Python writes NaN into JSON by default (invalid for strict parsers) and reads it back."""
+    from edgecls.manifest import load_manifest
+
+    model = _coral_with_manifest(coral, tmp_path)
+    manifest = load_manifest(model)
+    manifest.verification["max_prob_diff"] = float("nan")
+    with pytest.raises(EdgeclsError, match=r"verification\.max_prob_diff is nan, not a finite number; refusing"):
+        manifest.save(model)
+    doc = model.with_name(model.name + ".json")
+    doc.write_text(doc.read_text().replace('"accuracy": 0.9', '"accuracy": NaN'))
+    with pytest.raises(ModelError, match="manifest is not valid JSON .*NaN is not a JSON number"):
+        Classifier.from_artifact(model)

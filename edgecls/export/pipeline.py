@@ -18,7 +18,7 @@ from ..engines import open_engine
 from ..errors import DatasetError, ModelError, OptionError, stop_requested
 from ..cam import cam_weights_path
 from ..cpu import cpu_info, saturation_risk
-from ..manifest import Manifest, atomic_write_text, load_manifest, manifest_path, sha256_file
+from ..manifest import Manifest, atomic_write_json, load_manifest, manifest_path, sha256_file
 from ..outputs import output_lock, refuse_overlaps
 from ..runtime import Classifier
 from . import ExportSpec, resolve
@@ -146,7 +146,7 @@ def _export_locked(model_path: Path, manifest: Manifest, dataset: Path, out_dir:
     finally:
         ctx.cleanup()
         summary["artifacts"] = [asdict(r) for r in reports]
-        atomic_write_text(out_dir / "export_summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out_dir / "export_summary.json", summary)
     return reports
 
 
@@ -236,7 +236,12 @@ def _export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set,
         judged = True
         engine = open_engine(staged)
         classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
-        stats = compare(reference, classifier.scores(verify_set.images), verify_set.targets, verify_set.val_count)
+        try:
+            probs = classifier.scores(verify_set.images)
+        except ModelError as exc:  # non-finite outputs (an fp16 overflow, say): this artifact fails
+            report.error = f"verification failed: {exc}; artifact not kept"
+            return report
+        stats = compare(reference, probs, verify_set.targets, verify_set.val_count)
         report.accuracy, report.reference_accuracy = stats["accuracy"], stats["reference_accuracy"]
         report.accuracy_drop_pp, report.top1_agreement = stats["accuracy_drop_pp"], stats["top1_agreement"]
         report.max_prob_diff = stats["max_prob_diff"]
