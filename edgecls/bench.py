@@ -261,13 +261,12 @@ def _dataset_accuracy(paths: Sequence[str | Path], dataset: Path, setups: list[d
         r: dict[str, Any] = {}
         measured.append(r)
         clf = Classifier.from_artifact(path, activation=activation, **engine_options)
-        split_cfg = clf.manifest.source.get("split") if clf.manifest else None
-        indices = data_mod.recorded_split(folder, split_cfg)["val" if split_cfg else "all"]
-        loaded = data_mod.load_images(folder, indices, clf.preprocessing)
+        parts, split, _ = data_mod.evaluation_split(folder, clf.manifest.source if clf.manifest else None)
+        loaded = data_mod.load_images(folder, parts[split], clf.preprocessing)
         to_model = data_mod.label_indices(folder, clf.labels)
         predicted = clf.scores(loaded.images).argmax(1)
         r["accuracy"] = float(np.mean(predicted == to_model[loaded.targets]))
-        r["accuracy_source"] = f"{dataset} ({'val' if split_cfg else 'all'} split, {len(predicted)} images)"
+        r["accuracy_source"] = f"{dataset} ({split} split, {len(predicted)} images)"
         reference = predicted if reference is None else reference
         r["top1_agreement"] = float(np.mean(predicted == reference)) if len(reference) == len(predicted) else None
     return measured

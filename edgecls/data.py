@@ -162,6 +162,49 @@ def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndar
     return out
 
 
+def is_training_folder(folder: ImageFolder, source: dict | None) -> bool:
+    """Whether `folder` is the one a model was trained on (its manifest's `source`): the recorded
+    path, or a copy of it (moved to another disk or machine) that holds every recorded validation
+    and test file and some recorded training files."""
+    source = source or {}
+    recorded = source.get("dataset")
+    if isinstance(recorded, str) and recorded and Path(recorded).resolve() == folder.root.resolve():
+        return True
+    files = (source.get("split") or {}).get("files") if isinstance(source.get("split"), dict) else None
+    if not isinstance(files, dict):
+        return False
+    names = {f.relative_to(folder.root).as_posix() for f in folder.files}
+    held_out = [f for k in ("val", "test") for f in files.get(k) or [] if isinstance(f, str)]
+    return bool(held_out) and all(f in names for f in held_out) and any(
+        f in names for f in files.get("train") or [] if isinstance(f, str))
+
+
+def evaluation_split(folder: ImageFolder, source: dict | None, split: str = "auto"
+                     ) -> tuple[dict[str, np.ndarray], str, str | None]:
+    """The splits of `folder` to score a model on, the split chosen (`auto`: validation when the
+    model records a split of this folder, else all) and a note for the user, or None.
+
+    A recorded split belongs to the training folder only: any other folder is a held-out set and
+    is evaluated whole (asking for its val/train/test split is a DatasetError)."""
+    source = source or {}
+    split_cfg = source.get("split")
+    if not split_cfg or is_training_folder(folder, source):
+        return recorded_split(folder, split_cfg), (("val" if split_cfg else "all") if split == "auto" else split), None
+    where = f" ({source.get('dataset')})" if source.get("dataset") else ""
+    if split not in ("auto", "all"):
+        raise DatasetError(f"{folder.root}: not the folder the model was trained on{where}, so it has no {split} "
+                           "split; evaluate it whole (--split all or auto)")
+    note = (f"{folder.root} is not the folder the model was trained on{where}: all {len(folder.files)} images "
+            "evaluated, as a held-out set")
+    files = split_cfg.get("files") if isinstance(split_cfg, dict) else None
+    trained = set(files.get("train") or []) if isinstance(files, dict) else set()
+    shared = sum(f.relative_to(folder.root).as_posix() in trained for f in folder.files)
+    if shared:
+        note += (f"; {shared} of them have the names of photos the model was trained on (class/file): if they are "
+                 "the same photos, this accuracy is optimistic")
+    return {"all": np.arange(len(folder.files))}, "all", note
+
+
 def label_indices(folder: ImageFolder, labels: Sequence[str]) -> np.ndarray:
     """Model output index of each class folder, matched by name."""
     missing = [c for c in folder.classes if c not in labels]

@@ -184,7 +184,8 @@ def compare_on_validation(model_path: Path, member_paths: Sequence[Path], datase
     ens = KerasScorer(model_path)
     folder = data_mod.scan(dataset)
     to_model = data_mod.label_indices(folder, ens.labels)
-    idx = data_mod.recorded_split(folder, ens.manifest.source.get("split"))["val"]
+    parts, split, _ = data_mod.evaluation_split(folder, ens.manifest.source)  # another folder: all of it
+    idx = parts[split]
     rows = {}
     count = 0
     for name, path in [("ensemble", model_path)] + [(f"member_{i}", p) for i, p in enumerate(member_paths)]:
@@ -196,5 +197,5 @@ def compare_on_validation(model_path: Path, member_paths: Sequence[Path], datase
                       "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
                       "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
     best = max((k for k in rows if k != "ensemble"), key=lambda k: rows[k]["accuracy"])
-    return {**rows, "count": count, "best_member": best,
+    return {**rows, "count": count, "split": split, "best_member": best,
             "gain_over_best_member_pp": round(100 * (rows["ensemble"]["accuracy"] - rows[best]["accuracy"]), 2)}

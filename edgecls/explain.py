@@ -239,9 +239,9 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     labels = list(scorer.labels)
     folder = data_mod.scan(dataset)
     to_model = data_mod.label_indices(folder, labels)
-    parts = data_mod.recorded_split(folder, scorer.manifest.source.get("split"))
-    if split not in parts:
-        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(parts)}")
+    if split not in (*data_mod.SPLITS, "auto"):
+        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
+    parts, split, _ = data_mod.evaluation_split(folder, scorer.manifest.source, split)
     loaded = data_mod.load_images(folder, parts[split], scorer.preprocessing)
     probs = scorer.scores_resized(loaded.images)
     truth = to_model[loaded.targets]

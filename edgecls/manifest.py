@@ -386,25 +386,32 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Read a label file: one label per line (a `index label` or `index: label` prefix is stripped)."""
+    """Read a label file: one label per line. An `index label` or `index: label` prefix is
+    stripped only when the lines are numbered 0, 1, ... N-1 throughout ("0 degrees", "90 degrees"
+    are labels, not indexes). A UTF-8 byte order mark is not part of the first label."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: label file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ModelError(f"{path}: label file is not UTF-8 text, expected one label per line") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the label file ({exc.strerror})") from None
-    labels = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        head, _, rest = line.partition(" ")
-        if rest and head.rstrip(":").isdigit():
-            line = rest.strip()
-        labels.append(line)
-    if not labels:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise ModelError(f"{path}: label file is empty, expected one label per line")
-    return labels
+    numbered = [_numbered(line) for line in lines]
+    if all(n is not None and n[0] == i for i, n in enumerate(numbered)):
+        return [n[1] for n in numbered]  # type: ignore[index]
+    return lines
+
+
+def _numbered(line: str) -> tuple[int, str] | None:
+    """(index, label) of a line `12 label` or `12: label`, else None."""
+    digits = len(line) - len(line.lstrip("0123456789"))
+    rest = line[digits:]
+    if not digits or not (rest.startswith(":") or rest[:1].isspace()):
+        return None
+    label = rest.removeprefix(":").strip()
+    return (int(line[:digits]), label) if label else None

@@ -41,12 +41,11 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     folder = data_mod.scan(dataset)
     # Dataset class index -> model output index, by name.
     to_model = data_mod.label_indices(folder, labels)
-    split_cfg = (manifest.source.get("split") if manifest else None) or {}
-    if split == "auto":
-        split = "val" if split_cfg else "all"
-    if split not in data_mod.SPLITS:
+    if split not in (*data_mod.SPLITS, "auto"):
         raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
-    parts = data_mod.recorded_split(folder, split_cfg)
+    parts, split, note = data_mod.evaluation_split(folder, manifest.source if manifest else None, split)
+    if note:
+        console.print(f"note: {note}", markup=False, highlight=False)
 
     def run(indices):
         loaded = data_mod.load_images(folder, indices, preprocessing)
@@ -59,8 +58,8 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     if skipped:
         console.print(data_mod.skipped_summary(skipped), markup=False)  # file names are not markup
     result: dict[str, Any] = {"model": str(model), "dataset": str(dataset), "split": split, **metrics.to_dict(),
-                              "skipped": [[str(p), why] for p, why in skipped]}
-    if split in ("val", "test") and split_cfg:
+                              "skipped": [[str(p), why] for p, why in skipped], **({"note": note} if note else {})}
+    if split in ("val", "test") and manifest is not None and manifest.source.get("split"):
         train_metrics, _ = run(parts["train"])
         result["train_accuracy"] = train_metrics.accuracy
         warning = overfit_warning(train_metrics.accuracy, metrics.accuracy)

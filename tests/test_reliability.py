@@ -692,3 +692,51 @@ def test_json_is_strict_on_both_sides(coral, tmp_path):
     doc.write_text(doc.read_text().replace('"accuracy": 0.9', '"accuracy": NaN'))
     with pytest.raises(ModelError, match="manifest is not valid JSON .*NaN is not a JSON number"):
         Classifier.from_artifact(model)
+
+
+# --- item 7: label files --------------------------------------------------------------------------
+def test_label_files_number_prefixes_and_byte_order_marks(assets, coral, tmp_path):
+    from edgecls.manifest import read_labels
+
+    cases = {"0 degrees\n90 degrees\n180 degrees\n270 degrees\n": ["0 degrees", "90 degrees", "180 degrees", "270 degrees"],
+             "0 cat\n1: dog\n2\tbird house\n": ["cat", "dog", "bird house"],
+             "1 cat\n2 dog\n": ["1 cat", "2 dog"],  # not numbered from 0: the numbers are part of the labels
+             "\ufeff0 cat\n1 dog\n": ["cat", "dog"], "\ufeffcat\ndog\n": ["cat", "dog"]}
+    for text, labels in cases.items():
+        (tmp_path / "labels.txt").write_text(text, encoding="utf-8")
+        assert read_labels(tmp_path / "labels.txt") == labels, text
+    # The probe's case: a BOM'd 1001-line ImageNet file ("background" first) with a 1000-output
+    # model; the BOM hid "background" and the counts disagreed.
+    bom = tmp_path / "imagenet_bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + (coral / "imagenet_labels.txt").read_bytes())
+    clf = Classifier.from_artifact(assets / "models/onnx/mobilenetv2-12-int8.onnx", labels=bom, normalization="torch")
+    assert len(clf.labels) == 1000 and clf.predict(assets / "images/imagenet-photos/parrot.jpg", 1)[0][0] == "macaw"
+
+
+# --- item 8: evaluate on a separate held-out folder -----------------------------------------------
+def test_evaluate_a_held_out_folder_whole(tiny_keras_model, flowers, tmp_path):
+    """The recorded split applies to the training folder (or a moved copy of it) only; another
+    folder used to be refused ("49 file(s) of the validation/test split ... are missing")."""
+    from edgecls.errors import DatasetError
+    from edgecls.manifest import load_manifest
+    from edgecls.workflows import evaluate_model
+
+    held_out = tmp_path / "test"
+    for name in ("daisy", "roses"):
+        (held_out / name).mkdir(parents=True)
+        for photo in sorted((flowers / name).iterdir())[20:26]:
+            shutil.copy(photo, held_out / name / photo.name)
+    result = evaluate_model(tiny_keras_model, held_out, out_dir=tmp_path / "eval")
+    assert result["split"] == "all" and result["count"] == 12
+    assert result["note"].startswith(f"{held_out} is not the folder the model was trained on")
+    assert "train_accuracy" not in result  # no training split of another folder
+    assert evaluate_model(tiny_keras_model, held_out, "all", out_dir=tmp_path / "eval")["count"] == 12
+    with pytest.raises(DatasetError, match="not the folder the model was trained on .* has no val split"):
+        evaluate_model(tiny_keras_model, held_out, "val", out_dir=tmp_path / "eval")
+    # The training folder, and a copy of it on another disk, keep the recorded validation split.
+    trained_on = Path(load_manifest(tiny_keras_model).source["dataset"])
+    moved = tmp_path / "moved"
+    shutil.copytree(trained_on, moved)
+    for folder in (trained_on, moved):
+        result = evaluate_model(tiny_keras_model, folder, out_dir=tmp_path / "eval")
+        assert result["split"] == "val" and result["count"] == 4 and "note" not in result
