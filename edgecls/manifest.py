@@ -174,7 +174,7 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     edgecls_version: str = __version__
     created: str = ""
-    companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
+    companions: dict[str, str] = field(default_factory=dict)  # file beside it -> sha256 (OpenVINO .bin, ONNX external data)
 
     def to_dict(self) -> dict[str, Any]:
         from datetime import datetime, timezone  # lazy: a cold `predict` never writes a manifest
@@ -201,11 +201,17 @@ class Manifest:
         return _parse_manifest(d, where)
 
     def save(self, artifact: str | Path) -> Path:
-        """Write the manifest beside `artifact`; an OpenVINO IR's weights file gets its checksum too."""
+        """Write the manifest beside `artifact`; the files an OpenVINO IR (its weights) or an ONNX
+        model (external data) reads get their checksums too."""
         artifact = Path(artifact)
         weights = artifact.with_suffix(".bin")
         if artifact.suffix.lower() == ".xml" and weights.is_file():
             self.companions[weights.name] = sha256_file(weights)
+        if artifact.suffix.lower() == ".onnx" and artifact.is_file():
+            from .engines.onnx import check_external_data
+
+            for location in check_external_data(artifact, artifact.read_bytes()):
+                self.companions[Path(location).as_posix()] = sha256_file(artifact.parent / location)
         path = manifest_path(artifact)
         atomic_write_json(path, self.to_dict())
         return path
@@ -335,8 +341,9 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             _fail("source.split", "null or a JSON object", split)
         companions = _table(d, "companions", "companions")
         for name, sha in companions.items():
-            if "/" in name or "\\" in name or name in ("", ".", ".."):
-                _fail("companions", "file names beside the artifact", name)
+            parts = name.split("/")
+            if "\\" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                _fail("companions", "relative paths of files in the artifact's folder", name)
             _sha(sha, f"companions.{name}")
         return Manifest(
             format=_str(d, "format", "format", nonempty=True),
@@ -360,7 +367,7 @@ def verify_checksums(artifact: str | Path, manifest: Manifest) -> None:
     what its manifest recorded. Run before an engine opens the file: a modified model may not load."""
     artifact = Path(artifact)
     checks = [(artifact, manifest.artifact_sha256)] if manifest.artifact_sha256 else []
-    checks += [(artifact.with_name(name), sha) for name, sha in manifest.companions.items()]
+    checks += [(artifact.parent / name, sha) for name, sha in manifest.companions.items()]
     for path, expected in checks:
         if not path.is_file():
             raise ModelError(f"{path}: missing; the manifest {manifest_path(artifact).name} lists it with a checksum")

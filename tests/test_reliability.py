@@ -740,3 +740,103 @@ def test_evaluate_a_held_out_folder_whole(tiny_keras_model, flowers, tmp_path):
     for folder in (trained_on, moved):
         result = evaluate_model(tiny_keras_model, folder, out_dir=tmp_path / "eval")
         assert result["split"] == "val" and result["count"] == 4 and "note" not in result
+
+
+# --- items 10 and 12: an ONNX model's interface and external data are checked when it is opened -------
+def _onnx_graph(path: Path, inputs: list, body: list, initializers: list, out: str = "y", classes: int = 3) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(body, "g", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, classes])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _weights(name: str = "w", rows: int = 12):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.random.default_rng(0).standard_normal((rows, 3)).astype(np.float32), name)
+
+
+def test_onnx_interface_is_checked_at_open(assets, tmp_path):
+    """Two inputs, a float64 input, a 1-channel input: they opened and crashed at the first
+    inference with raw onnxruntime errors."""
+    from onnx import TensorProto, helper
+
+    def x(name="x", dtype=TensorProto.FLOAT, shape=(1, 2, 2, 3)):
+        return helper.make_tensor_value_info(name, dtype, list(shape))
+
+    head = [helper.make_node("Flatten", ["f0"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+            helper.make_node("Softmax", ["m"], ["y"])]
+    two = _onnx_graph(tmp_path / "two.onnx", [x("a"), x("b")], [helper.make_node("Add", ["a", "b"], ["f0"]), *head],
+                      [_weights()])
+    gray = _onnx_graph(tmp_path / "gray.onnx", [x(shape=(1, 1, 2, 6))], [helper.make_node("Identity", ["x"], ["f0"]),
+                                                                          *head], [_weights()])
+    double = _onnx_graph(tmp_path / "double.onnx", [x(dtype=TensorProto.DOUBLE)],
+                         [helper.make_node("Cast", ["x"], ["f0"], to=TensorProto.FLOAT), *head], [_weights()])
+    for model, message in ((two, "the model has 2 inputs; an image classifier takes one"),
+                           (gray, r"input \[1, 1, 2, 6\] does not take 3-channel \(RGB\) images")):
+        with pytest.raises(ModelError, match=message):
+            Classifier.from_artifact(model, labels=["a", "b", "c"], normalization="unit")
+        result = run_cli("predict", model, assets / "images/imagenet-photos/parrot.jpg", "--labels",
+                         ROOT / "tests" / "conftest.py", "--normalization", "unit")  # any 3+ line file: never read
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and "onnxruntime" not in result.stderr
+    # A float64 input is an input like any other: fed float64.
+    clf = Classifier.from_artifact(double, labels=["a", "b", "c"], normalization="unit")
+    assert clf.engine.input.dtype == np.float64
+    assert sum(score for _, score in clf.predict(assets / "images/imagenet-photos/parrot.jpg", 3)) == pytest.approx(1)
+
+
+def _external_onnx(folder: Path, location: str, data_file: Path | None = None) -> Path:
+    """A real model whose weights live in an external data file at `location`."""
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = _weights()
+    raw = w.raw_data
+    target = data_file or folder / location
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(raw)
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(raw)))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    body = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+            helper.make_node("Softmax", ["m"], ["y"])]
+    return _onnx_graph(folder / "model.onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 3])],
+                       body, [w])
+
+
+def test_onnx_external_data_stays_in_the_artifact_folder_and_is_checksummed(assets, tmp_path):
+    from edgecls.engines import open_engine
+
+    secret = tmp_path / "secret.bin"  # stands for /etc/passwd: outside the artifact's folder
+    escaping = _external_onnx(tmp_path / "a" / "b", "../../secret.bin", data_file=secret)
+    absolute = _external_onnx(tmp_path / "abs", str(secret), data_file=secret)
+    linked = _external_onnx(tmp_path / "link", "w.bin", data_file=secret)
+    (tmp_path / "link" / "w.bin").unlink(missing_ok=True)
+    (tmp_path / "link" / "w.bin").symlink_to(secret)
+    for model in (escaping, absolute, linked):
+        with pytest.raises(ModelError, match="external data file .* lies outside the model's folder"):
+            open_engine(model)
+    model = _external_onnx(tmp_path / "good", "weights/w.bin")
+    engine = open_engine(model)
+    Manifest("onnx", "fp32", ["a", "b", "c"], Preprocessing.named("unit", (2, 2)), input=engine.input.to_dict(),
+             output={**engine.output.to_dict(), "activation": "softmax"}, artifact_sha256=sha256_file(model)).save(model)
+    doc = json.loads(model.with_name("model.onnx.json").read_text())
+    assert doc["companions"] == {"weights/w.bin": sha256_file(model.parent / "weights/w.bin")}
+    photo = assets / "images/imagenet-photos/parrot.jpg"
+    assert len(Classifier.from_artifact(model).predict(photo, 3)) == 3
+    data = bytearray((model.parent / "weights/w.bin").read_bytes())
+    data[7] ^= 0x40
+    (model.parent / "weights/w.bin").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"weights/w\.bin: the file does not match its manifest's checksum"):
+        Classifier.from_artifact(model)
+    doc["companions"] = {}
+    model.with_name("model.onnx.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="external data file 'weights/w.bin' is not covered by the manifest's checksums"):
+        Classifier.from_artifact(model)
