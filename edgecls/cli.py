@@ -241,7 +241,7 @@ def export(
                       f"{r.top1_agreement:.4f} [{r.notes['agreement_ci95'][0]:.3f}-{r.notes['agreement_ci95'][1]:.3f}]"
                       if r.top1_agreement is not None else "-",
                       f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
-    show.print(table)
+    cli_light.print_table(show.get(), table)
     if any(r.path for r in reports):
         show.print(f"artifacts and manifests in {Path(next(r.path for r in reports if r.path)).parent}", markup=False)
     for r in reports:
@@ -559,7 +559,7 @@ def ensemble(
             if isinstance(row, dict):
                 table.add_row(name, escape(row["model"]), f"{row['accuracy']:.4f}", f"{row['balanced_accuracy']:.4f}",
                               f"{row['macro_f1']:.4f}")
-        show.print(table)
+        cli_light.print_table(show.get(), table)
         show.print(f"ensemble vs best member ({result.metrics['best_member']}): "
                    f"{result.metrics['gain_over_best_member_pp']:+.2f} pp")
     for w in result.warnings:

@@ -40,6 +40,23 @@ class LazyConsole:
         return getattr(self.get(), name)
 
 
+def print_table(console, table) -> None:
+    """Print a Rich table whole. Off a terminal (a CI log, a pipe) Rich assumes 80 columns and would
+    cut the cells, numbers included; there the table gets its natural width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print(width=...) can only narrow
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def escape(text: Any) -> str:
     """User-supplied text (paths, labels, messages) made safe to print through Rich markup."""
     from rich.markup import escape as rich_escape

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, ImageError
-from .preprocess import Preprocessing, is_image_name
+from .preprocess import IMAGE_SUFFIXES, Preprocessing, is_image_name
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -57,9 +57,12 @@ def scan(root: str | Path) -> ImageFolder:
     files, targets = [], []
     for index, d in enumerate(class_dirs):
         _visit_dir(d, root_real, seen_dirs)
-        members = _class_files(d, root_real, seen_dirs, seen_files)
+        others: list[str] = []
+        members = _class_files(d, root_real, seen_dirs, seen_files, others)
         if not members:
-            raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images")
+            ignored = (f" ({len(others)} other file(s) ignored, such as {', '.join(others[:3])}; image files end in "
+                       f"{', '.join(IMAGE_SUFFIXES)})") if others else ""
+            raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images{ignored}")
         files.extend(members)
         targets.extend([index] * len(members))
     if len(class_dirs) < 2:
@@ -82,7 +85,8 @@ def _visit_dir(path: Path, root_real: Path, seen: dict[Path, Path]) -> None:
 
 
 def _class_files(class_dir: Path, root_real: Path, seen_dirs: dict[Path, Path],
-                 seen_files: dict[Path, Path]) -> list[Path]:
+                 seen_files: dict[Path, Path], others: list[str]) -> list[Path]:
+    """The image files under a class folder (`is_image_name`); other file names go to `others`."""
     def unlistable(exc: OSError) -> None:
         raise DatasetError(f"{exc.filename}: cannot list this folder ({exc.strerror})")
 
@@ -93,7 +97,10 @@ def _class_files(class_dir: Path, root_real: Path, seen_dirs: dict[Path, Path],
             _visit_dir(Path(dirpath) / name, root_real, seen_dirs)
         for name in filenames:
             path = Path(dirpath) / name
-            if name.startswith(".") or not path.is_file():
+            if not path.is_file():
+                continue
+            if not is_image_name(name):
+                others.append(name)
                 continue
             real = path.resolve()
             if real in seen_files:
@@ -150,7 +157,8 @@ def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndar
         raise DatasetError("the manifest's source.split.files is not {train, val, test: [file, ...]}; "
                            "retrain or remove the field")
     index = {f.relative_to(folder.root).as_posix(): i for i, f in enumerate(folder.files)}
-    gone = [f for k in ("val", "test") for f in recorded.get(k, []) if f not in index]
+    # Files recorded before non-image names stopped being members (notes.txt) are not gone.
+    gone = [f for k in ("val", "test") for f in recorded.get(k, []) if f not in index and is_image_name(f)]
     if gone:
         raise DatasetError(
             f"{folder.root}: {len(gone)} file(s) of the validation/test split recorded with the model are "
@@ -279,7 +287,7 @@ def load_calibration_folder(path: str | Path, preprocessing: Preprocessing, coun
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{path}: calibration folder not found")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
     if not files:
         raise DatasetError(f"{path}: no image files for calibration")
     # A file's class is its top sub-folder; files directly in `path` form one group.

@@ -313,7 +313,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def is_image_name(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """Whether a file's name makes it a photo of a dataset, calibration or stream folder: an image
+    suffix, and not hidden (macOS `._x.jpg` resource forks, `.x.jpg` partial downloads). The one
+    rule for every folder of images (Thumbs.db, notes.txt and the like are not members)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 __all__ = [

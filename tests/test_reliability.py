@@ -579,11 +579,15 @@ def test_full_disk_training_checkpoint_fails_cleanly(flowers, tiny_keras_model, 
 
 
 def test_full_disk_export_fails_cleanly(tiny_keras_model, small_disk):
-    from edgecls.export.pipeline import export_model
+    import re
 
     out = small_disk / "export"
-    (onnx,) = export_model(tiny_keras_model, "onnx", "fp32", out_dir=out, max_accuracy_drop=100)
-    assert onnx.passed
+    # Off a terminal (COLUMNS unset, as in CI) the summary table was cut to 80 columns, numbers lost.
+    first = run_cli("export", tiny_keras_model, "--format", "onnx", "--out", out, "--max-accuracy-drop", "100",
+                    env={"COLUMNS": ""}, timeout=300)
+    assert first.returncode == 0, first.stderr
+    row = next(line for line in first.stdout.splitlines() if "model_fp32.onnx" in line)
+    assert "…" not in first.stdout and re.search(r"│ yes +│ \d+\.\d\d +│ \d\.\d{4} .*\d\.\d{4} \[\d\.\d{3}-\d\.\d{3}\]", row), row
     before = _tree(out)
     _fill(small_disk, leave_kb=48)
     result = run_cli("export", tiny_keras_model, "--format", "tflite,onnx", "--quant", "fp32", "--out", out,
@@ -840,3 +844,20 @@ def test_onnx_external_data_stays_in_the_artifact_folder_and_is_checksummed(asse
     model.with_name("model.onnx.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="external data file 'weights/w.bin' is not covered by the manifest's checksums"):
         Classifier.from_artifact(model)
+
+
+# --- item 17: the smaller ones ---------------------------------------------------------------------
+def test_explain_gives_same_named_images_their_own_overlays(tiny_keras_model, flowers, tmp_path):
+    """`explain a/x.jpg b/x.jpg` wrote both overlays to one file."""
+    from edgecls.explain import explain_images
+
+    photos = []
+    for folder, name in (("a", "daisy"), ("b", "roses")):
+        (tmp_path / folder).mkdir()
+        photos.append(tmp_path / folder / "x.jpg")
+        shutil.copy(sorted((flowers / name).iterdir())[30], photos[-1])
+    results = explain_images(tiny_keras_model, photos, tmp_path / "out", class_name="daisy")
+    overlays = [Path(r["overlay"]) for r in results]
+    assert overlays[0] != overlays[1] and all(p.is_file() for p in overlays)
+    assert [p.name for p in overlays] == ["x.daisy.gradcam.png", "x-2.daisy.gradcam.png"]
+    assert sha256_file(overlays[0]) != sha256_file(overlays[1])

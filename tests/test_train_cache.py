@@ -55,16 +55,16 @@ def test_touching_a_file_invalidates(small_set, tmp_path):
 def test_bad_files_are_marked_and_reported_on_every_hit(small_set, tmp_path):
     (small_set / "daisy" / "truncated.jpg").write_bytes(
         (small_set / "roses").iterdir().__next__().read_bytes()[:300])
-    (small_set / "roses" / "notes.txt").write_text("not a picture")
+    (small_set / "roses" / "notes.png").write_text("not a picture")
     folder = data.scan(small_set)
     p = Preprocessing.named("tf", (32, 32))
     for expect_built in (True, False):
         cache = build_cache(folder.files, p, root=tmp_path / "c", workers=2)
         assert cache.built is expect_built
         bad = {path.name: reason for path, reason in cache.skipped}
-        assert set(bad) == {"truncated.jpg", "notes.txt"}
+        assert set(bad) == {"truncated.jpg", "notes.png"}
         assert all("not a readable image" in r for r in bad.values()), bad
-        assert cache.ok.sum() == 12 and not cache.ok[folder.files.index(small_set / "roses" / "notes.txt")]
+        assert cache.ok.sum() == 12 and not cache.ok[folder.files.index(small_set / "roses" / "notes.png")]
 
 
 def test_killed_build_is_never_read_and_clean_removes_everything(small_set, tmp_path):
