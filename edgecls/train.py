@@ -803,7 +803,8 @@ def evaluate_split(model, images: np.ndarray | ImageCache, indices: np.ndarray, 
     probs = [np.asarray(model.predict_on_batch(preprocessing.normalize(read(np.sort(indices[i : i + batch_size])))))
              for i in range(0, len(indices), batch_size)]
     order = np.concatenate([np.sort(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)])
-    return compute_metrics(targets[order], finite_scores(np.concatenate(probs), "the trained model (diverged?)").argmax(1), labels)
+    scores = finite_scores(np.concatenate(probs), "the trained model (diverged?)")
+    return compute_metrics(targets[order], scores.argmax(1), labels)
 
 
 def _clear_outputs(out_dir: Path) -> None:
