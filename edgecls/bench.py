@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checks
 from .errors import EdgeclsError, ModelError, OptionError
 
 SCHEMA = "edgecls.bench/1"
@@ -44,6 +44,23 @@ def host_info() -> dict[str, Any]:
             "edgecls": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _timing_input(path: Path, engine, manifest, batch: int) -> np.ndarray:
+    """A batch to time: a random picture prepared as the runtime prepares it, or (without a
+    manifest) a random tensor of the input's shape and type."""
+    from .runtime import Classifier
+
+    rng = np.random.default_rng(0)
+    if manifest is not None:
+        clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
+        h, w = clf.preprocessing.size
+        return np.repeat(clf.prepare(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[None], batch, axis=0)
+    shape = [batch if i == 0 else d for i, d in enumerate(engine.input.shape)]
+    if min(shape) < 1:
+        raise ModelError(f"{path}: dynamic input shape {list(engine.input.shape)}; add a manifest to benchmark it")
+    dtype = engine.input.dtype
+    return (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
+
+
 def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batch: int = 1, warmup: int = 10,
             warmup_seconds: float = 0.5, min_runs: int = 50, min_seconds: float = 2.0,
             max_runs: int = 100000) -> dict[str, Any]:
@@ -52,25 +69,15 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
     The artifact is opened as every loader opens it (checksums and structure checked against its
     manifest) with exactly `engine_options`. A model without a manifest is timed too: its input is
     a random tensor of the right shape and type (latency does not depend on pixel values here)."""
-    from .manifest import sha256_file
-    from .runtime import Classifier, finite_scores, open_artifact
+    from .files import sha256_file
+    from .runtime import finite_scores, open_artifact
 
     path = Path(path)
     engine_options = dict(engine_options or {})
     t0 = time.perf_counter()
     engine, manifest = open_artifact(path, **engine_options)
     init_ms = (time.perf_counter() - t0) * 1e3  # includes the checksum, as every real start does
-    rng = np.random.default_rng(0)
-    if manifest is not None:
-        clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
-        h, w = clf.preprocessing.size
-        x = np.repeat(clf.prepare(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[None], batch, axis=0)
-    else:
-        shape = [batch if i == 0 else d for i, d in enumerate(engine.input.shape)]
-        if min(shape) < 1:
-            raise ModelError(f"{path}: dynamic input shape {list(engine.input.shape)}; add a manifest to benchmark it")
-        dtype = engine.input.dtype
-        x = (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
+    x = _timing_input(path, engine, manifest, batch)
     run = engine.run
     t0 = time.perf_counter()
     first = run(x)
@@ -119,10 +126,10 @@ def peak_rss_mb() -> float:
 
 
 def _artifact_size(path: Path) -> int:
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
+    """Bytes of the model file and the files that belong to it (an OpenVINO IR's weights)."""
+    from .engines import companion_files
+
+    return path.stat().st_size + sum(c.stat().st_size for c in companion_files(path) if c.exists())
 
 
 DEFAULT_TIMEOUT_S = 900.0
@@ -151,19 +158,20 @@ def bench_artifact(path: str | Path, isolate: bool = True, timeout: float = DEFA
 
 def check_options(batch: int = 1, warmup: int = 0, warmup_seconds: float = 0.0, min_runs: int = 1,
                   min_seconds: float = 0.0, max_runs: int = 1, rounds: int = 1, threads: int | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                  timeout: float = DEFAULT_TIMEOUT_S, activation: str | None = None) -> None:
     """Range-check benchmark settings before any work starts."""
+    from .runtime import check_activation
+
     for name, value, low in (("batch", batch, 1), ("runs", min_runs, 1), ("max_runs", max_runs, 1),
                              ("rounds", rounds, 1), ("warmup", warmup, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}", name)
     for name, value in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
         if not 0 <= value < float("inf"):
-            raise OptionError(f"{name} must be a number >= 0, got {value!r}")
-    if threads is not None and threads < 1:
-        raise OptionError(f"threads must be at least 1, got {threads}")
-    if not 0 < timeout < float("inf"):
-        raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise OptionError(f"{name} must be a number >= 0, got {value!r}", name)
+    checks.threads("threads", threads)
+    checks.positive("timeout", timeout, "number of seconds")
+    check_activation(activation)
 
 
 def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
@@ -182,7 +190,7 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
     """
     from .targets import engine_options_for
 
-    check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    check_options(rounds=rounds, threads=threads, timeout=timeout, activation=activation, **options)
     unknown = sorted(set(options) - {"batch", "warmup", "warmup_seconds", "min_runs", "min_seconds", "max_runs"})
     if unknown:
         raise OptionError(f"unknown benchmark option {unknown[0]!r}")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .cache_workers import decode_into
 from .errors import EdgeclsError, OptionError
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 from .preprocess import Preprocessing
 
 CACHE_FORMAT = 1

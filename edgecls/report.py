@@ -33,7 +33,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise EdgeclsError(f"{path}: benchmark report not found")
-    from .manifest import loads_strict
+    from .files import loads_strict
 
     try:
         doc = loads_strict(path.read_text(encoding="utf-8"))
@@ -264,7 +264,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def write_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    from .manifest import atomic_write_json, atomic_write_text
+    from .files import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

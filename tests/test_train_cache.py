@@ -151,7 +151,7 @@ def test_cache_workers_stopped_by_the_pool_print_nothing(small_set, tmp_path):
 
     from tests.conftest import ROOT
 
-    script = ("import sys\nfrom edgecls.cli_light import install_sigterm\nfrom edgecls import data\n"
+    script = ("import sys\nfrom edgecls.cli.exits import install_sigterm\nfrom edgecls import data\n"
               "from edgecls.cache import build_cache\nfrom edgecls.preprocess import Preprocessing\n"
               "install_sigterm()\nfolder = data.scan(sys.argv[1])\n"
               "c = build_cache(folder.files, Preprocessing.named('tf', (32, 32)), root=sys.argv[2], workers=2)\n"
