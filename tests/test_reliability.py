@@ -862,3 +862,44 @@ def test_explain_gives_same_named_images_their_own_overlays(tiny_keras_model, fl
     assert overlays[0] != overlays[1] and all(p.is_file() for p in overlays)
     assert [p.name for p in overlays] == ["x.daisy.gradcam.png", "x-2.daisy.gradcam.png"]
     assert sha256_file(overlays[0]) != sha256_file(overlays[1])
+
+
+# --- issue 16 item 11: recipe values are checked as command-line options are --------------------
+RECIPE_FAULTS = {
+    'epochs = "5"': "epochs must be a whole number, got '5'",
+    "input_size = 3.5": "input_size must be two whole numbers, got 3.5",
+    'backbone = ["x"]': "backbone must be text, got ['x']",
+    "batch_size = 1.5": "batch_size must be a whole number, got 1.5",
+    "epochs = 2.0": "epochs must be a whole number, got 2.0",
+    "augment = 1": "augment must be true or false, got 1",
+    "seed = -3": "seed must be at least 0, got -3",
+    "learning_rate = -5.0": "learning_rate must be in (0, 10], got -5.0",
+    "input_size = 5000": "input_size must be (height, width) with sizes from 1 to 4096, got (5000, 5000)",
+    "input_size = [96, 96.5]": "input_size must be a whole number, got 96.5",
+    'cache_dir = "/tmp"': "cache_dir cannot be set by a recipe (the cache folder is the machine's: set EDGECLS_CACHE)",
+    "workers = 4": "workers cannot be set by a recipe",
+    "fold = [5, 0]": "fold cannot be set by a recipe",
+}
+
+
+def test_recipe_values_are_checked_like_command_line_options(flowers, tmp_path):
+    """The probe's recipes were tracebacks (epochs="5", input_size=3.5, backbone=["x"],
+    batch_size=1.5, seed=-3), trained silently (learning_rate=-5.0), passed the --input-size cap
+    or set cache_dir/workers. One validation (TrainConfig.validate) for both; the error names the
+    recipe file and the setting."""
+    from edgecls.errors import OptionError
+    from edgecls.training_recipe import load_recipe
+
+    recipe = tmp_path / "r.toml"
+    for line, message in RECIPE_FAULTS.items():
+        recipe.write_text(f"[train]\n{line}\n")
+        with pytest.raises(OptionError) as info:
+            load_recipe(recipe)
+        assert str(info.value).startswith(f"--recipe {recipe}: [train] ") and message in str(info.value), line
+    out = tmp_path / "out"
+    for command, line in (("train", 'epochs = "5"'), ("cv", "learning_rate = -5.0")):
+        recipe.write_text(f"[train]\n{line}\n")
+        proc = run_cli(command, flowers, "--recipe", recipe, "--out", out)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"[train] {RECIPE_FAULTS[line]}" in " ".join(proc.stderr.split()), proc.stderr
+        assert not out.exists()
