@@ -903,3 +903,45 @@ def test_recipe_values_are_checked_like_command_line_options(flowers, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"[train] {RECIPE_FAULTS[line]}" in " ".join(proc.stderr.split()), proc.stderr
         assert not out.exists()
+
+
+# --- issue 16 item 15: a closed stdout ends a command quietly -------------------------------------
+def _first_line_then_close(cmd: list, env: dict | None = None) -> tuple[str, int, str]:
+    """Run the CLI with stdout into a pipe, read one line and close the pipe (as `| head -1` does);
+    the line, the exit status and stderr."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    line = proc.stdout.readline().decode()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return line, proc.wait(timeout=300), err
+
+
+def test_predict_and_stream_end_quietly_when_stdout_closes(coral, assets, tmp_path):
+    """`predict ... --json | head -1` printed "error: Broken pipe" and exited 2. Now: no word on
+    stderr, exit 141 (128 + SIGPIPE, as a shell reports `yes | head -1`'s yes). The outputs are
+    longer than the pipe's buffer (64 KB) and Python's (8 KB), so the writer meets the closed pipe."""
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    parrot = assets / "images/imagenet-photos/parrot.jpg"
+    for env in ({}, {"EDGECLS_NO_FAST_PATH": "1"}):  # the plain path and the full command line
+        line, rc, err = _first_line_then_close(["predict", model, *[parrot] * 1500, "--labels", labels, "--json"], env)
+        assert json.loads(line)["top_k"][0][0] == "macaw"
+        assert (rc, err) == (141, ""), (env, rc, err)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(800):
+        os.link(parrot, frames / f"f{i:03d}.jpg")
+    video = tmp_path / "out.avi"
+    line, rc, err = _first_line_then_close(["stream", model, frames, "--labels", labels, "--save", video])
+    assert json.loads(line)["frame"] == 0
+    assert rc == 141 and "error" not in err and "Broken pipe" not in err and "Traceback" not in err, err
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))  # the video sink was closed whole before leaving
+    assert capture.read()[0]
+    capture.release()

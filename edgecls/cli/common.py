@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from ..errors import EdgeclsError, OptionError, stop_requested
-from .exits import describe_os_error, interrupted_exit_code, message
+from .exits import describe_os_error, interrupted_exit_code, leave_closed_stdout, message, stdout_closed
 
 
 class LazyConsole:
@@ -83,6 +83,8 @@ def friendly(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             raise _stopped() from None
         except OSError as exc:  # the machine's state (disk full, permissions, a file where a folder goes)
+            if isinstance(exc, BrokenPipeError) and stdout_closed():  # `edgecls ... | head -1`: done
+                raise typer.Exit(leave_closed_stdout()) from None
             err.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", highlight=False)
             raise typer.Exit(2) from None
         if stop_requested():  # an interrupt swallowed by a broad `except` below: never report success

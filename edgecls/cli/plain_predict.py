@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import EdgeclsError, ImageError
-from .exits import describe_os_error, install_sigterm, interrupted_exit_code, message, raw_file_names
+from .exits import (describe_os_error, install_sigterm, interrupted_exit_code, leave_closed_stdout, message,
+                    raw_file_names, stdout_closed)
 
 
 def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
@@ -130,6 +131,8 @@ def run_plain_predict(argv: list[str]) -> None:
         warn(f"error: {message(exc)}")
         sys.exit(2)
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and stdout_closed():  # `... | head -1` read what it wanted
+            sys.exit(leave_closed_stdout())
         warn(f"error: {describe_os_error(exc)}")
         sys.exit(2)
     except KeyboardInterrupt:
