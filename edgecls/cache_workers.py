@@ -11,12 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import EdgeclsError, ImageError
+from .errors import EdgeclsError, ImageError, stop_requested
 from .preprocess import Preprocessing
 
 
@@ -53,6 +54,39 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """While the worker processes are forked, SIGINT and SIGTERM only record the request. The
+    command line's handler raises KeyboardInterrupt, and raised inside a fork's at-fork hooks
+    (logging's lock release) Python ignores it: a traceback, and the build went on as if never
+    stopped. The interrupt is raised right after the forks instead."""
+    import signal
+    import threading
+
+    from .errors import request_stop
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def record(signum, _frame) -> None:
+        arrived.append(signum)
+        request_stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+    deferred = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+                if callable(handler := signal.getsignal(sig))}  # Python handlers; SIG_DFL still ends the process
+    for sig in deferred:
+        signal.signal(sig, record)
+    try:
+        yield
+    finally:
+        for sig, handler in deferred.items():
+            signal.signal(sig, handler)
+    if arrived:
+        raise KeyboardInterrupt
+
+
 def _executor(workers: int):
     """Worker processes: forked while no TensorFlow/JAX runtime is loaded (fast start), else
     spawned, because a fork would copy their threads half-way (spawn needs the usual
@@ -68,15 +102,18 @@ def _executor(workers: int):
 
 def _stop(executor) -> None:
     """Stop the workers now (an error or an interrupt): queued work is dropped, running work killed."""
-    terminate = getattr(executor, "terminate_workers", None)  # Python 3.14
-    if terminate is not None:
-        terminate()
+    kill = getattr(executor, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
         return
     # Before shutdown, which forgets them: an orphaned worker would hold the parent's pipes open.
     processes = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
-        process.terminate()
+        # SIGKILL: a worker forked a moment ago may still have the parent's handlers (or be stuck
+        # on a lock another thread held at the fork); it holds nothing that needs cleaning up,
+        # and one left alive would keep the parent's stdout and stderr open after it exits.
+        process.kill()
     for process in processes:
         process.join(5)
 
@@ -127,7 +164,11 @@ def decode_into(pixels: Path, files: list[Path], preprocessing: Preprocessing, w
         return sorted(bad)
     executor = _executor(min(workers, len(jobs)))
     try:
-        for future in as_completed([executor.submit(decode_range, job) for job in jobs]):
+        with _interrupts_deferred():  # the first submit forks the workers
+            futures = [executor.submit(decode_range, job) for job in jobs]
+        for future in as_completed(futures):
+            if stop_requested():  # an interrupt swallowed by code that catches everything
+                raise KeyboardInterrupt
             done, errors = future.result()
             bad += errors
             if on_progress:
