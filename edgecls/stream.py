@@ -212,7 +212,7 @@ class JsonLinesSink:
         record = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "frame": frame.index,
                   "name": frame.name or None, "top_k": [[label, round(score, 6)] for label, score in top],
                   "latency_ms": {k: round(v, 3) for k, v in frame.timings.items()}}
-        self.stream.write(json.dumps(record) + "\n")
+        self.stream.write(json.dumps(record, allow_nan=False) + "\n")  # scores are finite (runtime checks)
 
     def close(self) -> None:
         self.stream.flush()

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from ..errors import EdgeclsError, OptionError, stop_requested
-from .exits import describe_os_error, interrupted_exit_code, message
+from .exits import describe_os_error, interrupted_exit_code, leave_closed_stdout, message, stdout_closed
 
 
 class LazyConsole:
@@ -43,6 +43,23 @@ def escape(text: Any) -> str:
     return rich_escape(str(text))
 
 
+def print_table(console, table) -> None:
+    """Print a Rich table whole. Off a terminal (a CI log, a pipe) Rich assumes 80 columns and would
+    cut the cells, numbers included; there the table gets its natural width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print(width=...) can only narrow
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def _stopped() -> typer.Exit:
     terminated = interrupted_exit_code() == 143
     err.print("terminated (SIGTERM); stopped and cleaned up" if terminated else "interrupted; stopped and cleaned up",
@@ -66,6 +83,8 @@ def friendly(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             raise _stopped() from None
         except OSError as exc:  # the machine's state (disk full, permissions, a file where a folder goes)
+            if isinstance(exc, BrokenPipeError) and stdout_closed():  # `edgecls ... | head -1`: done
+                raise typer.Exit(leave_closed_stdout()) from None
             err.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", highlight=False)
             raise typer.Exit(2) from None
         if stop_requested():  # an interrupt swallowed by a broad `except` below: never report success

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import EdgeclsError
 from ..keras_model import keras as _keras
 from .config import TrainConfig
 from .feed import unwarped
@@ -53,6 +54,11 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
         per_view, targets = frozen_features(net, unwarped(train_feed), tuple(views.values()))
         (vx,), vy = frozen_features(net, val_feed)
     tx, ty = np.concatenate(per_view), np.tile(targets, len(per_view))
+    broken = int((~np.isfinite(tx).all(axis=1)).sum() + (~np.isfinite(vx).all(axis=1)).sum())
+    if broken:
+        raise EdgeclsError(f"phase 1 (head): the backbone's features are not finite numbers (NaN or infinity) for "
+                           f"{broken} picture(s): its weights are broken (check --weights) or it overflows; no model "
+                           "was written")
     pictures = np.tile(np.arange(len(targets)), len(per_view))  # views of one picture share an inner fold
     head = net.inference.get_layer("probabilities")
     kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)

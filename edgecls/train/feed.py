@@ -20,6 +20,7 @@ from ..errors import EdgeclsError, OptionError
 from ..keras_model import keras as _keras
 from ..preprocess import Preprocessing
 from .config import TrainConfig
+from .drift import recorded_data
 
 
 @dataclass
@@ -34,12 +35,17 @@ class TrainingData:
     skipped: list[tuple[Path, str]]
 
 
-def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console) -> TrainingData:
-    """Scan and split the dataset and open (or build) its decoded-image cache."""
-    folder = data_mod.scan(dataset)
-    if config.fold:
+def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console,
+              recorded: dict | None = None) -> TrainingData:
+    """Scan and split the dataset (or take the files and split `recorded` when the run began:
+    `drift.read_record`) and open (or build) its decoded-image cache."""
+    if recorded is not None:
+        folder, split = recorded_data(Path(dataset), recorded)
+    elif config.fold:
+        folder = data_mod.scan(dataset)
         split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)
     else:
+        folder = data_mod.scan(dataset)
         split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
     if len(split["val"]) == 0:
         raise OptionError("the validation split is empty; raise --val-fraction or add images")

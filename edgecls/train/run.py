@@ -10,8 +10,10 @@ from ..errors import EdgeclsError
 from ..keras_model import keras as _keras
 from ..manifest import manifest_path
 from ..models import Recipe, resolve_weights
+from ..outputs import output_lock, refuse_overlaps
 from .checkpoint import Checkpoint
 from .config import TrainConfig, TrainResult
+from .drift import check_unchanged, read_record, write_record
 from .device import accelerator, clear_distribution, phase_policy, set_determinism, set_distribution
 from .feed import TrainingData, feeder, load_data
 from .network import build_net, trains_whole
@@ -23,15 +25,22 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     """Train a classifier on an image-folder dataset and save model, labels, history and plots."""
     config.validate()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir)
-    checkpoint = Checkpoint(out_dir)
-    checkpoint.start(Path(dataset).resolve(), config)
-    return _run(Path(dataset), out_dir, config, checkpoint, None, console)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
+    with output_lock(out_dir, "edgecls train"):
+        clear_outputs(out_dir)
+        checkpoint = Checkpoint(out_dir)
+        checkpoint.start(Path(dataset).resolve(), config)
+        return _run(Path(dataset), out_dir, config, checkpoint, None, console)
 
 
-def resume(out_dir: str | Path, console=None) -> TrainResult:
-    """Continue a killed `train` from its last completed epoch (same phase, optimizer state)."""
+def resume(out_dir: str | Path, console=None, on_recorded_files: bool = False) -> TrainResult:
+    """Continue a killed `train` from its last completed epoch (same phase, optimizer state), on
+    the files and split it began with. A dataset changed since (files added, removed or replaced,
+    a new class) is a DatasetError; with `on_recorded_files` the run goes on reading only the
+    recorded files, as long as all of them are still there."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     checkpoint = Checkpoint(out_dir)
     if not checkpoint.config_path.exists():
@@ -39,8 +48,15 @@ def resume(out_dir: str | Path, console=None) -> TrainResult:
         raise EdgeclsError(f"{out_dir}: no checkpoint to resume{done}; expected {checkpoint.config_path}")
     dataset, config = checkpoint.run()
     config.validate()
-    clear_outputs(out_dir)
-    return _run(dataset, out_dir, config, checkpoint, checkpoint.load(), console)
+    with output_lock(out_dir, "edgecls train --resume"):
+        record = read_record(checkpoint.dir)
+        if record is not None:
+            check_unchanged(dataset, checkpoint.dir, record, on_recorded_files, console)
+        elif checkpoint.state_path.exists():
+            console.print("note: this checkpoint was written by an edgecls that did not record the run's files; "
+                          "changes to the dataset since cannot be detected", markup=False, highlight=False)
+        clear_outputs(out_dir)
+        return _run(dataset, out_dir, config, checkpoint, checkpoint.load(), console, record)
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -83,7 +99,7 @@ def _feeds(config: TrainConfig, loaded: TrainingData, devices: int) -> tuple:
 
 
 def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoint, resumed: dict | None,
-         console) -> TrainResult:
+         console, record: dict | None = None) -> TrainResult:
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -91,7 +107,9 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     weights = resolve_weights(config.weights or recipe.weights)
     input_size = tuple(config.input_size or recipe.input_size)
     preprocessing = recipe.preprocessing(input_size)
-    loaded = load_data(dataset, config, preprocessing, console)
+    loaded = load_data(dataset, config, preprocessing, console, record)
+    if record is None:  # what a resume must find again
+        write_record(checkpoint.dir, loaded.folder, loaded.split)
     labels = list(loaded.folder.classes)
     device, deterministic = _backend(config)
     devices = set_distribution(config)
