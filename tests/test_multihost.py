@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgecls.augment import Augmentation
-from edgecls.distributed import EXIT_NOT_JOINED, EXIT_STOPPED, batch_count, from_env, global_batch, local_rows
+from edgecls.distributed import EXIT_NOT_JOINED, EXIT_STOPPED, Settings, batch_count, from_env, global_batch, local_rows
 from edgecls.distributed.launch import free_port
 from edgecls.errors import EdgeclsError, OptionError
 
@@ -242,6 +242,15 @@ def test_the_launcher_refuses_bad_options():
         proc = subprocess.run([sys.executable, "-m", "edgecls.distributed.launch", *argv], env=_env(), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+
+
+def test_the_launcher_gives_each_process_its_number_and_gpu():
+    from edgecls.distributed.launch import child_env
+
+    env = child_env({"CUDA_VISIBLE_DEVICES": "2,3", "PATH": "/bin"}, "10.0.0.1:29500", 4, 3, 1, True, 30, None)
+    assert from_env(env) == Settings(4, 3, "10.0.0.1:29500", join_timeout=30, source="env")
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["PATH"] == "/bin"
+    assert "CUDA_VISIBLE_DEVICES" not in child_env({}, "h:1", 2, 0, 0, False, None, None)
 
 
 def test_initialize_refuses_a_second_different_setup():

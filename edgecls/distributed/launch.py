@@ -35,7 +35,10 @@ def child_env(base: dict, coordinator: str, count: int, process_id: int, local_i
     env = dict(base)
     env.update({ADDRESSES: coordinator, NUM_PROCESSES: str(count), PROCESS_ID: str(process_id)})
     if gpu_per_process:
-        env["JAX_LOCAL_DEVICE_IDS"] = str(local_index)  # jax.distributed.initialize reads it
+        # The universal way (any JAX version): the process sees one GPU, the local_index-th of
+        # those this machine lets it see.
+        visible = [d for d in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = visible[local_index] if visible else str(local_index)
     if join_timeout is not None:
         env[JOIN_TIMEOUT] = f"{join_timeout:g}"
     if peer_timeout is not None:
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command every process runs")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     problems = [text for bad, text in (
         (not command, "give the command to run after --"),
         (args.nproc < 1, f"--nproc {args.nproc}: expected at least 1"),
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.nnodes > 1 and not args.coordinator, "--nnodes > 1 needs --coordinator HOST:PORT (machine 0, a free port)"),
         (args.join_timeout is not None and not args.join_timeout > 0, "--join-timeout: expected seconds > 0"),
         (args.peer_timeout is not None and not args.peer_timeout > 0, "--peer-timeout: expected seconds > 0"),
+        (args.gpu_per_process and 0 < len(visible) < args.nproc,
+         f"--gpu-per-process: CUDA_VISIBLE_DEVICES lists {len(visible)} GPUs for {args.nproc} processes"),
     ) if bad]
     if problems:
         parser.error("; ".join(problems))

@@ -37,7 +37,9 @@ from .settings import ADDRESSES, NUM_PROCESSES, Settings, from_env
 
 EXIT_STOPPED = 75     # stopped because another process was lost or failed (EX_TEMPFAIL: resume it)
 EXIT_NOT_JOINED = 69  # not every process joined in time (EX_UNAVAILABLE)
-_KEYS = "edgecls"     # key prefix in the coordination service's store
+# Keys in the coordination service's store: the watchdog reads everything under _KEYS each beat
+# (beats, stops, acknowledgements, done markers); agreements and the end live beside it.
+_KEYS, _SAME, _WRITTEN = "edgecls", "edgecls-same", "edgecls-written"
 _WAIT_CHUNK_MS = 1000  # blocking reads in chunks: Ctrl-C and the watchdog stay responsive
 
 _current: Session | None = None
@@ -76,9 +78,8 @@ def initialize(settings: Settings | None = None) -> Session:
             initialization_timeout=math.ceil(settings.join_timeout) + 10,
             heartbeat_timeout_seconds=2 * math.ceil(settings.peer_timeout) + 5,
             shutdown_timeout_seconds=math.ceil(settings.peer_timeout) + 5)
-    except RuntimeError as exc:
-        raise EdgeclsError(f"could not join the {settings.num_processes}-process run: {exc}; "
-                           "edgecls.distributed.initialize() must run before any JAX computation") from None
+    except RuntimeError as exc:  # called after JAX started computing, or twice
+        raise EdgeclsError(f"could not join the {settings.num_processes}-process run: {exc}") from None
     finally:
         joined.set()
         timer.cancel()
@@ -166,9 +167,9 @@ class Session:
         if not self.distributed:
             return
         me = self.process_id
-        self._client.key_value_set(f"{_KEYS}/same/{name}/{me}", value)
+        self._client.key_value_set(f"{_SAME}/{name}/{me}", value)
         for other in range(self.num_processes):
-            theirs = self._wait_for(f"{_KEYS}/same/{name}/{other}")
+            theirs = self._wait_for(f"{_SAME}/{name}/{other}")
             if theirs != value:
                 raise EdgeclsError(f"the processes disagree on {name}: process {me} has {_short(value)}, "
                                    f"process {other} has {_short(theirs)}; every host needs the same data and options")
@@ -192,9 +193,9 @@ class Session:
             return
         self._client.key_value_set(f"{_KEYS}/done/{self.process_id}", "1")
         if self.is_writer:
-            self._client.key_value_set(f"{_KEYS}/written", "1")
+            self._client.key_value_set(_WRITTEN, "1")
         else:
-            self._wait_for(f"{_KEYS}/written")
+            self._wait_for(_WRITTEN)
         if self._watchdog is not None:
             self._watchdog.stop()
         import jax
@@ -204,7 +205,11 @@ class Session:
     def abort(self, reason: str | BaseException, code: int = 1) -> NoReturn:
         """Leave after an error in this process, telling the others why so they stop at once
         with that reason (instead of a peer-lost timeout). A JAX communication error is most
-        likely the symptom of a lost peer: the watchdog gets a bounded chance to name it first."""
+        likely the symptom of a lost peer: the watchdog gets a bounded chance to name it first.
+        A single-process session just exits with `code`."""
+        if not self.distributed:
+            self._run_cleanups()
+            raise SystemExit(code)
         if self.distributed and _looks_like_lost_peer(reason) and self._watchdog is not None:
             self._watchdog.join(self.settings.peer_timeout + 3 * self._watchdog.interval)
         text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
@@ -217,19 +222,22 @@ class Session:
             while True:  # another thread is already ending the process
                 time.sleep(1)
         try:
-            if stop is not None and self.distributed:
+            if stop is not None:
                 self._tell_others(stop)
             if message:
                 _say(self.process_id, self.num_processes, message)
-            for fn in self._cleanups:
-                try:
-                    fn()
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
+            self._run_cleanups()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+    def _run_cleanups(self) -> None:
+        for fn in self._cleanups:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
 
     def _tell_others(self, reason: str) -> None:
         """Post the stop reason; process 0 hosts the store, so it waits (briefly) until the
