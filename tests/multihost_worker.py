@@ -4,6 +4,7 @@
     python tests/multihost_worker.py collect   # all-gathers in a loop, as training does, for 60 s
     python tests/multihost_worker.py idle      # joins, then sleeps for 60 s
     python tests/multihost_worker.py fail      # joins, then fails as the CLI does on a bad picture
+    python tests/multihost_worker.py disagree  # receives process 0's text, then claims other data
 
 Who it is comes from the environment (`edgecls.distributed.from_env`); without the variables it is
 the single-process reference. Prints READY once joined and, for `fit`, the weights' digest.
@@ -107,6 +108,13 @@ def main() -> None:
         fit(session, Path(sys.argv[2]))
     elif mode == "collect":
         collect(session)
+    elif mode == "disagree":
+        print(f"SHARED {session.share('record', 'from process 0' if session.is_writer else None)}", flush=True)
+        try:
+            session.check_same("dataset", f"{3 + session.process_id} files")
+        except EdgeclsError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            session.abort(error, 2)
     elif mode == "fail":
         error = EdgeclsError("bad picture: broken.jpg")
         print(f"error: {error}", file=sys.stderr, flush=True)  # what the CLI prints, then exit status 2

@@ -200,6 +200,14 @@ def test_a_failing_process_tells_the_others_why(tmp_path, procs):
     assert "process 0 of 2: stopping: process 1 failed: bad picture: broken.jpg" in p0.err.read_text()
 
 
+def test_processes_with_different_data_refuse_to_train(tmp_path, procs):
+    p0, p1 = _pair(tmp_path, procs, "disagree")
+    assert p0.wait() == 2 and p1.wait() == 2, p0.text()[-2000:] + p1.text()[-2000:]
+    assert "SHARED from process 0" in p1.out.read_text()  # what process 0 alone can read reaches the others
+    assert "error: the processes disagree on dataset: process 1 has '4 files', process 0 has '3 files'" \
+        in p1.err.read_text()
+
+
 def test_a_lost_coordinator_stops_the_others(tmp_path, procs):
     p0, p1 = _pair(tmp_path, procs, "idle")
     p0.popen.send_signal(signal.SIGKILL)

@@ -174,6 +174,16 @@ class Session:
                 raise EdgeclsError(f"the processes disagree on {name}: process {me} has {_short(value)}, "
                                    f"process {other} has {_short(theirs)}; every host needs the same data and options")
 
+    def share(self, name: str, value: str | None) -> str:
+        """The writer's `value` for `name`, in every process (the others pass None): what only
+        process 0 can read, such as a checkpoint's record on its disk."""
+        if not self.distributed:
+            return value
+        if self.is_writer:
+            self._client.key_value_set(f"{_SAME}/shared/{name}", value)
+            return value
+        return self._wait_for(f"{_SAME}/shared/{name}")
+
     def _wait_for(self, key: str) -> str:
         """The value of `key` once some process has set it (the watchdog guards against a peer
         that dies meanwhile)."""
@@ -249,8 +259,9 @@ class Session:
             deadline = time.monotonic() + 3 * self._watchdog.interval + 1.0
             while time.monotonic() < deadline:
                 entries = dict(self._client.key_value_dir_get(f"{_KEYS}/"))
+                # Informed: acknowledged, finished, or stopping for a reason of its own.
                 waiting = [p for p in self._watchdog.alive_peers()
-                           if f"{_KEYS}/ack/{p}" not in entries and f"{_KEYS}/done/{p}" not in entries]
+                           if not any(f"{_KEYS}/{kind}/{p}" in entries for kind in ("ack", "done", "stop"))]
                 if not waiting:
                     return
                 time.sleep(0.05)
