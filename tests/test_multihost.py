@@ -210,6 +210,12 @@ def test_processes_with_different_data_refuse_to_train(tmp_path, procs):
 
 def test_a_lost_coordinator_stops_the_others(tmp_path, procs):
     p0, p1 = _pair(tmp_path, procs, "idle")
+    import psutil
+
+    listening = [c.laddr.ip for p in (p0, p1) for c in psutil.Process(p.popen.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    # The coordination service and gloo serve this machine only (a loopback coordinator address).
+    assert listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
     p0.popen.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     code = p1.wait()
@@ -242,6 +248,14 @@ def test_the_launcher_stops_every_process_when_one_dies(tmp_path, procs):
     for pid in pids:
         with pytest.raises(ProcessLookupError):  # both gone (reaped by the launcher)
             os.kill(pid, 0)
+
+
+def test_sigterm_stops_a_process_of_a_run(tmp_path, procs):
+    p0, p1 = _pair(tmp_path, procs, "idle")
+    p1.popen.terminate()
+    # JAX's preemption service would catch SIGTERM and keep the process running: it is off.
+    assert p1.wait(30) == -signal.SIGTERM, p1.text()[-3000:]
+    assert p0.wait() == EXIT_STOPPED and "process 1 was lost" in p0.err.read_text()
 
 
 def test_the_launcher_refuses_bad_options():

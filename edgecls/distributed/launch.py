@@ -70,10 +70,14 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
             p.wait()
         raise
     first_failure: int | None = None
+    received: int | None = None
     stopping_since: float | None = None
 
     def forward(signum, _frame):
-        nonlocal stopping_since
+        nonlocal received, stopping_since
+        if received is None:
+            say(f"received {signal.Signals(signum).name}; passing it on to the {len(procs)} processes")
+            received = signum
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signum)
@@ -89,7 +93,7 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
                 if code is None:
                     continue
                 del running[pid]
-                if code != 0 and first_failure is None:
+                if code != 0 and first_failure is None and received is None:
                     first_failure = code
                     if running:
                         say(f"process {pid} {_status_text(code)}; stopping the other {len(running)}")
@@ -106,6 +110,8 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    if received is not None:
+        return 128 + received
     if first_failure is None:
         return 0
     return 128 - first_failure if first_failure < 0 else first_failure

@@ -66,6 +66,13 @@ def initialize(settings: Settings | None = None) -> Session:
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         # gloo is 0.10's default already; older JAX had no CPU collectives by default.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service catches SIGTERM (to checkpoint at a synchronised step, which
+    # edgecls does not use): with it, SIGTERM from a launcher or scheduler would stop nothing.
+    jax.config.update("jax_enable_preemption_service", False)
+    host = (settings.coordinator or "").rpartition(":")[0].strip("[]")
+    # A coordinator on a loopback address serves this machine only: bind there, not on every
+    # interface (JAX's default, [::]:port).
+    bind = settings.coordinator if host in ("127.0.0.1", "localhost", "::1") else None
     joined = threading.Event()
     timer = threading.Timer(settings.join_timeout, _join_timed_out, (settings, joined))
     timer.daemon = True
@@ -73,7 +80,7 @@ def initialize(settings: Settings | None = None) -> Session:
     try:
         jax.distributed.initialize(
             coordinator_address=settings.coordinator, num_processes=settings.num_processes,
-            process_id=settings.process_id,
+            process_id=settings.process_id, coordinator_bind_address=bind,
             # Backstops behind this module's own timeouts, which fire first with a clear message.
             initialization_timeout=math.ceil(settings.join_timeout) + 10,
             heartbeat_timeout_seconds=2 * math.ceil(settings.peer_timeout) + 5,
