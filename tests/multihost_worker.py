@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 
 os.environ["KERAS_BACKEND"] = "jax"
+# Nothing here uses TensorFlow; keras.utils.set_random_seed would import it just to seed it,
+# which costs each process several seconds of CPU. A blocked import makes Keras skip it.
+sys.modules["tensorflow"] = None
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecls import distributed  # noqa: E402
-from edgecls.augment import Augmentation  # noqa: E402
+from edgecls.augment import Augmentation, keras_layers  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
 
 GLOBAL_BATCH, STEPS, EPOCHS, SEED = 8, 4, 2, 7
@@ -37,7 +40,7 @@ def fit(session: distributed.Session, out: Path) -> None:
 
     keras.utils.set_random_seed(SEED)
     data = np.random.default_rng(0)
-    images = data.integers(0, 256, (GLOBAL_BATCH * STEPS + 3, 8, 8, 3), dtype=np.uint8)  # a tail that is dropped
+    images = data.integers(0, 256, (GLOBAL_BATCH * STEPS + 3, 8, 8, 3), dtype=np.uint8)  # +3: a tail cut to 2
     labels = data.integers(0, 3, len(images))
     devices = keras.distribution.list_devices()
     if session.distributed:
@@ -64,9 +67,12 @@ def fit(session: distributed.Session, out: Path) -> None:
         def on_epoch_begin(self, epoch, logs=None):
             feed.epoch = epoch
 
+    layers = keras_layers()
     inputs = keras.Input((8, 8, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.RandomFlip("horizontal", seed=3)(x)  # in-model randomness: same draws as one process
+    x = layers["ToFloat"]()(inputs)
+    # The trainer's in-model augmentation: its random draws must be those of one process.
+    x = layers["InModelAugment"](flip=True, contrast=0.1, brightness=0.05, seed=3)(x)
+    x = layers["Normalize"](1 / 255.0, [0.5] * 3, [0.25] * 3)(x)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
     x = keras.layers.BatchNormalization()(x)               # batch statistics over the global batch
     x = keras.layers.GlobalAveragePooling2D()(x)
