@@ -117,6 +117,7 @@ def main() -> None:
     elif mode == "disagree":
         print(f"SHARED {session.share('record', 'from process 0' if session.is_writer else None)}", flush=True)
         try:
+            session.check_same("dataset", "3 files")  # agreed; the second use of the name is a new question
             session.check_same("dataset", f"{3 + session.process_id} files")
         except EdgeclsError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)

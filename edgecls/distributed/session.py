@@ -39,7 +39,7 @@ EXIT_STOPPED = 75     # stopped because another process was lost or failed (EX_T
 EXIT_NOT_JOINED = 69  # not every process joined in time (EX_UNAVAILABLE)
 # Keys in the coordination service's store: the watchdog reads everything under _KEYS each beat
 # (beats, stops, acknowledgements, done markers); agreements and the end live beside it.
-_KEYS, _SAME, _WRITTEN = "edgecls", "edgecls-same", "edgecls-written"
+_KEYS, _AGREE, _WRITTEN = "edgecls", "edgecls-agree", "edgecls-written"
 _WAIT_CHUNK_MS = 1000  # blocking reads in chunks: Ctrl-C and the watchdog stay responsive
 
 _current: Session | None = None
@@ -140,6 +140,7 @@ class Session:
         self._cleanups: list[Callable[[], None]] = []
         self._exiting = threading.Lock()
         self._watchdog: _Watchdog | None = None
+        self._uses: dict[str, int] = {}
 
     @property
     def process_id(self) -> int:
@@ -173,10 +174,10 @@ class Session:
         would otherwise train on inconsistent batches."""
         if not self.distributed:
             return
-        me = self.process_id
-        self._client.key_value_set(f"{_SAME}/{name}/{me}", value)
+        me, key = self.process_id, self._key("same", name)
+        self._client.key_value_set(f"{key}/{me}", value)
         for other in range(self.num_processes):
-            theirs = self._wait_for(f"{_SAME}/{name}/{other}")
+            theirs = self._wait_for(f"{key}/{other}")
             if theirs != value:
                 raise EdgeclsError(f"the processes disagree on {name}: process {me} has {_short(value)}, "
                                    f"process {other} has {_short(theirs)}; every host needs the same data and options")
@@ -186,10 +187,17 @@ class Session:
         process 0 can read, such as a checkpoint's record on its disk."""
         if not self.distributed:
             return value
+        key = self._key("share", name)
         if self.is_writer:
-            self._client.key_value_set(f"{_SAME}/shared/{name}", value)
+            self._client.key_value_set(key, value)
             return value
-        return self._wait_for(f"{_SAME}/shared/{name}")
+        return self._wait_for(key)
+
+    def _key(self, kind: str, name: str) -> str:
+        """A fresh key per use of a name: every process makes the same calls in the same order,
+        so the n-th use means the same thing everywhere (store keys cannot be rewritten)."""
+        self._uses[f"{kind}/{name}"] = use = self._uses.get(f"{kind}/{name}", 0) + 1
+        return f"{_AGREE}/{kind}/{name}/{use}"
 
     def _wait_for(self, key: str) -> str:
         """The value of `key` once some process has set it (the watchdog guards against a peer
@@ -227,7 +235,7 @@ class Session:
         if not self.distributed:
             self._run_cleanups()
             raise SystemExit(code)
-        if self.distributed and _looks_like_lost_peer(reason) and self._watchdog is not None:
+        if _looks_like_lost_peer(reason) and self._watchdog is not None:
             self._watchdog.join(self.settings.peer_timeout + 3 * self._watchdog.interval)
         text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
         self._exit(code, None, stop=f"process {self.process_id} failed: {text}")
