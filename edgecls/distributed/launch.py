@@ -1,5 +1,5 @@
 """Start N processes of one command with the multi-process environment, and stop them all when
-one fails: `python -m edgecls.distributed.launch --nproc 2 -- edgecls train DATA OUT --data-parallel`.
+one fails: `python -m edgecls.distributed.launch --nproc 2 -- COMMAND [ARGS...]`.
 
 On one machine it tries a multi-process run out (one CPU device each, or one GPU each with
 ``--gpu-per-process``). On several hosts run it once per host with ``--nnodes``, ``--node-rank``
@@ -118,6 +118,7 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: parse, start the processes, return the run's exit status."""
     parser = argparse.ArgumentParser(prog="python -m edgecls.distributed.launch", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=1, help="processes to start on this machine (default 1)")

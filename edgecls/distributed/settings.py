@@ -54,6 +54,7 @@ class Settings:
         return self.process_id == 0
 
     def describe_coordinator(self) -> str:
+        """Process 0 and where it listens, for messages."""
         return f"process 0 at {self.coordinator}" if self.coordinator else "process 0 (the SLURM step's first node)"
 
 
