@@ -1,9 +1,10 @@
-# Two entry points: `make quickstart` (the main job on the embedded digits dataset) and `make test`.
+# Entry points: `make quickstart` (the main job on the embedded digits dataset), `make test` (what CI
+# runs: every test) and `make test-fast` (the inner loop: every test but the slow ones).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test qemu bench-flowers bench-int8 clean
+.PHONY: quickstart test test-fast qemu bench-flowers bench-int8 clean
 
 $(BIN)/edgecls: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,11 @@ quickstart: $(BIN)/edgecls
 # int8 artifacts on an emulated AVX2 CPU; `qemu` installs it when this runs as root with apt.
 test: $(BIN)/edgecls qemu
 	$(BIN)/python -m pytest -q
+
+# The inner loop while working (under 3 minutes on 2 cores): every test but those marked slow
+# (full-size training, the export matrix, a fresh environment; see tests/conftest.py). Not what CI runs.
+test-fast: $(BIN)/edgecls
+	$(BIN)/python -m pytest -q -m "not slow"
 
 qemu:
 	@command -v qemu-x86_64 >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

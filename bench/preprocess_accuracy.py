@@ -100,7 +100,7 @@ def flowers_accuracy(model_path: Path, dataset: Path) -> None:
 
     from edgecls import data
     from edgecls.preprocess import read_rgb
-    from edgecls.train import KerasScorer
+    from edgecls.keras_model import KerasScorer
 
     scorer = KerasScorer(model_path)
     folder = data.scan(dataset)

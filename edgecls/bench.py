@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checks
 from .errors import EdgeclsError, ModelError, OptionError
 
 SCHEMA = "edgecls.bench/1"
@@ -115,10 +115,10 @@ def peak_rss_mb() -> float:
 
 
 def _artifact_size(path: Path) -> int:
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
+    """Bytes of the model file and the files that belong to it (an OpenVINO IR's weights)."""
+    from .engines import companion_files
+
+    return path.stat().st_size + sum(c.stat().st_size for c in companion_files(path) if c.exists())
 
 
 DEFAULT_TIMEOUT_S = 900.0
@@ -147,19 +147,20 @@ def bench_artifact(path: str | Path, isolate: bool = True, timeout: float = DEFA
 
 def check_options(batch: int = 1, warmup: int = 0, warmup_seconds: float = 0.0, min_runs: int = 1,
                   min_seconds: float = 0.0, max_runs: int = 1, rounds: int = 1, threads: int | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                  timeout: float = DEFAULT_TIMEOUT_S, activation: str | None = None) -> None:
     """Range-check benchmark settings before any work starts."""
+    from .runtime import check_activation
+
     for name, value, low in (("batch", batch, 1), ("runs", min_runs, 1), ("max_runs", max_runs, 1),
                              ("rounds", rounds, 1), ("warmup", warmup, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}", name)
     for name, value in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
         if not 0 <= value < float("inf"):
-            raise OptionError(f"{name} must be a number >= 0, got {value!r}")
-    if threads is not None and threads < 1:
-        raise OptionError(f"threads must be at least 1, got {threads}")
-    if not 0 < timeout < float("inf"):
-        raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise OptionError(f"{name} must be a number >= 0, got {value!r}", name)
+    checks.threads("threads", threads)
+    checks.positive("timeout", timeout, "number of seconds")
+    check_activation(activation)
 
 
 def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
@@ -178,7 +179,7 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
     """
     from .targets import engine_options_for
 
-    check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    check_options(rounds=rounds, threads=threads, timeout=timeout, activation=activation, **options)
     unknown = sorted(set(options) - {"batch", "warmup", "warmup_seconds", "min_runs", "min_seconds", "max_runs"})
     if unknown:
         raise OptionError(f"unknown benchmark option {unknown[0]!r}")

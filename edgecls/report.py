@@ -219,7 +219,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def write_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    from .manifest import atomic_write_text
+    from .files import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def imagenet(assets):
 @pytest.fixture(scope="module")
 def imagenet_keras_file(tmp_path_factory, imagenet):
     """The ImageNet model saved as an edgecls .keras model with its manifest (logits output)."""
-    from edgecls.manifest import Manifest, sha256_file
+    from edgecls.files import sha256_file
+    from edgecls.manifest import Manifest
     from edgecls.preprocess import Preprocessing
 
     model, labels = imagenet
@@ -126,7 +127,8 @@ def explain_tflite(tmp_path_factory, imagenet, imagenet_keras_file):
     import tensorflow as tf
 
     from edgecls.explain import export_explain_model
-    from edgecls.manifest import Manifest, load_manifest, sha256_file
+    from edgecls.files import sha256_file
+    from edgecls.manifest import Manifest, load_manifest
 
     model, labels = imagenet
     out = tmp_path_factory.mktemp("explain_tflite")

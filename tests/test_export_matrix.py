@@ -171,7 +171,7 @@ def test_notes_say_where_int8_was_checked():
     ("onnx", "dynamic", {}, "format onnx has no 'dynamic' mode; it has: fp32, fp16, int8"),
     ("tflite", "int4", {}, "unknown quantization 'int4'"),
     ("openvino", "int8", {"io_dtype": "int8"}, "option io_dtype does not apply to openvino:int8; it applies to tflite:int8"),
-    ("tflite", "int8", {"io_dtype": "int16"}, "io_dtype must be uint8 or int8"),
+    ("tflite", "int8", {"io_dtype": "int16"}, "io_dtype 'int16': expected one of uint8, int8"),
     ("onnx", "int8", {"int8_cpu": "riscv"}, "int8_cpu 'riscv': expected one of portable, x86-vnni, x86-avx2, arm"),
     ("onnx", "fp32", {"int8_cpu": "arm"}, "option int8_cpu does not apply to onnx:fp32"),
 ])

@@ -92,12 +92,12 @@ def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_p
     also with a cropping recipe (evaluation feeds the loader's output to the runtime)."""
     from edgecls.engines import TensorInfo
     from edgecls.runtime import Classifier
-    from edgecls.train import _batches
+    from edgecls.train import batches
 
     p = Preprocessing.named("tf", (96, 96), resize)
     folder = data.scan(flowers)
     loaded = data.load_images(folder, [0, 1, 2, 50, 199], p)
-    train_x, _ = _batches(loaded.images, loaded.targets, p, 5, None, 0)[0]
+    train_x, _ = batches(loaded.images, loaded.targets, p, 5, None, 0)[0]
 
     class FakeEngine:  # only the tensor description is used by `prepare`
         name, version = "none", "0"

@@ -210,12 +210,13 @@ class LiteRTEngine:
             raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?): {exc}") from None
         require_tensors(path, len(self._interp.get_input_details()), len(self._interp.get_output_details()))
         self.input = _tensor_info(self._interp.get_input_details()[0])
-        self.output = _tensor_info(self._interp.get_output_details()[0])
+        self.outputs = tuple(_tensor_info(d) for d in self._interp.get_output_details())
+        self.output = self.outputs[0]
         self._in_index = self._interp.get_input_details()[0]["index"]
-        self._out_index = self._interp.get_output_details()[0]["index"]
+        self._out_indices = [d["index"] for d in self._interp.get_output_details()]
         self._batch = int(self._interp.get_input_details()[0]["shape"][0])
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> None:
         if batch.shape[0] != self._batch:
             with quiet_stderr():
                 self._interp.resize_tensor_input(self._in_index, list(batch.shape))
@@ -223,7 +224,14 @@ class LiteRTEngine:
             self._batch = batch.shape[0]
         self._interp.set_tensor(self._in_index, batch)
         self._interp.invoke()
-        return self._interp.get_tensor(self._out_index).copy()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._invoke(batch)
+        return self._interp.get_tensor(self._out_indices[0]).copy()
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._invoke(batch)
+        return [self._interp.get_tensor(index).copy() for index in self._out_indices]
 
 
 def _dist_version(dist: str) -> str:
