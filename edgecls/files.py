@@ -87,3 +87,22 @@ def commit_file(written: str | Path, path: str | Path) -> None:
         os.fsync(f.fileno())
     os.replace(written, path)
     fsync_dir(path.parent)
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove what writes into `folder` left half done when their process was ended from another
+    thread (`os._exit` runs no `finally`): the temporary siblings of `atomic_writer` and
+    `save_keras_model`."""
+    import re
+
+    pattern = re.compile(r"^\..+\.([0-9a-f]{12}\.tmp|tmp\.keras)$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if pattern.match(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass

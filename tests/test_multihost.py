@@ -287,6 +287,10 @@ def test_initialize_refuses_a_second_different_setup():
     try:
         first = distributed.initialize(distributed.Settings())
         assert first.is_writer and not first.distributed and distributed.current() is first
+        assert distributed.initialize(distributed.Settings()) is first
+        # A single-process session holds nothing: runs in one Python process may change settings.
+        assert distributed.initialize(distributed.Settings(peer_timeout=5)).settings.peer_timeout == 5
+        session._current = distributed.Session(distributed.Settings(2, 0, "127.0.0.1:1"), None)  # as if joined
         with pytest.raises(EdgeclsError, match="already initialised"):
             distributed.initialize(distributed.Settings(peer_timeout=5))
     finally:

@@ -32,7 +32,7 @@ from typing import Callable, NoReturn
 import numpy as np
 
 from ..errors import EdgeclsError
-from . import sharding
+from . import collectives, sharding
 from .settings import ADDRESSES, NUM_PROCESSES, Settings, from_env
 
 EXIT_STOPPED = 75     # stopped because another process was lost or failed (EX_TEMPFAIL: resume it)
@@ -47,13 +47,14 @@ _current: Session | None = None
 
 def initialize(settings: Settings | None = None) -> Session:
     """Join the run the environment (or `settings`) describes; a single-process session when it
-    describes none. Must run before anything initialises a JAX backend."""
+    describes none (which holds nothing: a later call may replace it). Must run before anything
+    initialises a JAX backend."""
     global _current
     settings = settings or from_env()
-    if _current is not None:
-        if _current.settings != settings:
-            raise EdgeclsError("edgecls.distributed is already initialised with other settings in this process")
+    if _current is not None and _current.settings == settings:
         return _current
+    if _current is not None and _current.distributed:
+        raise EdgeclsError("edgecls.distributed is already initialised with other settings in this process")
     if not settings.distributed:
         _current = Session(settings, None)
         return _current
@@ -163,6 +164,15 @@ class Session:
         """This process's share of a global batch and its offset (see `sharding.local_rows`)."""
         return sharding.local_rows(rows, self.process_id, self.num_processes)
 
+    def gather_batches(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Rows computed on this process's share of each batch, gathered from every process into
+        the whole batches' order (see `collectives.gather_batches`)."""
+        return collectives.gather_batches(parts, self.num_processes)
+
+    def broadcast(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Process 0's arrays in every process (the others pass same-shaped placeholders)."""
+        return collectives.broadcast(arrays, self.is_writer, self.num_processes)
+
     def add_cleanup(self, fn: Callable[[], None]) -> None:
         """Run `fn` (remove temporary files...) before this process exits because of a peer."""
         self._cleanups.append(fn)
@@ -211,21 +221,24 @@ class Session:
                                        f"{str(exc).splitlines()[0]}") from None
 
     # --- ending -----------------------------------------------------------------------------
-    def finish(self) -> None:
+    def finish(self, result: str | None = None) -> str | None:
         """End a successful run: the others wait until the writer has written its outputs, then
-        all leave the coordination service together."""
+        all leave the coordination service together. The others call it as soon as their part
+        is done (from then on their loss no longer stops the writer); the writer calls it last,
+        with a `result` text that every process gets back."""
         if not self.distributed:
-            return
+            return result
         self._client.key_value_set(f"{_KEYS}/done/{self.process_id}", "1")
         if self.is_writer:
-            self._client.key_value_set(_WRITTEN, "1")
+            self._client.key_value_set(_WRITTEN, result or "")
         else:
-            self._wait_for(_WRITTEN)
+            result = self._wait_for(_WRITTEN)
         if self._watchdog is not None:
             self._watchdog.stop()
         import jax
 
         jax.distributed.shutdown()
+        return result
 
     def abort(self, reason: str | BaseException, code: int = 1) -> NoReturn:
         """Leave after an error in this process, telling the others why so they stop at once

@@ -44,3 +44,14 @@ def local_rows(rows: np.ndarray, process_id: int, num_processes: int) -> tuple[n
     share = len(rows) // num_processes
     start = process_id * share
     return rows[start : start + share], start
+
+
+def in_global_order(stacked: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Rows gathered from every process (`stacked[p]`: process p's shares of consecutive batches,
+    of `sizes` rows each) put back in the global batches' order: batch by batch, each batch's
+    shares in process order."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(stacked[:, start : start + size].reshape(-1, *stacked.shape[2:]))
+        start += size
+    return np.concatenate(out) if out else stacked.reshape(-1, *stacked.shape[2:])
