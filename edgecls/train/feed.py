@@ -127,7 +127,8 @@ class Prefetcher:
     Keras' own threaded reader (a PyDataset with workers > 1) is not used: when `fit` takes a
     first batch to build the model and restarts, it replays the batches its threads had read
     ahead before starting over, so the first epoch of every `fit` saw some batches twice and
-    skipped others, by thread timing (measured with Keras 3.12: 44 reads for a 20-batch epoch)."""
+    skipped others, by thread timing (measured with Keras 3.12, a 20-batch epoch: with 2 threads
+    it trained on batches 2-6, 0-14; with 4 on 2-10, 0-10)."""
 
     def __init__(self, plan: BatchPlan, workers: int):
         self.plan, self.workers = plan, workers
