@@ -22,6 +22,11 @@ determinism and data parallelism.
 Resume (`checkpoint`): after every epoch OUT/checkpoint/ holds the weights, optimizer state,
 early-stopping state and history; `resume(OUT)` continues from the last completed epoch of the
 same phase.
+
+Several processes (`edgecls.distributed`, with `data_parallel`): `train`/`resume` join the run
+first; each process feeds its share of every global batch, the feature head's backbone work is
+split and gathered, and process 0 alone writes the checkpoint and the outputs (and reads the
+checkpoint on resume, handing it to the others).
 """
 from __future__ import annotations
 
