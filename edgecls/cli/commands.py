@@ -23,6 +23,7 @@ GROUPS = (
     "ensemble",     # edgecls ensemble
     "cv",           # edgecls cv
     "tune",         # edgecls tune
+    "launch",       # edgecls launch (several processes of one run)
 )
 
 

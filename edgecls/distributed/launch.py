@@ -117,9 +117,9 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
     return 128 - first_failure if first_failure < 0 else first_failure
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m edgecls.distributed.launch") -> int:
     """The command line: parse, start the processes, return the run's exit status."""
-    parser = argparse.ArgumentParser(prog="python -m edgecls.distributed.launch", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=1, help="processes to start on this machine (default 1)")
     parser.add_argument("--nnodes", type=int, default=1, help="machines in the run (default 1)")
