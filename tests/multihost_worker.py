@@ -1,13 +1,13 @@
 """One process of the multi-process tests (tests/test_multihost.py); not collected by pytest.
 
-    python tests/multihost_worker.py fit OUT   # a tiny Keras model, data parallel over every process
+    python tests/multihost_worker.py head OUT  # the trainer's feature head over a tiny frozen backbone
     python tests/multihost_worker.py collect   # all-gathers in a loop, as training does, for 60 s
     python tests/multihost_worker.py idle      # joins, then sleeps for 60 s
     python tests/multihost_worker.py fail      # joins, then fails as the CLI does on a bad picture
     python tests/multihost_worker.py disagree  # receives process 0's text, then claims other data
 
 Who it is comes from the environment (`edgecls.distributed.from_env`); without the variables it is
-the single-process reference. Prints READY once joined and, for `fit`, the weights' digest.
+the single-process reference. Prints READY once joined and, for `head`, the head's digest.
 """
 from __future__ import annotations
 
@@ -26,70 +26,49 @@ sys.modules["tensorflow"] = None
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecls import distributed  # noqa: E402
-from edgecls.augment import Augmentation, keras_layers  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
 
-GLOBAL_BATCH, STEPS, EPOCHS, SEED = 8, 4, 2, 7
+GLOBAL_BATCH, STEPS, SEED = 8, 4, 7
 # The trainer cuts batches to a multiple of the run's device count; the single-process reference
 # must cut the same way (to the two-process run's count) to see the same batches.
 MULTIPLE = 2
 
 
-def fit(session: distributed.Session, out: Path) -> None:
+def head(session: distributed.Session, out: Path) -> None:
+    """The trainer's feature head (phase 1 by default) on a tiny frozen backbone: features of the
+    picture, its mirror and four crops, each process computing its share of every batch."""
     import keras
+    from rich.console import Console
+
+    from edgecls.preprocess import Preprocessing
+    from edgecls.train.config import TrainConfig
+    from edgecls.train.feature_head import fit_feature_head
+    from edgecls.train.feed import feeder
+    from edgecls.train.network import Net, training_model
 
     keras.utils.set_random_seed(SEED)
-    data = np.random.default_rng(0)
-    images = data.integers(0, 256, (GLOBAL_BATCH * STEPS + 3, 8, 8, 3), dtype=np.uint8)  # +3: a tail cut to 2
-    labels = data.integers(0, 3, len(images))
-    devices = keras.distribution.list_devices()
-    if session.distributed:
-        # The feed below is already this process's share: Keras must not shard it again.
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
-    warp = Augmentation(flip=False)
-
-    class Feed(keras.utils.PyDataset):
-        epoch = 0
-
-        def __len__(self):
-            return distributed.batch_count(len(images), GLOBAL_BATCH, MULTIPLE)
-
-        def __getitem__(self, i):
-            order = np.random.default_rng([SEED, self.epoch]).permutation(len(images))
-            rows, offset = session.local_rows(distributed.global_batch(order, i, GLOBAL_BATCH, MULTIPLE))
-            x = warp.warp_batch(images[rows], np.random.default_rng([SEED, self.epoch, i]), skip=offset)
-            return x, labels[rows]
-
-    feed = Feed(workers=1, use_multiprocessing=False)
-    session.check_same("steps per epoch", str(len(feed)))
-
-    class Epoch(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            feed.epoch = epoch
-
-    layers = keras_layers()
-    inputs = keras.Input((8, 8, 3), dtype="uint8")
-    x = layers["ToFloat"]()(inputs)
-    # The trainer's in-model augmentation: its random draws must be those of one process.
-    x = layers["InModelAugment"](flip=True, contrast=0.1, brightness=0.05, seed=3)(x)
-    x = layers["Normalize"](1 / 255.0, [0.5] * 3, [0.25] * 3)(x)
-    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-    x = keras.layers.BatchNormalization()(x)               # batch statistics over the global batch
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3, seed=5)(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    initial = np.concatenate([np.asarray(w).ravel() for w in model.weights])
-    history = model.fit(feed, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[Epoch()])
-    weights = [np.asarray(w) for w in model.weights]
-    flat = np.concatenate([w.ravel() for w in weights])
-    print(f"LOSS {history.history['loss']}", flush=True)
-    print(f"DIGEST {hashlib.sha256(flat.tobytes()).hexdigest()} moved {float(np.abs(flat - initial).max()):.4f}", flush=True)
+    data = np.random.default_rng(1)
+    images = data.integers(0, 256, (GLOBAL_BATCH * STEPS + 11, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(len(images)) % 3
+    train, val = np.arange(GLOBAL_BATCH * STEPS + 3), np.arange(GLOBAL_BATCH * STEPS + 3, len(images))
+    backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(6, 3, activation="relu")])
+    backbone.trainable = False
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False))
+    inference = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probabilities")(features))
+    preprocessing = Preprocessing.named("unit", (16, 16))
+    net = Net(inference, backbone, training_model(inference, preprocessing, None, SEED), "float32")
+    share = (session.process_id, session.num_processes)
+    feeds = tuple(feeder(images, labels, rows, GLOBAL_BATCH, shuffle=shuffle, seed=SEED, multiple=MULTIPLE, share=share)
+                  for rows, shuffle in ((train, True), (val, False)))
+    config = TrainConfig(batch_size=GLOBAL_BATCH, seed=SEED, head_c=1.0)
+    history = fit_feature_head(net, feeds, config, None, Console(quiet=True), crops=True, session=session)
+    kernel, bias = net.inference.get_layer("probabilities").get_weights()
+    print(f"HISTORY {history}", flush=True)
+    print(f"DIGEST {hashlib.sha256(kernel.tobytes() + bias.tobytes()).hexdigest()}", flush=True)
     if session.is_writer:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".weights.{os.getpid()}.tmp.npz"
-        np.savez(tmp, *weights)
-        tmp.replace(out / "weights.npz")
+        np.savez(out / "head.npz", kernel=kernel, bias=bias)
     session.finish()
 
 
@@ -110,8 +89,8 @@ def main() -> None:
     mode = sys.argv[1]
     session = distributed.initialize()
     print(f"READY {session.process_id} {os.getpid()}", flush=True)
-    if mode == "fit":
-        fit(session, Path(sys.argv[2]))
+    if mode == "head":
+        head(session, Path(sys.argv[2]))
     elif mode == "collect":
         collect(session)
     elif mode == "disagree":
