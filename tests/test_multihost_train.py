@@ -134,3 +134,16 @@ def test_a_killed_process_is_named_and_the_run_resumes_on_both(flowers, single, 
     assert len(_history(out)["loss"]) == len(_history(single)["loss"])
     # The uninterrupted run: the single process (the first test shows two processes train like it).
     _same_model(out, single)
+
+
+def test_several_processes_without_data_parallel_are_refused_before_joining(flowers, tmp_path, monkeypatch):
+    from edgecls.errors import OptionError
+    from edgecls.train import TrainConfig, train
+
+    for name, value in (("KERAS_DISTRIBUTION_JOB_ADDRESSES", f"127.0.0.1:{free_port()}"),
+                        ("KERAS_DISTRIBUTION_NUM_PROCESSES", "2"), ("KERAS_DISTRIBUTION_PROCESS_ID", "0")):
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    with pytest.raises(OptionError, match="run of 2 processes .env.; training on several processes needs data_parallel"):
+        train(flowers, tmp_path / "out", TrainConfig(backbone="simple_cnn", weights="none"))
+    assert time.monotonic() - started < 10 and not (tmp_path / "out").exists()  # no wait to join, nothing written

@@ -65,8 +65,8 @@ def _join(config: TrainConfig | None):
 def _check_processes(settings, config: TrainConfig) -> None:
     if settings.distributed and not config.data_parallel:
         raise OptionError(f"the environment describes a run of {settings.num_processes} processes "
-                          f"({settings.source}); training on several processes needs data_parallel",
-                          "data_parallel")
+                          f"({settings.source}); training on several processes needs data_parallel "
+                          "(edgecls train only: cv and tune run in one process)", "data_parallel")
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
