@@ -71,7 +71,7 @@ def _stopped() -> typer.Exit:
     terminated = interrupted_exit_code() == 143
     what = "terminated (SIGTERM)" if terminated else "interrupted"
     err.print(f"{what}; stopped and cleaned up", markup=False, highlight=False)
-    return _leave(interrupted_exit_code(), f"{what} there")
+    return _leave(interrupted_exit_code(), what)
 
 
 def friendly(fn: Callable) -> Callable:

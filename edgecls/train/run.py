@@ -25,7 +25,8 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
     """Train a classifier on an image-folder dataset and save model, labels, history and plots.
 
     In a multi-process run (`edgecls.distributed`: KERAS_DISTRIBUTION_* or SLURM) every process
-    calls it; process 0 alone writes, and every process returns process 0's result."""
+    calls it; process 0 alone writes, and the others return its result (their metrics without
+    per-class figures and confusion matrices: OUT/metrics.json has them)."""
     config.validate()
     session = _join(config)
     out_dir = Path(out_dir)
@@ -159,7 +160,11 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                            phase_boundary, training)
     checkpoint.remove()
     if session.distributed:
-        session.finish(json.dumps({"metrics": result.metrics, "history": result.history, "warnings": result.warnings}))
+        # The summary only: a confusion matrix of many classes would outgrow the coordination
+        # service's messages (metrics.json holds everything).
+        summary = {split: {k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")}
+                   if isinstance(m, dict) else m for split, m in result.metrics.items()}
+        session.finish(json.dumps({"metrics": summary, "history": result.history, "warnings": result.warnings}))
     return result
 
 
