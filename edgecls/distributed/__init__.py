@@ -3,8 +3,10 @@
 * `settings.from_env` reads who this process is (Keras' KERAS_DISTRIBUTION_* variables, or SLURM).
 * `initialize` joins the run with bounded waits and starts a watchdog (`session`); the `Session`
   it returns says which process writes (`is_writer`), which rows of each batch it feeds
-  (`local_rows`), checks that every process has the same data (`check_same`), and ends the run
-  (`finish`, `abort`).
+  (`local_rows`), checks that every process has the same data (`check_same`), hands process 0's
+  text and arrays to the others (`share`, `broadcast`), gathers rows computed on each process's
+  share back into the batches' order (`gather_batches`), and ends the run (`finish`, `abort`).
+* `edgecls.train` uses all of it when the environment describes several processes.
 * `launch` starts N processes of a command with that environment and stops all when one fails.
 
 Nothing here imports JAX until `initialize` runs in a multi-process setting.
