@@ -158,3 +158,22 @@ def loads_strict(text: str) -> Any:
     import json
 
     return json.loads(text, parse_constant=_refuse_constant)
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove what writes into `folder` left half done when their process was ended from another
+    thread (`os._exit` runs no `finally`): the temporary siblings of `atomic_writer` and
+    `atomic_output` (which `save_keras_model` uses), and of older `save_keras_model` versions."""
+    import re
+
+    pattern = re.compile(r"^\..+\.([0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?|tmp\.keras)$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if pattern.match(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass

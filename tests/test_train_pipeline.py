@@ -79,6 +79,46 @@ def test_saved_model_is_the_same_with_and_without_augmentation_or_bf16(flowers, 
     assert manifest["source"]["training"]["precision"] == {"phase 1": "float32"}  # auto on a CPU
 
 
+_BATCH_ORDER = """
+import json
+import numpy as np
+import keras
+from edgecls.train import feeder
+
+pictures = np.repeat(np.arange(40, dtype=np.uint8), 12).reshape(40, 2, 2, 3)  # picture k is all k
+feed = feeder(pictures, np.zeros(40, np.int64), np.arange(40), 4, shuffle=True, seed=3, workers=4)
+seen = []
+
+class Record(keras.layers.Layer):
+    def call(self, x):
+        try:
+            seen.append(sorted(np.asarray(x)[:, 0, 0, 0].tolist()))
+        except Exception:  # the symbolic pass that builds the model
+            pass
+        return keras.ops.cast(x, "float32")
+
+inputs = keras.Input((2, 2, 3), dtype="uint8")
+model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(Record()(inputs))))
+model.compile("sgd", "mse", run_eagerly=True)
+model.fit(feed, epochs=1, shuffle=False, verbose=0)
+order = feed.plan.order(0)
+print(json.dumps({"seen": seen, "expected": [sorted(order[i : i + 4].tolist()) for i in range(0, 40, 4)]}))
+"""
+
+
+def test_fit_trains_on_every_batch_once_in_order():
+    """The feeder reads ahead itself: Keras' threaded reader (a PyDataset with workers) replayed
+    its read-ahead after the batch fit takes to build the model, so on JAX the first epoch of a
+    fit trained on some batches twice and never on others (2 threads, 20 batches: 2-6, 0-14)."""
+    pytest.importorskip("jax", reason="CPU JAX comes with the dev extra: pip install -e '.[dev]'")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _BATCH_ORDER], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["seen"] == record["expected"]
+
+
 def test_in_model_augmentation_acts_only_in_training():
     import keras
 

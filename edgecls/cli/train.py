@@ -8,7 +8,7 @@ import typer
 
 from ..errors import OptionError
 from ..train.config import LR_SCHEDULES, PRECISION_CHOICES, TrainConfig
-from .common import command, err, escape, folder_option, parse_size, show
+from .common import command, err, escape, folder_option, parse_size, show, speaks
 from .options import training_options
 
 DEFAULT = TrainConfig()
@@ -31,7 +31,9 @@ Precision = Annotated[str, typer.Option(help=f"{' | '.join(PRECISION_CHOICES)} (
                                              "is float32).")]
 Deterministic = Annotated[Optional[bool], typer.Option(
     "--deterministic/--no-deterministic", help="Reproducible kernels (default: on for CPU, off on a GPU).")]
-DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices (KERAS_BACKEND=jax).")]
+DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices, or over every process's in "
+                                                "a multi-process run (KERAS_BACKEND=jax; README: Training on several "
+                                                "machines).")]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue the killed run in this output folder from its last epoch, "
                                                      "with its own dataset and options.")]
 OnRecordedFiles = Annotated[bool, typer.Option(
@@ -116,6 +118,8 @@ def _refuse_ignored_with_resume(out: Path, dataset: Path | None) -> None:
 
 
 def _summary(result) -> None:
+    if not speaks():  # another process of a multi-process run: process 0 reports
+        return
     val, tr = result.metrics["val"], result.metrics["train"]
     show.print(f"model:      {result.model_path}", markup=False)
     show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")

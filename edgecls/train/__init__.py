@@ -23,6 +23,11 @@ Resume (`checkpoint`): after every epoch OUT/checkpoint/ holds the weights, opti
 early-stopping state and history, and (`drift`) the run's files and split; `resume(OUT)`
 continues from the last completed epoch of the same phase, on the same files, and refuses a
 dataset changed since (or, with `on_recorded_files`, reads only the recorded files).
+
+Several processes (`edgecls.distributed`, with `data_parallel`): `train`/`resume` join the run
+first; each process feeds its share of every global batch, the feature head's backbone work is
+split and gathered, and process 0 alone writes the checkpoint and the outputs (and reads the
+checkpoint on resume, handing it to the others).
 """
 from __future__ import annotations
 
