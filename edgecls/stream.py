@@ -530,5 +530,7 @@ class Stream:
 
 def install_signal_handlers(stream: Stream) -> None:
     """Ctrl-C and SIGTERM stop the stream cleanly, flushing every sink."""
+    from .signals import install
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stream.stop())
+        install(sig, lambda *_: stream.stop())  # not in forked children (edgecls.signals)

@@ -37,6 +37,7 @@ def install_sigterm() -> None:
     clean-up runs (finally blocks, temporary folders) and the command says it was stopped. Both
     record the request, so that code catching broad exceptions can tell an interrupt apart."""
     from ..errors import request_stop
+    from ..signals import install
 
     def handler(signum, frame):
         request_stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
@@ -44,7 +45,7 @@ def install_sigterm() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
-            signal.signal(sig, handler)
+            install(sig, handler)  # not in forked children (edgecls.signals)
 
 
 # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`yes | head -1`).

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from ..signals import install  # the forwarding handlers stay out of forked children
 from .settings import ADDRESSES, JOIN_TIMEOUT, NUM_PROCESSES, PEER_TIMEOUT, PROCESS_ID
 
 
@@ -83,7 +84,7 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
                 p.send_signal(signum)
         stopping_since = stopping_since or time.monotonic()
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: install(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         running = dict(procs)
         while running:
