@@ -44,9 +44,16 @@ class Augmentation:
         return cv2.warpAffine(np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT_101)
 
-    def warp_batch(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """`warp` applied to each picture of a uint8 batch (a new array)."""
-        return np.stack([self.warp(img, rng) for img in batch]) if self.geometric else batch
+    def warp_batch(self, batch: np.ndarray, rng: np.random.Generator, skip: int = 0) -> np.ndarray:
+        """`warp` applied to each picture of a uint8 batch (a new array). `skip`: the batch is
+        a slice starting at that position of a larger one (one process's share of a global
+        batch); the draws of the pictures before it are skipped, so every picture gets the
+        warp it would get in the whole batch."""
+        if not self.geometric:
+            return batch
+        for _ in range(skip * (bool(self.rotation_degrees) + bool(self.zoom))):
+            rng.random()  # warp's draws are uniform(): one double each, as random() consumes
+        return np.stack([self.warp(img, rng) for img in batch])
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Every augmentation on one picture on the host (reference path, used by benchmarks)."""

@@ -44,6 +44,23 @@ def host_info() -> dict[str, Any]:
             "edgecls": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _timing_input(path: Path, engine, manifest, batch: int) -> np.ndarray:
+    """A batch to time: a random picture prepared as the runtime prepares it, or (without a
+    manifest) a random tensor of the input's shape and type."""
+    from .runtime import Classifier
+
+    rng = np.random.default_rng(0)
+    if manifest is not None:
+        clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
+        h, w = clf.preprocessing.size
+        return np.repeat(clf.prepare(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[None], batch, axis=0)
+    shape = [batch if i == 0 else d for i, d in enumerate(engine.input.shape)]
+    if min(shape) < 1:
+        raise ModelError(f"{path}: dynamic input shape {list(engine.input.shape)}; add a manifest to benchmark it")
+    dtype = engine.input.dtype
+    return (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
+
+
 def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batch: int = 1, warmup: int = 10,
             warmup_seconds: float = 0.5, min_runs: int = 50, min_seconds: float = 2.0,
             max_runs: int = 100000) -> dict[str, Any]:
@@ -52,28 +69,20 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
     The artifact is opened as every loader opens it (checksums and structure checked against its
     manifest) with exactly `engine_options`. A model without a manifest is timed too: its input is
     a random tensor of the right shape and type (latency does not depend on pixel values here)."""
-    from .runtime import Classifier, open_artifact
+    from .files import sha256_file
+    from .runtime import finite_scores, open_artifact
 
     path = Path(path)
     engine_options = dict(engine_options or {})
     t0 = time.perf_counter()
     engine, manifest = open_artifact(path, **engine_options)
     init_ms = (time.perf_counter() - t0) * 1e3  # includes the checksum, as every real start does
-    rng = np.random.default_rng(0)
-    if manifest is not None:
-        clf = Classifier(engine, manifest.labels, manifest.preprocessing, manifest, path)
-        h, w = clf.preprocessing.size
-        x = np.repeat(clf.prepare(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[None], batch, axis=0)
-    else:
-        shape = [batch if i == 0 else d for i, d in enumerate(engine.input.shape)]
-        if min(shape) < 1:
-            raise ModelError(f"{path}: dynamic input shape {list(engine.input.shape)}; add a manifest to benchmark it")
-        dtype = engine.input.dtype
-        x = (rng.integers(0, 256, shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)).astype(dtype)
+    x = _timing_input(path, engine, manifest, batch)
     run = engine.run
     t0 = time.perf_counter()
-    run(x)
+    first = run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
+    finite_scores(np.asarray(first, dtype=np.float32), path)  # a model answering NaN has no latency worth reporting
     count, start = 0, time.perf_counter()
     while count < warmup or time.perf_counter() - start < warmup_seconds:
         run(x)
@@ -87,6 +96,8 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
     stats = latency_stats(samples)
     return {
         "artifact": str(path), "name": path.name,
+        # Its identity for `report compare`: the same file, wherever it was typed from.
+        "sha256": manifest.artifact_sha256 if manifest and manifest.artifact_sha256 else sha256_file(path),
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
         "backbone": manifest.source.get("backbone") if manifest else None,
@@ -265,13 +276,12 @@ def _dataset_accuracy(paths: Sequence[str | Path], dataset: Path, setups: list[d
         r: dict[str, Any] = {}
         measured.append(r)
         clf = Classifier.from_artifact(path, activation=activation, **engine_options)
-        split_cfg = clf.manifest.source.get("split") if clf.manifest else None
-        indices = data_mod.recorded_split(folder, split_cfg)["val" if split_cfg else "all"]
-        loaded = data_mod.load_images(folder, indices, clf.preprocessing)
+        parts, split, _ = data_mod.evaluation_split(folder, clf.manifest.source if clf.manifest else None)
+        loaded = data_mod.load_images(folder, parts[split], clf.preprocessing)
         to_model = data_mod.label_indices(folder, clf.labels)
         predicted = clf.scores(loaded.images).argmax(1)
         r["accuracy"] = float(np.mean(predicted == to_model[loaded.targets]))
-        r["accuracy_source"] = f"{dataset} ({'val' if split_cfg else 'all'} split, {len(predicted)} images)"
+        r["accuracy_source"] = f"{dataset} ({split} split, {len(predicted)} images)"
         reference = predicted if reference is None else reference
         r["top1_agreement"] = float(np.mean(predicted == reference)) if len(reference) == len(predicted) else None
     return measured
@@ -296,7 +306,7 @@ def _worker(argv: list[str]) -> int:
     except EdgeclsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
     return 0
 
 

@@ -1,9 +1,11 @@
 """Decode-once image cache: every file of a dataset decoded and resized by the one `Preprocessing`,
-on all cores, into a memory-mapped uint8 array on disk.
+on all cores (edgecls.cache_workers), into a uint8 array on disk.
 
-A cache is keyed by the file list (paths, sizes, modification times) and the preprocessing, so a
-second run, `tune`, `cv` and ensembles skip decoding, and an edited or touched file invalidates it.
-Datasets larger than RAM train from it because only the batches in use are paged in.
+A cache is keyed by the file list (paths, sizes, modification and status-change times, inodes) and
+the preprocessing, so a second run, `tune`, `cv` and ensembles skip decoding, and an edited,
+replaced or touched file invalidates it. Datasets larger than RAM train from it because batches
+are read with pread. A build reserves its whole size on disk before decoding and removes its
+temporary folder when it fails or is interrupted.
 
 Location: ``$EDGECLS_CACHE`` if set, else ``$XDG_CACHE_HOME/edgecls`` (``~/.cache/edgecls``). Each
 cache is one folder ``images-<key>/`` holding ``pixels.npy`` and ``meta.json``; a folder without
@@ -12,10 +14,12 @@ numpy and OpenCV only: this is the light layer, usable on a device.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import ImageError, OptionError
+from .cache_workers import decode_into
+from .errors import EdgeclsError, OptionError
 from .files import atomic_write_text
 from .preprocess import Preprocessing
 
@@ -41,7 +46,13 @@ def cache_root() -> Path:
 
 
 def cache_key(files: Sequence[Path], preprocessing: Preprocessing) -> str:
-    """Hash of the file list (absolute path, size, mtime) and the preprocessing."""
+    """Hash of the file list and the preprocessing.
+
+    Each file counts with its absolute path (as bytes: a name that is not UTF-8 is still a name),
+    size, modification and status-change times and inode, the stat fields git trusts for its
+    index. `touch -r` can put an old modification time back on a replaced photo, but not its
+    status-change time, which the kernel sets on every write, rename or metadata change.
+    """
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": preprocessing.to_dict()}, sort_keys=True).encode())
     h.update(_code_version().encode())
@@ -49,10 +60,10 @@ def cache_key(files: Sequence[Path], preprocessing: Preprocessing) -> str:
         path = Path(path).resolve()
         try:
             st = path.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
         except OSError:
             stamp = "missing"
-        h.update(f"\0{path}\0{stamp}".encode())
+        h.update(b"\0" + os.fsencode(path) + b"\0" + stamp.encode())
     return h.hexdigest()[:24]
 
 
@@ -119,49 +130,73 @@ class ImageCache:
         self.close()
 
 
-def _decode_range(args: tuple[str, list[str], dict, int, int]) -> tuple[int, list[tuple[int, str]]]:
-    """Worker: decode files[start:stop] into the shared memory-mapped array; return the failures."""
-    pixels_path, files, prep, start, stop = args
-    preprocessing = Preprocessing.from_dict(prep)
-    out = np.load(pixels_path, mmap_mode="r+")
-    errors = []
-    for i in range(start, stop):
-        try:
-            out[i] = preprocessing.load(files[i])
-        except ImageError as exc:
-            errors.append((i, str(exc).removeprefix(f"{files[i]}: ")))
-    out.flush()
-    del out
-    return stop - start, errors
-
-
-def _pool(workers: int):
-    """Worker processes: forked while no TensorFlow/JAX runtime is loaded (fast start), else
-    spawned, because a fork would copy their threads half-way (spawn needs the usual
-    `if __name__ == "__main__":` guard in a calling script)."""
-    import multiprocessing as mp
-    import sys
-
-    heavy = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
-    method = "fork" if sys.platform == "linux" and not heavy else "spawn"
-    return mp.get_context(method).Pool(workers)
+def _meta_ok(meta, count: int) -> bool:
+    """A meta.json this version wrote: an object, the format, the count, well-formed failures."""
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("count") != count:
+        return False
+    bad = meta.get("bad", [])
+    return isinstance(bad, list) and all(
+        isinstance(b, list) and len(b) == 2 and isinstance(b[0], int) and not isinstance(b[0], bool)
+        and 0 <= b[0] < count and isinstance(b[1], str) for b in bad)
 
 
 def _open(folder: Path, files: list[Path]) -> ImageCache | None:
+    """The finished cache in `folder`, or None when it is missing, unfinished or damaged."""
     try:
-        meta = json.loads((folder / _META).read_text())
+        meta = json.loads((folder / _META).read_text(encoding="utf-8"))
         images = np.load(folder / _PIXELS, mmap_mode="r")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if meta.get("format") != CACHE_FORMAT or len(images) != len(files):
+    if not _meta_ok(meta, len(files)) or images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(files):
         return None
     ok = np.ones(len(files), dtype=bool)
     skipped = []
     for i, reason in meta.get("bad", []):
         ok[i] = False
         skipped.append((files[i], reason))
-    os.utime(folder / _META)  # last use, for clean_caches(older_than_days=...)
+    try:
+        os.utime(folder / _META)  # last use, for clean_caches(older_than_days=...)
+    except OSError:
+        pass  # a read-only cache still serves
     return ImageCache(folder, files, images, ok, skipped)
+
+
+def _origin(given: bool) -> str:
+    if given:
+        return "the cache_dir option"
+    if os.environ.get("EDGECLS_CACHE"):
+        return "EDGECLS_CACHE"
+    return "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default ~/.cache/edgecls"
+
+
+def _cache_error(root: Path, given: bool, what: str) -> EdgeclsError:
+    return EdgeclsError(f"{root}: {what} (the image cache folder, from {_origin(given)}); set EDGECLS_CACHE to a "
+                        "writable folder with room for the decoded images")
+
+
+def _prepare_root(root: Path, given: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise _cache_error(root, given, "is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cache_error(root, given, f"cannot create it ({exc.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise _cache_error(root, given, "not writable")
+    for old in root.glob(f".building-*-{socket.gethostname()}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)  # left by a build killed with SIGKILL
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def build_cache(files: Sequence[str | Path], preprocessing: Preprocessing, root: str | Path | None = None,
@@ -169,7 +204,8 @@ def build_cache(files: Sequence[str | Path], preprocessing: Preprocessing, root:
     """Open the cache for these files and preprocessing, decoding it first (in parallel) on a miss.
 
     Unreadable files are recorded with their reason (in `skipped`, and in the cache so a later hit
-    reports them too) and marked in `ok`; they are never fatal here.
+    reports them too) and marked in `ok`; they are never fatal here. A build that fails (a full
+    disk, a dead worker) or is interrupted removes its temporary folder and raises.
     """
     files = [Path(f) for f in files]
     if not files:
@@ -177,6 +213,7 @@ def build_cache(files: Sequence[str | Path], preprocessing: Preprocessing, root:
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise OptionError(f"workers must be at least 1, got {workers}")
+    given = root is not None
     root = Path(root) if root else cache_root()
     folder = root / f"images-{cache_key(files, preprocessing)}"
     hit = _open(folder, files)
@@ -185,40 +222,32 @@ def build_cache(files: Sequence[str | Path], preprocessing: Preprocessing, root:
             on_progress(len(files))
         return hit
     started = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
+    _prepare_root(root, given)
     # A private build folder renamed into place: a killed build never looks like a cache.
-    tmp = root / f".building-{folder.name}-{os.getpid()}"
+    tmp = root / f".building-{folder.name}-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    h, w = preprocessing.size
-    np.lib.format.open_memmap(tmp / _PIXELS, mode="w+", dtype=np.uint8, shape=(len(files), h, w, 3)).flush()
-    names = [str(f) for f in files]
-    chunk = max(1, min(64, len(files) // (workers * 8) or 1))
-    jobs = [(str(tmp / _PIXELS), names, preprocessing.to_dict(), s, min(s + chunk, len(files)))
-            for s in range(0, len(files), chunk)]
-    bad: list[tuple[int, str]] = []
-    if workers == 1 or len(files) < 2 * chunk:
-        results = map(_decode_range, jobs)
-        for done, errors in results:
-            bad += errors
-            if on_progress:
-                on_progress(done)
-    else:
-        with _pool(min(workers, len(jobs))) as pool:
-            for done, errors in pool.imap_unordered(_decode_range, jobs):
-                bad += errors
-                if on_progress:
-                    on_progress(done)
-    bad.sort()
-    meta = {"format": CACHE_FORMAT, "count": len(files), "size": [h, w], "preprocessing": preprocessing.to_dict(),
-            "bad": bad, "created": time.time(), "decode_seconds": time.perf_counter() - started}
-    atomic_write_text(tmp / _META, json.dumps(meta))
-    if folder.exists() and _open(folder, files) is None:
-        shutil.rmtree(folder, ignore_errors=True)  # a damaged cache (its meta.json gone): replace it
     try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same cache first; use theirs
+        tmp.mkdir()
+        bad = decode_into(tmp / _PIXELS, files, preprocessing, workers, on_progress,
+                          lambda what: _cache_error(root, given, what))
+        h, w = preprocessing.size
+        meta = {"format": CACHE_FORMAT, "count": len(files), "size": [h, w], "preprocessing": preprocessing.to_dict(),
+                "bad": bad, "created": time.time(), "decode_seconds": time.perf_counter() - started}
+        atomic_write_text(tmp / _META, json.dumps(meta, allow_nan=False))
+        if folder.exists() and _open(folder, files) is None:
+            shutil.rmtree(folder, ignore_errors=True)  # a damaged cache (its meta.json gone): replace it
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same cache first; use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise _cache_error(root, given, "no space left on the device while writing the image cache" if full
+                           else f"cannot write the image cache ({exc.strerror or exc})") from None
+    except BaseException:  # an error, Ctrl-C or SIGTERM: leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     cache = _open(folder, files)
     if cache is None:
         raise OptionError(f"{folder}: the image cache could not be reopened after building it")

@@ -169,9 +169,11 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     `classifier` is a `runtime.Classifier` for the artifact (it prepares the input exactly as
     for prediction). Returns the predicted label, the explained label and the overlay path.
     """
+    from .outputs import refuse_overlaps
     from .preprocess import read_rgb
     from .runtime import softmax
 
+    refuse_overlaps({"model": classifier.path, "image": image_path}, folders={"--explain-out": out_dir})
     labels = list(classifier.labels)
     kernel = _kernel(classifier.path, len(labels))
     runner = FeatureMapRunner(classifier.path, len(labels), classifier.engine)  # the classifier's own engine
@@ -185,7 +187,7 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     chosen = labels.index(class_name) if class_name is not None else predicted
     cam = class_activation_map(outs.feature_map, kernel[:, chosen])
     heat = heat_on_picture(rgb, cam, classifier.preprocessing)
-    out = Path(out_dir) / f"{Path(image_path).stem}.{safe_file_name(labels[chosen])}.cam.png"
+    out = overlay_path(out_dir, Path(image_path).stem, f".{safe_file_name(labels[chosen])}.cam.png")
     write_png(out, overlay(rgb, heat))
     return {"image": str(image_path), "predicted": labels[predicted], "probability": float(probs[predicted]),
             "explained": labels[chosen], "overlay": str(out)}
@@ -203,6 +205,21 @@ def _kernel(path: Path, num_classes: int) -> np.ndarray:
             raise ModelError(f"{cam_weights_path(path)}: {kernel.shape[1]} classes, the model has {num_classes}")
         _KERNELS[key] = kernel
     return _KERNELS[key]
+
+
+_WRITTEN: set[Path] = set()  # overlays this process wrote: a second image of the same name gets its own
+
+
+def overlay_path(out_dir: str | Path, stem: str, suffix: str, taken: set[Path] | None = None) -> Path:
+    """`out_dir/stem + suffix`, numbered (`stem-2...`) when this run already wrote that name: two
+    images called x.jpg in different folders must not share one overlay file."""
+    taken = _WRITTEN if taken is None else taken
+    path, n = Path(out_dir) / f"{stem}{suffix}", 1
+    while path in taken:
+        n += 1
+        path = Path(out_dir) / f"{stem}-{n}{suffix}"
+    taken.add(path)
+    return path
 
 
 def safe_file_name(name: str) -> str:

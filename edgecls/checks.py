@@ -7,11 +7,32 @@ name as the message's first word; the command line shows it as its flag (`--lear
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+from typing import Any, Sequence
 
 from .errors import OptionError
 
 MAX_THREADS = 1024  # what an engine's C++ int takes with room to spare; no machine has more cores
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def of_type(option: str, value: Any, kind: type, optional: bool = False) -> None:
+    """`value` is a `kind` as the command line would have parsed it: an int is a whole number
+    (not 1.5, not true), a float any real number (not true), a bool true or false, a str text;
+    None only when `optional`."""
+    if value is None and optional:
+        return
+    if kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise OptionError(f"{option} must be {_KIND_NAMES.get(kind, kind.__name__)}"
+                          f"{' (or left out)' if optional else ''}, got {value!r}", option)
 
 
 def at_least(option: str, value: float | None, low: float) -> None:

@@ -16,6 +16,7 @@ from . import checks
 from .data import fold_indices
 from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
 from .files import atomic_write_text
+from .outputs import refuse_overlaps
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -71,6 +72,7 @@ def cross_validate(dataset: str | Path, out_dir: str | Path, config, folds: int 
 
     fold_indices(data_mod.scan(dataset).targets, folds, 0, config.seed)  # dataset checks before any training
     out_dir = Path(out_dir)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
     rows = []
     for i in range(folds):
         fold_config = dataclasses.replace(config, fold=[folds, i])
@@ -132,7 +134,7 @@ def _finish(name: str, rows: list[dict], out_dir: Path, meta: dict) -> CVResult:
     result = CVResult(name, rows, summarize(rows))
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, **meta, "folds_table": rows, "summary": result.summary}
-    atomic_write_text(out_dir / "cv.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "cv.json", json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "cv.md", markdown_table(result))
     result.paths = {"json": str(out_dir / "cv.json"), "md": str(out_dir / "cv.md"),
                     "png": str(plot_folds(result, out_dir / "cv.png"))}

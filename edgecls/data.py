@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DatasetError, ImageError, OptionError
-from .preprocess import Preprocessing, is_image_name
+from .preprocess import IMAGE_SUFFIXES, Preprocessing, is_image_name
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -57,9 +57,12 @@ def scan(root: str | Path) -> ImageFolder:
     files, targets = [], []
     for index, d in enumerate(class_dirs):
         _visit_dir(d, root_real, seen_dirs)
-        members = _class_files(d, root_real, seen_dirs, seen_files)
+        others: list[str] = []
+        members = _class_files(d, root_real, seen_dirs, seen_files, others)
         if not members:
-            raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images")
+            ignored = (f" ({len(others)} other file(s) ignored, such as {', '.join(others[:3])}; image files end in "
+                       f"{', '.join(IMAGE_SUFFIXES)})") if others else ""
+            raise DatasetError(f"{d}: class folder '{d.name}' is empty; every class needs images{ignored}")
         files.extend(members)
         targets.extend([index] * len(members))
     if len(class_dirs) < 2:
@@ -82,7 +85,8 @@ def _visit_dir(path: Path, root_real: Path, seen: dict[Path, Path]) -> None:
 
 
 def _class_files(class_dir: Path, root_real: Path, seen_dirs: dict[Path, Path],
-                 seen_files: dict[Path, Path]) -> list[Path]:
+                 seen_files: dict[Path, Path], others: list[str]) -> list[Path]:
+    """The image files under a class folder (`is_image_name`); other file names go to `others`."""
     def unlistable(exc: OSError) -> None:
         raise DatasetError(f"{exc.filename}: cannot list this folder ({exc.strerror})")
 
@@ -93,7 +97,10 @@ def _class_files(class_dir: Path, root_real: Path, seen_dirs: dict[Path, Path],
             _visit_dir(Path(dirpath) / name, root_real, seen_dirs)
         for name in filenames:
             path = Path(dirpath) / name
-            if name.startswith(".") or not path.is_file():
+            if not path.is_file():
+                continue
+            if not is_image_name(name):
+                others.append(name)
                 continue
             real = path.resolve()
             if real in seen_files:
@@ -170,7 +177,8 @@ def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndar
         raise DatasetError("the manifest's source.split.files is not {train, val, test: [file, ...]}; "
                            "retrain or remove the field")
     index = {f.relative_to(folder.root).as_posix(): i for i, f in enumerate(folder.files)}
-    gone = [f for k in ("val", "test") for f in recorded.get(k, []) if f not in index]
+    # Files recorded before non-image names stopped being members (notes.txt) are not gone.
+    gone = [f for k in ("val", "test") for f in recorded.get(k, []) if f not in index and is_image_name(f)]
     if gone:
         raise DatasetError(
             f"{folder.root}: {len(gone)} file(s) of the validation/test split recorded with the model are "
@@ -180,6 +188,49 @@ def recorded_split(folder: ImageFolder, split: dict | None) -> dict[str, np.ndar
            for k in ("train", "val", "test")}
     out["all"] = np.arange(len(folder.files))
     return out
+
+
+def is_training_folder(folder: ImageFolder, source: dict | None) -> bool:
+    """Whether `folder` is the one a model was trained on (its manifest's `source`): the recorded
+    path, or a copy of it (moved to another disk or machine) that holds every recorded validation
+    and test file and some recorded training files."""
+    source = source or {}
+    recorded = source.get("dataset")
+    if isinstance(recorded, str) and recorded and Path(recorded).resolve() == folder.root.resolve():
+        return True
+    files = (source.get("split") or {}).get("files") if isinstance(source.get("split"), dict) else None
+    if not isinstance(files, dict):
+        return False
+    names = {f.relative_to(folder.root).as_posix() for f in folder.files}
+    held_out = [f for k in ("val", "test") for f in files.get(k) or [] if isinstance(f, str)]
+    return bool(held_out) and all(f in names for f in held_out) and any(
+        f in names for f in files.get("train") or [] if isinstance(f, str))
+
+
+def evaluation_split(folder: ImageFolder, source: dict | None, split: str = "auto"
+                     ) -> tuple[dict[str, np.ndarray], str, str | None]:
+    """The splits of `folder` to score a model on, the split chosen (`auto`: validation when the
+    model records a split of this folder, else all) and a note for the user, or None.
+
+    A recorded split belongs to the training folder only: any other folder is a held-out set and
+    is evaluated whole (asking for its val/train/test split is a DatasetError)."""
+    source = source or {}
+    split_cfg = source.get("split")
+    if not split_cfg or is_training_folder(folder, source):
+        return recorded_split(folder, split_cfg), (("val" if split_cfg else "all") if split == "auto" else split), None
+    where = f" ({source.get('dataset')})" if source.get("dataset") else ""
+    if split not in ("auto", "all"):
+        raise DatasetError(f"{folder.root}: not the folder the model was trained on{where}, so it has no {split} "
+                           "split; evaluate it whole (--split all or auto)")
+    note = (f"{folder.root} is not the folder the model was trained on{where}: all {len(folder.files)} images "
+            "evaluated, as a held-out set")
+    files = split_cfg.get("files") if isinstance(split_cfg, dict) else None
+    trained = set(files.get("train") or []) if isinstance(files, dict) else set()
+    shared = sum(f.relative_to(folder.root).as_posix() in trained for f in folder.files)
+    if shared:
+        note += (f"; {shared} of them have the names of photos the model was trained on (class/file): if they are "
+                 "the same photos, this accuracy is optimistic")
+    return {"all": np.arange(len(folder.files))}, "all", note
 
 
 def label_indices(folder: ImageFolder, labels: Sequence[str]) -> np.ndarray:
@@ -256,7 +307,7 @@ def load_calibration_folder(path: str | Path, preprocessing: Preprocessing, coun
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(f"{path}: calibration folder not found")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
     if not files:
         raise DatasetError(f"{path}: no image files for calibration")
     # A file's class is its top sub-folder; files directly in `path` form one group.

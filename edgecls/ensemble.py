@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .files import atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 from .keras_model import keras as _keras, keras_manifest, load_keras_model, save_keras_model
 from .manifest import Manifest, load_manifest
+from .outputs import refuse_overlaps
 from .preprocess import Preprocessing
 
 
@@ -134,12 +135,14 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
     bench take it unchanged) and report its validation accuracy against each member's."""
     paths = [Path(p) for p in model_paths]
     manifests, warnings = _check_members(paths)
+    out_dir = Path(out_dir)
+    refuse_overlaps({**{f"member {i + 1}": p for i, p in enumerate(paths)}, "dataset": dataset},
+                    folders={"--out": out_dir})
     labels, first = manifests[0].labels, manifests[0]
     member_pre = [m.preprocessing for m in manifests]
     pre = ensemble_preprocessing(member_pre)
     activations = [m.output.get("activation", "softmax") for m in manifests]
     model = build_ensemble_model([load_keras_model(p) for p in paths], member_pre, pre, activations)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = save_keras_model(model, out_dir / "model.keras")
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
@@ -157,7 +160,7 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
         manifest.verification = {"val_accuracy": result.metrics["ensemble"]["accuracy"],
                                  "val_count": result.metrics["count"]}
         manifest.save(model_path)
-        atomic_write_text(out_dir / "metrics.json", json.dumps({**result.metrics, "warnings": warnings}, indent=2) + "\n")
+        atomic_write_json(out_dir / "metrics.json", {**result.metrics, "warnings": warnings})
     else:
         result.warnings.append(f"{ds}: dataset not found; the ensemble was not evaluated (pass --dataset)")
     return result
@@ -174,7 +177,8 @@ def compare_on_validation(model_path: Path, member_paths: Sequence[Path], datase
     ens = KerasScorer(model_path)
     folder = data_mod.scan(dataset)
     to_model = data_mod.label_indices(folder, ens.labels)
-    idx = data_mod.recorded_split(folder, ens.manifest.source.get("split"))["val"]
+    parts, split, _ = data_mod.evaluation_split(folder, ens.manifest.source)  # another folder: all of it
+    idx = parts[split]
     rows = {}
     count = 0
     for name, path in [("ensemble", model_path)] + [(f"member_{i}", p) for i, p in enumerate(member_paths)]:
@@ -186,5 +190,5 @@ def compare_on_validation(model_path: Path, member_paths: Sequence[Path], datase
                       "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
                       "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
     best = max((k for k in rows if k != "ensemble"), key=lambda k: rows[k]["accuracy"])
-    return {**rows, "count": count, "best_member": best,
+    return {**rows, "count": count, "split": split, "best_member": best,
             "gain_over_best_member_pp": round(100 * (rows["ensemble"]["accuracy"] - rows[best]["accuracy"]), 2)}

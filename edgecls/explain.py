@@ -8,7 +8,6 @@ The explained layer is the last one with a 4-D output; the layers after it must 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 
 from . import cam as cam_mod
 from .errors import ModelError, OptionError
+from .outputs import refuse_overlaps
 from .keras_model import keras as _keras
 from .preprocess import Preprocessing, read_rgb
 
@@ -173,29 +173,32 @@ def _load(model_path: Path):
 def explain_images(model_path: str | Path, images: Sequence[str | Path], out_dir: str | Path,
                    class_name: str | None = None) -> list[dict[str, Any]]:
     """Grad-CAM overlays (PNG) for the predicted class, or `class_name`, of each image."""
+    out_dir = Path(out_dir)
+    refuse_overlaps({"model": model_path, "image": images}, folders={"--out": out_dir})
     scorer = _load(Path(model_path))
     labels = list(scorer.labels)
     if class_name is not None and class_name not in labels:
         raise OptionError(f"--class {class_name!r} is not one of the model's labels: {', '.join(labels)}")
-    out_dir = Path(out_dir)
     results = []
+    taken: set[Path] = set()
     for path in images:
         rgb = read_rgb(path)
         results.append(_explain_one(scorer.model, scorer.preprocessing, labels, rgb, Path(path).stem, out_dir,
-                                    labels.index(class_name) if class_name else None))
+                                    labels.index(class_name) if class_name else None, taken))
         results[-1]["image"] = str(path)
     return results
 
 
 def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np.ndarray, stem: str,
-                 out_dir: Path, class_index: int | None) -> dict[str, Any]:
+                 out_dir: Path, class_index: int | None, taken: set[Path] | None = None) -> dict[str, Any]:
     x = preprocessing(rgb)[None]
     maps, logits = grad_cam(model, x, class_index)
     probs = _probabilities(model, logits)
     predicted = int(np.argmax(probs[0]))
     chosen = predicted if class_index is None else class_index
     heat = cam_mod.heat_on_picture(rgb, maps[0], preprocessing)
-    out = out_dir / f"{stem}.{cam_mod.safe_file_name(labels[chosen])}.gradcam.png"
+    out = cam_mod.overlay_path(out_dir, stem, f".{cam_mod.safe_file_name(labels[chosen])}.gradcam.png",
+                               set() if taken is None else taken)
     cam_mod.write_png(out, cam_mod.overlay(rgb, heat))
     return {"predicted": labels[predicted], "probability": float(probs[0, predicted]),
             "explained": labels[chosen], "overlay": str(out)}
@@ -218,17 +221,18 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     """An HTML page of the images of `split` the model gets wrong, each with Grad-CAM overlays for
     the predicted and the true class. Returns counts and the page's path."""
     from . import data as data_mod
-    from .files import atomic_write_text
+    from .files import atomic_write_json, atomic_write_text
 
     if limit < 1:
         raise OptionError(f"limit must be at least 1, got {limit}")
+    refuse_overlaps({"model": model_path, "dataset": dataset}, folders={"--out": out_dir})
     scorer = _load(Path(model_path))
     labels = list(scorer.labels)
     folder = data_mod.scan(dataset)
     to_model = data_mod.label_indices(folder, labels)
-    parts = data_mod.recorded_split(folder, scorer.manifest.source.get("split"))
-    if split not in parts:
-        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(parts)}")
+    if split not in (*data_mod.SPLITS, "auto"):
+        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
+    parts, split, _ = data_mod.evaluation_split(folder, scorer.manifest.source, split)
     loaded = data_mod.load_images(folder, parts[split], scorer.preprocessing)
     probs = scorer.scores_resized(loaded.images)
     truth = to_model[loaded.targets]
@@ -246,7 +250,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
                      "overlay_true": true["overlay"]})
     page = out_dir / "mistakes.html"
     atomic_write_text(page, _gallery_html(rows, Path(model_path).name, split, len(loaded.targets), out_dir))
-    atomic_write_text(out_dir / "mistakes.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(out_dir / "mistakes.json", rows)
     return {"page": str(page), "count": len(loaded.targets), "wrong": int(np.sum(probs.argmax(1) != truth)),
             "shown": len(rows), "rows": rows}
 

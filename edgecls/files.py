@@ -6,10 +6,13 @@ the new one, never half of one, and a failed write leaves no temporary file behi
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
+
+from .errors import EdgeclsError
 
 
 def sha256_file(path: str | Path) -> str:
@@ -61,10 +64,38 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _named(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The error with the file it was writing (a failed write() names no file: "No space left on
+    device" alone does not say where)."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling path (same suffix) for a writer that wants a file name (Keras): when the
+    block succeeds it is synced and renamed to `path`; when it fails or is interrupted it is
+    removed, and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.urandom(6).hex()}.tmp{path.suffix}")  # Keras wants the suffix
+    try:
+        yield tmp
+        commit_file(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _named(exc, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -87,3 +118,62 @@ def commit_file(written: str | Path, path: str | Path) -> None:
         os.fsync(f.fileno())
     os.replace(written, path)
     fsync_dir(path.parent)
+
+
+def strict_json(obj: Any, where: str, indent: int | None = None) -> str:
+    """JSON text every parser accepts. A NaN or infinity (which Python would write as `NaN`, and
+    strict parsers reject) is an EdgeclsError naming its field: a non-finite result is an error."""
+    import json
+
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        field, value = _non_finite(obj, "")
+        raise EdgeclsError(f"{where}: {field or 'a value'} is {value}, not a finite number; refusing to write "
+                           "it (non-finite results are errors, and JSON has no NaN or infinity)") from None
+
+
+def _non_finite(obj: Any, at: str) -> tuple[str, Any]:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return at, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else str(key))
+        if found[0]:
+            return found
+    return "", None
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Strict JSON (`strict_json`), written atomically."""
+    atomic_write_text(path, strict_json(obj, str(path), indent) + "\n")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (only finite numbers are)")
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON as a strict parser would: NaN, Infinity and -Infinity are ValueErrors."""
+    import json
+
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove what writes into `folder` left half done when their process was ended from another
+    thread (`os._exit` runs no `finally`): the temporary siblings of `atomic_writer` and
+    `atomic_output` (which `save_keras_model` uses), and of older `save_keras_model` versions."""
+    import re
+
+    pattern = re.compile(r"^\..+\.([0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?|tmp\.keras)$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if pattern.match(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass

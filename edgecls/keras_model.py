@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
-from .files import commit_file, sha256_file
+from .files import atomic_output, sha256_file
 from .manifest import Manifest, load_manifest, manifest_path, verify_checksums
 from .preprocess import Preprocessing
+from .runtime import finite_scores
 
 
 def keras():
@@ -43,15 +44,11 @@ def load_keras_model(path: str | Path):
 
 
 def save_keras_model(model, path: str | Path) -> Path:
-    """Write a Keras model atomically (Keras writes a temporary sibling, which then replaces `path`)."""
+    """Write a Keras model atomically (Keras writes a temporary sibling, which then replaces `path`;
+    a failed write, a full disk included, leaves neither the temporary file nor a changed `path`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # Keras wants the .keras suffix
-    try:
+    with atomic_output(path) as tmp:
         model.save(tmp)
-        commit_file(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -79,7 +76,7 @@ class KerasScorer:
             raise ModelError(f"{path}: model file not found")
         verify_checksums(path, manifest)
         self.model = load_keras_model(path)
-        self.manifest = manifest
+        self.manifest, self.path = manifest, path
         self.labels = manifest.labels
         self.preprocessing = manifest.preprocessing
 
@@ -87,4 +84,4 @@ class KerasScorer:
         """Probabilities (N, classes) for resized RGB uint8 pictures (N, H, W, 3)."""
         out = [np.asarray(self.model.predict_on_batch(self.preprocessing.normalize(images[i : i + batch_size])))
                for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        return finite_scores(np.concatenate(out).astype(np.float32), self.path)

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ModelError, OptionError
-from .files import atomic_write_text, sha256_file
+from .files import atomic_write_json, loads_strict, sha256_file
 from .preprocess import Preprocessing
 
 SCHEMA = "edgecls.manifest/1"
@@ -43,7 +43,7 @@ class Manifest:
     verification: dict[str, Any] = field(default_factory=dict)
     edgecls_version: str = __version__
     created: str = ""
-    companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
+    companions: dict[str, str] = field(default_factory=dict)  # file beside it -> sha256 (OpenVINO .bin, ONNX external data)
     # Check images (`edgecls.check_images`): {"image": path relative to the artifact's folder, "sha256",
     # "top1": the answer expected from the artifact, "probability"}; `edgecls doctor` runs them.
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -74,18 +74,21 @@ class Manifest:
         return _parse_manifest(d, where)
 
     def save(self, artifact: str | Path) -> Path:
-        """Write the manifest beside `artifact`; its companion files (an OpenVINO IR's weights) get
-        their checksums too."""
+        """Write the manifest beside `artifact`; the files it reads (an OpenVINO IR's weights, an ONNX
+        model's external data) get their checksums too."""
         from .engines import companion_files
 
         artifact = Path(artifact)
         for companion in companion_files(artifact):
             if companion.is_file():
                 self.companions[companion.name] = sha256_file(companion)
-        import json
+        if artifact.suffix.lower() == ".onnx" and artifact.is_file():
+            from .engines.onnx import check_external_data
 
+            for location in check_external_data(artifact, artifact.read_bytes()):
+                self.companions[Path(location).as_posix()] = sha256_file(artifact.parent / location)
         path = manifest_path(artifact)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
         return path
 
 
@@ -213,8 +216,9 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             _fail("source.split", "null or a JSON object", split)
         companions = _table(d, "companions", "companions")
         for name, sha in companions.items():
-            if "/" in name or "\\" in name or name in ("", ".", ".."):
-                _fail("companions", "file names beside the artifact", name)
+            parts = name.split("/")
+            if "\\" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                _fail("companions", "relative paths of files in the artifact's folder", name)
             _sha(sha, f"companions.{name}")
         checks = _checks(d.get("checks"), labels)
         return Manifest(
@@ -260,7 +264,7 @@ def verify_checksums(artifact: str | Path, manifest: Manifest) -> None:
     what its manifest recorded. Run before an engine opens the file: a modified model may not load."""
     artifact = Path(artifact)
     checks = [(artifact, manifest.artifact_sha256)] if manifest.artifact_sha256 else []
-    checks += [(artifact.with_name(name), sha) for name, sha in manifest.companions.items()]
+    checks += [(artifact.parent / name, sha) for name, sha in manifest.companions.items()]
     for path, expected in checks:
         if not path.is_file():
             raise ModelError(f"{path}: missing; the manifest {manifest_path(artifact).name} lists it with a checksum")
@@ -276,11 +280,9 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
     path = manifest_path(artifact)
     if not path.exists():
         return None
-    import json  # only when there is a manifest: a cold start without one skips it
-
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        data = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the manifest ({exc.strerror})") from None
@@ -288,25 +290,32 @@ def load_manifest(artifact: str | Path) -> Manifest | None:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Read a label file: one label per line (a `index label` or `index: label` prefix is stripped)."""
+    """Read a label file: one label per line. An `index label` or `index: label` prefix is
+    stripped only when the lines are numbered 0, 1, ... N-1 throughout ("0 degrees", "90 degrees"
+    are labels, not indexes). A UTF-8 byte order mark is not part of the first label."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: label file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ModelError(f"{path}: label file is not UTF-8 text, expected one label per line") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the label file ({exc.strerror})") from None
-    labels = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        head, _, rest = line.partition(" ")
-        if rest and head.rstrip(":").isdigit():
-            line = rest.strip()
-        labels.append(line)
-    if not labels:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise ModelError(f"{path}: label file is empty, expected one label per line")
-    return labels
+    numbered = [_numbered(line) for line in lines]
+    if all(n is not None and n[0] == i for i, n in enumerate(numbered)):
+        return [n[1] for n in numbered]  # type: ignore[index]
+    return lines
+
+
+def _numbered(line: str) -> tuple[int, str] | None:
+    """(index, label) of a line `12 label` or `12: label`, else None."""
+    digits = len(line) - len(line.lstrip("0123456789"))
+    rest = line[digits:]
+    if not digits or not (rest.startswith(":") or rest[:1].isspace()):
+        return None
+    label = rest.removeprefix(":").strip()
+    return (int(line[:digits]), label) if label else None

@@ -181,10 +181,12 @@ def _resize(cv2, rgb: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def decode_rgb(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to an 8-bit RGB HxWx3 array.
+    """Decode encoded image bytes to an 8-bit RGB HxWx3 array, turned as its EXIF orientation says.
 
     Grayscale, RGBA (composited on white) and 16-bit images are converted; anything that is not
-    a decodable image raises ImageError naming `name`.
+    a decodable image raises ImageError naming `name`. The orientation rule is the same for every
+    format: OpenCV applies it to JPEG (IMREAD_COLOR) and TIFF; PNG (read unchanged, for its alpha)
+    and WebP come unturned, so their EXIF orientation is read here and applied the same way.
     """
     cv2 = _cv2()
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
@@ -199,7 +201,8 @@ def decode_rgb(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
         img = None
     if img is None or img.size == 0:
         raise ImageError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
-    return to_rgb8(img, name, bgr=True)
+    rgb = to_rgb8(img, name, bgr=True)
+    return rgb if is_jpeg else orient(rgb, exif_orientation(buf))  # buf: no copy of the file
 
 
 def to_rgb8(img: np.ndarray, name: str = "<array>", bgr: bool = False) -> np.ndarray:
@@ -242,11 +245,79 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return decode_rgb(data, str(path))
 
 
+def exif_orientation(data: bytes | np.ndarray) -> int:
+    """The EXIF orientation (1-8) a PNG (eXIf chunk) or WebP (EXIF chunk) carries; 1 when it has
+    none, or for other formats (OpenCV turns JPEG and TIFF itself)."""
+    raw = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+    head = bytes(raw[:12])
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _tiff_orientation(_png_chunk(raw, b"eXIf"))
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _tiff_orientation(_riff_chunk(raw, b"EXIF"))
+    except (IndexError, ValueError):
+        pass  # a damaged EXIF block: the picture as stored
+    return 1
+
+
+def _png_chunk(raw: memoryview, kind: bytes) -> bytes:
+    i = 8
+    while i + 8 <= len(raw):
+        length = int.from_bytes(raw[i : i + 4], "big")
+        if raw[i + 4 : i + 8] == kind:
+            return bytes(raw[i + 8 : i + 8 + length])
+        if raw[i + 4 : i + 8] == b"IEND":
+            break
+        i += 12 + length
+    return b""
+
+
+def _riff_chunk(raw: memoryview, kind: bytes) -> bytes:
+    i = 12
+    while i + 8 <= len(raw):
+        length = int.from_bytes(raw[i + 4 : i + 8], "little")
+        if raw[i : i + 4] == kind:
+            return bytes(raw[i + 8 : i + 8 + length])
+        i += 8 + length + (length & 1)
+    return b""
+
+
+def _tiff_orientation(exif: bytes) -> int:
+    """Tag 0x0112 of IFD0 of an EXIF (TIFF-structured) block; 1 when absent or out of range."""
+    exif = exif.removeprefix(b"Exif\0\0")
+    order = {b"II": "little", b"MM": "big"}.get(exif[:2])
+    if order is None:
+        return 1
+    ifd = int.from_bytes(exif[4:8], order)
+    for k in range(int.from_bytes(exif[ifd : ifd + 2], order)):
+        entry = exif[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+        if int.from_bytes(entry[0:2], order) == 0x0112:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a picture as EXIF orientation 1-8 says (the transforms OpenCV applies to JPEG)."""
+    if orientation in (5, 6, 7, 8):
+        rgb = rgb.transpose(1, 0, 2)
+    flips = {2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1), slice(None, None, -1)),
+             4: (slice(None, None, -1),), 6: (slice(None), slice(None, None, -1)),
+             7: (slice(None, None, -1), slice(None, None, -1)), 8: (slice(None, None, -1),)}.get(orientation)
+    if flips:
+        rgb = rgb[flips]
+    return rgb if orientation in (1, 0) else np.ascontiguousarray(rgb)
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
 def is_image_name(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """Whether a file's name makes it a photo of a dataset, calibration or stream folder: an image
+    suffix, and not hidden (macOS `._x.jpg` resource forks, `.x.jpg` partial downloads). The one
+    rule for every folder of images (Thumbs.db, notes.txt and the like are not members)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 __all__ = [

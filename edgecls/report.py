@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise EdgeclsError(f"{path}: benchmark report not found")
+    from .files import loads_strict
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        doc = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # NaN and Infinity too: they are not JSON
         raise EdgeclsError(f"{path}: not a JSON benchmark report ({exc})") from None
     except OSError as exc:
         raise EdgeclsError(f"{path}: cannot read the report ({exc.strerror})") from None
@@ -194,24 +197,64 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
 """
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
-    """Markdown comparison of run B against run A (ratios B/A) and the list of regressions."""
-    def key(r):
-        return r["name"]
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    rows_a, rows_b = {key(r): r for r in a["results"]}, {key(r): r for r in b["results"]}
+
+def match_results(a: list[dict], b: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict], list[dict]]:
+    """Pair the results of two runs by a stable identity, never by the path as typed: the
+    artifact's checksum (the same file measured twice), then the name, then a name that ends the
+    other one (`export/model_int8.tflite` and `model_int8.tflite`, when just one does). Returns
+    the pairs and the results of A and of B left unpaired."""
+    left, right = list(a), list(b)
+    pairs: list[tuple[dict, dict]] = []
+
+    def take(key) -> None:
+        for ra in list(left):
+            ka = key(ra)
+            candidates = [rb for rb in right if ka is not None and key(rb) == ka]
+            if ka is not None and len(candidates) == 1 and sum(key(x) == ka for x in left) == 1:
+                pairs.append((ra, candidates[0]))
+                left.remove(ra)
+                right.remove(candidates[0])
+
+    take(lambda r: r.get("sha256") if isinstance(r.get("sha256"), str) and r.get("sha256") else None)
+    take(lambda r: r["name"])
+    for ra in list(left):
+        ends = [rb for rb in right if rb["name"].endswith("/" + ra["name"]) or ra["name"].endswith("/" + rb["name"])]
+        if len(ends) == 1:
+            pairs.append((ra, ends[0]))
+            left.remove(ra)
+            right.remove(ends[0])
+    return pairs, left, right
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
+    """Markdown comparison of run B against run A (ratios B/A) and the list of what fails a gate:
+    regressions beyond the tolerance, and everything that would make a gate pass on nothing: an
+    artifact of A missing from B, a figure A had that B lacks or that is not a finite number, no
+    artifact in common."""
+    pairs, only_a, only_b = match_results(a["results"], b["results"])
     lines = [f"A: {provenance(a)}", "", f"B: {provenance(b)}", "",
              "| artifact | " + " | ".join(label for _, label, _ in COMPARED) + " |",
              "|---|" + "---|" * len(COMPARED)]
     regressions = []
-    for name in sorted(set(rows_a) | set(rows_b)):
-        if name not in rows_a or name not in rows_b:
-            lines.append(f"| {name} | " + ("only in B" if name in rows_b else "only in A") + " |" * len(COMPARED))
-            continue
+    if not pairs and (a["results"] or b["results"]):
+        regressions.append("no artifact of A was found in B (matched by checksum, then by name): nothing was compared")
+    for ra in only_a:
+        regressions.append(f"{ra['name']}: measured in A, missing from B")
+    for ra, rb in sorted(pairs, key=lambda p: p[1]["name"]):
+        name = rb["name"] if ra["name"] == rb["name"] else f"{ra['name']} -> {rb['name']}"
         cells = []
         for field, label, lower_is_better in COMPARED:
-            va, vb = _get(rows_a[name], field), _get(rows_b[name], field)
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb)) or va == 0:
+            va, vb = _get(ra, field), _get(rb, field)
+            a_ok = _number(va) and math.isfinite(va)
+            if a_ok and not (_number(vb) and math.isfinite(vb)):
+                cells.append("missing ⚠" if vb is None else "invalid ⚠")
+                regressions.append(f"{name}: {label} was {va:.4g} in A, " +
+                                   ("missing in B" if vb is None else f"{vb!r} in B, not a finite number"))
+                continue
+            if not a_ok or not _number(vb) or va == 0:
                 cells.append("-")
                 continue
             ratio = vb / va
@@ -220,6 +263,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
             if worse:
                 regressions.append(f"{name}: {label} {va:.4g} -> {vb:.4g} ({ratio:.2f}x)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for r, side in [(r, "A") for r in only_a] + [(r, "B") for r in only_b]:
+        lines.append(f"| {r['name']} | only in {side}" + " |" * len(COMPARED))
     if a["host"].get("cpu_class", "?") != b["host"].get("cpu_class", "?"):
         lines += ["", f"Note: different CPU classes ({a['host'].get('cpu_class', '?')} vs {b['host'].get('cpu_class', '?')}): "
                   "int8 kernels differ between them (VNNI, AVX2, NEON), so int8 accuracy and latency may too."]
@@ -232,12 +277,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def write_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    from .files import atomic_write_text
+    from .files import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "html": out_dir / "bench.html"}
-    atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
+    atomic_write_json(paths["json"], report)
     atomic_write_text(paths["md"], markdown(report))
     atomic_write_text(paths["html"], html_page(report))
     return paths

@@ -29,6 +29,17 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
+def finite_scores(scores: np.ndarray, where: str | Path | None) -> np.ndarray:
+    """`scores` when every value is a finite number; a ModelError otherwise. A model with NaN
+    weights (or one that overflows) answers NaN, and argmax(NaN) would silently say class 0."""
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores).all(axis=-1)).sum()) if scores.ndim > 1 else 1
+        raise ModelError(f"{where}: the model's outputs are not finite numbers (NaN or infinity) for {bad} of "
+                         f"{len(scores) if scores.ndim > 1 else 1} input(s): its weights are broken or it "
+                         "overflows; retrain or re-export it")
+    return scores
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -92,6 +103,12 @@ class Classifier:
             raise ModelError(f"{path}: expected a 4-D image input, the model has input shape {list(shape)}")
         # NCHW models (ONNX zoo, PyTorch exports) have the 3 channels in dimension 1.
         self.layout = "NCHW" if shape[1] == 3 and shape[3] != 3 else "NHWC"
+        if 3 not in (shape[1], shape[3]) and shape[3] != -1:
+            raise ModelError(f"{path}: the model's input {list(shape)} does not take 3-channel (RGB) images "
+                             "([N, H, W, 3] or [N, 3, H, W]); edgecls feeds colour pictures")
+        if np.dtype(engine.input.dtype).name not in _INPUT_TYPES:
+            raise ModelError(f"{path}: the model's input is {np.dtype(engine.input.dtype).name}; an image input "
+                             f"must be one of {', '.join(_INPUT_TYPES)}")
         classes = int(engine.output.shape[-1])
         labels = list(labels)
         if classes > 0 and len(labels) == classes + 1 and labels[0].lower() == "background":
@@ -170,7 +187,7 @@ class Classifier:
             raise ModelError(f"{self.path}: {_UNKNOWN_ACTIVATION}")
         if self.output_activation == "none":
             scores = softmax(scores)
-        return scores
+        return finite_scores(scores, self.path)
 
     def scores(self, images: Iterable[np.ndarray], batch_size: int = 1) -> np.ndarray:
         """Probabilities for RGB uint8 pictures of any size."""
@@ -194,6 +211,7 @@ class Classifier:
         return top_k(self.scores([rgb])[0], self.labels, top_k_count)
 
 
+_INPUT_TYPES = ("float32", "float16", "float64", "uint8", "int8")
 _UNKNOWN_ACTIVATION = ("cannot tell whether the model outputs probabilities (no manifest, and its graph could "
                        "not be read); pass --activation softmax (it ends in a softmax) or none (it outputs logits)")
 
@@ -248,6 +266,11 @@ def open_artifact(path: str | Path, verify_checksum: bool = True, **engine_optio
     if sidecar is not None and verify_checksum and path.is_file():
         verify_checksums(path, sidecar)
     engine = open_engine(path, **engine_options)
+    if sidecar is not None and verify_checksum and sidecar.artifact_sha256:
+        unchecked = [f for f in getattr(engine, "external_data", []) if Path(f).as_posix() not in sidecar.companions]
+        if unchecked:
+            raise ModelError(f"{path}: its external data file {unchecked[0]!r} is not covered by the manifest's "
+                             f"checksums; re-export it (or write the manifest again with Manifest.save)")
     manifest = sidecar or _embedded_manifest(engine, path)
     if manifest is not None:
         check_structure(manifest, engine, path)

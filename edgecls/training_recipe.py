@@ -44,8 +44,16 @@ def _toml(v) -> str:
     return json.dumps(str(v))
 
 
+# TrainConfig fields that describe a machine or a run, not a recipe: a recipe shared between
+# machines must not decide where the cache goes or how many processes decode.
+NOT_IN_RECIPES = {"cache_dir": "the cache folder is the machine's: set EDGECLS_CACHE",
+                  "workers": "the number of decoding processes is the machine's",
+                  "fold": "folds are chosen by edgecls cv"}
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The `[train]` table of a recipe TOML, checked against TrainConfig's fields."""
+    """The `[train]` table of a recipe TOML, checked as command-line options are (the one
+    validation, `TrainConfig.validate`); errors name the file and the setting."""
     path = Path(path)
     if not path.is_file():
         raise OptionError(f"--recipe {path}: no such file")
@@ -59,10 +67,23 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     known = config_fields()
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise OptionError(f"--recipe {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "input_size" in table:
-        size = table["input_size"]
-        table["input_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+        raise OptionError(f"--recipe {path}: unknown settings {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(set(known) - set(NOT_IN_RECIPES)))}")
+    machine = sorted(set(table) & set(NOT_IN_RECIPES))
+    if machine:
+        raise OptionError(f"--recipe {path}: [{RECIPE_TABLE}] " + "; ".join(
+            f"{name} cannot be set by a recipe ({NOT_IN_RECIPES[name]})" for name in machine))
+    size = table.get("input_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        table["input_size"] = (size, size)  # `input_size = 160` is 160x160, as --input-size 160
+    elif isinstance(size, list):
+        table["input_size"] = tuple(size)
+    from .train import TrainConfig
+
+    try:
+        TrainConfig(**table).validate()
+    except OptionError as exc:  # named by its setting in the file, not by a command-line flag
+        raise OptionError(f"--recipe {path}: [{RECIPE_TABLE}] {exc}") from None
     return table
 
 

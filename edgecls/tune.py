@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 from . import checks
 from .errors import OptionError
-from .files import atomic_write_text
+from .files import atomic_write_json, atomic_write_text
+from .outputs import refuse_overlaps
 from .training_recipe import save_recipe
 
 # (TrainConfig field, kind, arguments): every name is a TrainConfig field (a test checks it).
@@ -196,6 +197,7 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     train_count = int(count * (1 - 1 / folds)) if folds else int(count * (1 - base.val_fraction - base.test_fraction))
     space = _including(base, search_space(base) if space is None else space)
     out_dir = Path(out_dir)
+    refuse_overlaps({"dataset": dataset}, folders={"--out": out_dir})
     out_dir.mkdir(parents=True, exist_ok=True)
     objective = _Objective(dataset, out_dir, base, folds, space, train_count, console, on_trial)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -231,7 +233,7 @@ def _write(result: TuneResult, dataset, out_dir: Path, folds: int, space: list) 
     payload = {"dataset": str(dataset), "folds": folds, "space": [list(map(str, d[:2])) for d in space],
                "trials": result.trials, "best": result.best, "baseline": result.baseline,
                "confirmation": result.confirmation}
-    atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(out_dir / "trials.json", payload)
     atomic_write_text(out_dir / "trials.md", trials_table(result, folds))
     result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
                     "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(result.recipe_path)}

@@ -1,7 +1,6 @@
 """Whole jobs built from the layers below: evaluation of any model file, and the quickstart."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from . import checks
 from . import data as data_mod
 from .errors import DatasetError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
-from .files import atomic_write_text
+from .files import atomic_write_json, atomic_write_text
+from .outputs import refuse_overlaps
 
 
 def _scorer(model: Path, **engine_options: Any):
@@ -42,14 +42,15 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     check_activation(engine_options.get("activation"))
     console = console or Console(stderr=True)
     model = Path(model)
+    out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
+    refuse_overlaps({"model": model, "dataset": dataset}, folders={"--out": out_dir})
     scores, labels, preprocessing, manifest = _scorer(model, **engine_options)
     folder = data_mod.scan(dataset)
     # Dataset class index -> model output index, by name.
     to_model = data_mod.label_indices(folder, labels)
-    split_cfg = (manifest.source.get("split") if manifest else None) or {}
-    if split == "auto":
-        split = "val" if split_cfg else "all"
-    parts = data_mod.recorded_split(folder, split_cfg)
+    parts, split, note = data_mod.evaluation_split(folder, manifest.source if manifest else None, split)
+    if note:
+        console.print(f"note: {note}", markup=False, highlight=False)
 
     def run(indices):
         loaded = data_mod.load_images(folder, indices, preprocessing)
@@ -62,18 +63,17 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     if skipped:
         console.print(data_mod.skipped_summary(skipped), markup=False)  # file names are not markup
     result: dict[str, Any] = {"model": str(model), "dataset": str(dataset), "split": split, **metrics.to_dict(),
-                              "skipped": [[str(p), why] for p, why in skipped]}
-    if split in ("val", "test") and split_cfg:
+                              "skipped": [[str(p), why] for p, why in skipped], **({"note": note} if note else {})}
+    if split in ("val", "test") and manifest is not None and manifest.source.get("split"):
         train_metrics, _ = run(parts["train"])
         result["train_accuracy"] = train_metrics.accuracy
         warning = overfit_warning(train_metrics.accuracy, metrics.accuracy)
         if warning:
             result["warning"] = warning
-    out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
     out_dir.mkdir(parents=True, exist_ok=True)
     result["confusion_matrix_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png",
                                                         f"{model.name} on {split}"))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out_dir / "metrics.json", result)
     result["metrics_json"] = str(out_dir / "metrics.json")
     result["table"] = format_metrics(metrics)
     return result

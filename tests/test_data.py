@@ -23,17 +23,36 @@ def test_unreadable_files_are_skipped_and_listed(flowers, tmp_path):
     root = _copy_flowers(flowers, tmp_path / "ds")
     cls = sorted(root.iterdir())[0]
     (cls / "empty.jpg").write_bytes(b"")
-    (cls / "notes.txt").write_text("not an image")
+    (cls / "notes.png").write_text("not an image")
     (cls / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     (cls / "placeholder.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")  # GIF placeholder
     folder = data.scan(root)
     loaded = data.load_images(folder, np.arange(len(folder)), Preprocessing.named("tf", (64, 64)))
     assert len(loaded.targets) == 12
     skipped = {p.name: why for p, why in loaded.skipped}
-    assert set(skipped) == {"empty.jpg", "notes.txt", "corrupt.jpg", "placeholder.gif"}
+    assert set(skipped) == {"empty.jpg", "notes.png", "corrupt.jpg", "placeholder.gif"}
     assert "empty" in skipped["empty.jpg"]
     summary = data.skipped_summary(loaded.skipped)
     assert "skipped 4 unreadable" in summary and str(cls / "corrupt.jpg") in summary
+
+
+def test_only_image_files_are_members(flowers, tmp_path):
+    """Thumbs.db, notes.txt, desktop.ini took split slots and manifest entries as unreadable
+    "photos"; macOS `._x.jpg` files were skipped by train but streamed (issue 16, item 17)."""
+    from edgecls.stream import FolderSource
+
+    root = _copy_flowers(flowers, tmp_path / "ds")
+    cls = sorted(root.iterdir())[0]
+    for junk in ("Thumbs.db", "notes.txt", "desktop.ini", "._" + sorted(cls.iterdir())[0].name):
+        (cls / junk).write_bytes(b"\x00\x05\x16\x07 not a picture")
+    folder = data.scan(root)
+    assert len(folder) == 12 and all(data.is_image_name(p) and not p.name.startswith(".") for p in folder.files)
+    assert [p.name for p in FolderSource(cls).files] == [p.name for p in folder.files if p.parent == cls]
+    (root / "only_notes").mkdir()
+    (root / "only_notes" / "readme.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"'only_notes' is empty; every class needs images \(1 other file\(s\) "
+                                           r"ignored, such as readme.txt; image files end in \.jpg"):
+        data.scan(root)
 
 
 def test_empty_class_folder_is_an_error(flowers, tmp_path):

@@ -159,3 +159,30 @@ def test_channel_reversed_views_resize_to_the_same_pixels(assets, mode):
     fast = p.resize_image(view)
     assert fast.flags.c_contiguous
     assert np.array_equal(fast, p.resize_image(np.ascontiguousarray(view)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "JPEG"])
+def test_exif_orientation_is_applied_for_every_format(assets, fmt):
+    """One rule for every format (issue 16, item 16): PNG and WebP EXIF orientations were ignored
+    while JPEG's and TIFF's were applied. Pillow's exif_transpose is the reference; each of the
+    eight orientations of a real photo decodes to the same pixels (JPEG: the same within its loss)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from edgecls.preprocess import decode_rgb, read_rgb
+
+    photo = np.ascontiguousarray(read_rgb(assets / "images/imagenet-photos/parrot.jpg")[::4, ::3])  # not square
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        encoded = io.BytesIO()
+        Image.fromarray(photo).save(encoded, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else
+                                                                         {"quality": 95} if fmt == "JPEG" else {}))
+        got = decode_rgb(encoded.getvalue(), f"photo.{fmt.lower()}")
+        want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(encoded.getvalue()))).convert("RGB"))
+        assert got.shape == want.shape, (fmt, orientation)
+        if fmt == "JPEG":  # two JPEG decoders: within a level or two on average, the same orientation
+            assert np.abs(got.astype(int) - want).mean() < 2, orientation
+        else:
+            assert np.array_equal(got, want), (fmt, orientation)

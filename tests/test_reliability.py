@@ -397,3 +397,551 @@ def test_hostile_model_and_label_files_are_one_line_errors(coral, assets, tmp_pa
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines[0].startswith("error: ") and message in result.stderr.replace("\n", ""), result.stderr
         assert "Traceback" not in result.stderr and "libprotobuf" not in result.stderr
+
+
+# ==== issue 16: the second probe ===================================================================
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from edgecls.errors import OptionError  # noqa: E402
+from edgecls.outputs import LOCK_NAME, output_lock, refuse_overlaps  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its checksum: to prove nothing was touched."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- item 4: outputs never overwrite inputs -------------------------------------------------------
+def test_every_output_is_checked_against_every_input(flowers, tmp_path):
+    """The one helper: an output that is an input (or a hard link to it), lies inside an input
+    folder, or is a folder holding an input file is refused; neighbours are allowed."""
+    video = tmp_path / "clip.avi"
+    video.write_bytes(b"frames")
+    os.link(video, tmp_path / "same_clip.avi")
+    member = tmp_path / "run_a" / "model.keras"
+    member.parent.mkdir()
+    member.write_bytes(b"model")
+    refused = [
+        ({"source": video}, {}, {"--save": video}, "is the source"),
+        ({"source": video}, {}, {"--save": tmp_path / "same_clip.avi"}, "is the source"),
+        ({"dataset": flowers}, {"--out": flowers / "run1"}, {}, "lies inside the dataset folder"),
+        ({"dataset": flowers}, {"--out": flowers}, {}, "is the dataset folder"),
+        ({"dataset": flowers}, {}, {"--save": flowers / "daisy" / "out.mp4"}, "lies inside the dataset folder"),
+        ({"member 1": member}, {"--out": member.parent}, {}, "holds the member 1"),
+        ({"member 1": member}, {"--out": tmp_path / "run_a" / "." / ".." / "run_a"}, {}, "holds the member 1"),
+    ]
+    for inputs, folders, files, message in refused:
+        with pytest.raises(OptionError, match=message):
+            refuse_overlaps(inputs, folders=folders, files=files)
+    refuse_overlaps({"dataset": flowers, "member": member, "camera": "0", "url": "rtsp://host/x"},
+                    folders={"--out": tmp_path / "ensemble"}, files={"--save": tmp_path / "out.avi"})
+
+
+def test_stream_save_onto_its_source_is_refused(coral, assets, tmp_path):
+    import cv2
+
+    video = tmp_path / "photos.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(20):
+        writer.write(cv2.resize(cv2.imread(str(assets / "images/imagenet-photos/parrot.jpg")), (64, 48)))
+    writer.release()
+    before = sha256_file(video)
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    result = run_cli("stream", model, video, "--labels", labels, "--save", video, "--stats-interval", "0")
+    assert result.returncode == 2 and f"--save {video}: is the source" in " ".join(result.stderr.split())
+    assert sha256_file(video) == before
+
+
+def test_train_ensemble_explain_and_evaluate_refuse_outputs_over_inputs(tiny_keras_model, flowers, tmp_path):
+    from edgecls.ensemble import build_ensemble
+    from edgecls.explain import explain_images
+    from edgecls.train import TrainConfig, train
+    from edgecls.workflows import evaluate_model
+
+    data = _small_dataset(flowers, tmp_path / "ds", per_class=3)
+    dataset_files = _tree(data)
+    config = TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=1, fine_tune_epochs=0)
+    for out in (data / "run1", data / "daisy"):
+        with pytest.raises(OptionError, match="inside the dataset folder"):
+            train(data, out, config)
+    # A member's run folder: its model, manifest, labels and metrics stay as they were.
+    member_dir = tmp_path / "member"
+    shutil.copytree(tiny_keras_model.parent, member_dir, ignore=shutil.ignore_patterns("export", "eval"))
+    other = tmp_path / "other"
+    shutil.copytree(member_dir, other)
+    members_before = _tree(member_dir)
+    with pytest.raises(OptionError, match="holds the member 1"):
+        build_ensemble([member_dir / "model.keras", other / "model.keras"], member_dir, data)
+    with pytest.raises(OptionError, match="holds the image"):  # overlays would join the class as photos
+        explain_images(member_dir / "model.keras", [data / "daisy" / sorted(os.listdir(data / "daisy"))[0]],
+                       data / "daisy")
+    with pytest.raises(OptionError, match="holds the model"):  # its metrics.json is the training run's
+        evaluate_model(member_dir / "model.keras", data, out_dir=member_dir)
+    assert _tree(member_dir) == members_before and _tree(data) == dataset_files
+
+
+# --- item 14: one run per output folder --------------------------------------------------------------
+def test_second_run_into_a_locked_output_folder_is_refused_naming_the_holder(tiny_keras_model, flowers, tmp_path):
+    from edgecls.export.pipeline import export_model
+    from edgecls.train import TrainConfig, train
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edgecls.outputs import output_lock\n"
+                               "with output_lock(sys.argv[1], 'edgecls train DS --out OUT'):\n"
+                               "    print('held', flush=True); time.sleep(120)\n", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = TrainConfig(backbone="simple_cnn", weights="none", input_size=(32, 32), epochs=1, fine_tune_epochs=0)
+        with pytest.raises(EdgeclsError, match=rf"{out}: in use by another edgecls run \(pid {holder.pid} on .*"
+                                               r"`edgecls train DS --out OUT`, since"):
+            train(_small_dataset(flowers, tmp_path / "ds", per_class=3), out, config)
+        with pytest.raises(EdgeclsError, match=rf"in use by another edgecls run \(pid {holder.pid} "):
+            export_model(tiny_keras_model, out_dir=out)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # neither run wrote anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed with SIGKILL: its lock file is left, but the kernel released the lock.
+    with output_lock(out, "next run") as lock:
+        assert "next run" in lock.read_text()
+    assert not (out / LOCK_NAME).exists()  # released and removed
+
+
+# --- item 1 and the disk fault injection: a small full file system --------------------------------
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 MB tmpfs of its own (root only): a real full disk, ENOSPC from the kernel."""
+    if os.geteuid() != 0:
+        pytest.skip("fault injection needs root to mount a small tmpfs (a real full disk); not root here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"fault injection needs a small tmpfs; mount refused: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path, leave_kb: int) -> None:
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave_kb * 1024))
+
+
+def _temporary(disk: Path) -> list[str]:
+    return [str(p) for p in disk.rglob("*") if ".tmp" in p.name or p.name.startswith((".building-", ".staging-"))
+            or p.name == LOCK_NAME]
+
+
+def test_full_disk_cache_build_fails_cleanly(flowers, small_disk, tmp_path):
+    """The probe's case: the cache build on a full disk stopped at "decoding images 96/200" forever
+    (workers died of SIGBUS writing through the map; the pool waited for them); a read-only cache
+    folder did not mention EDGECLS_CACHE."""
+    from edgecls import data
+    from edgecls.cache import build_cache
+
+    data_dir = _small_dataset(flowers, tmp_path / "ds")
+    cache = small_disk / "cache"
+    files = data.scan(data_dir).files
+    earlier = build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=2)  # fits: 74 KB
+    pixels = earlier.read(np.arange(len(files)))
+    result = run_cli("train", data_dir, "--backbone", "simple_cnn", "--weights", "none", "--input-size", "256",
+                     "--out", tmp_path / "out", env={"EDGECLS_CACHE": str(cache)}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"{cache}: no space left for the image cache: 4.7 MB needed for 24 images at 256x256" in message
+    assert "set EDGECLS_CACHE to a writable folder with room" in message
+    assert _temporary(small_disk) == [] and [p.name for p in cache.iterdir()] == [earlier.path.name]
+    again = build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=1)
+    assert not again.built and np.array_equal(again.read(np.arange(len(files))), pixels)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(EdgeclsError, match=r"not writable \(the image cache folder, from the cache_dir option\); "
+                                            "set EDGECLS_CACHE"):
+        build_cache(files, Preprocessing.named("tf", (48, 48)), root=cache, workers=1)
+    assert not build_cache(files, Preprocessing.named("tf", (32, 32)), root=cache, workers=1).built  # still served
+
+
+def test_full_disk_training_checkpoint_fails_cleanly(flowers, tiny_keras_model, small_disk, tmp_path):
+    data_dir = _small_dataset(flowers, tmp_path / "ds")
+    earlier = small_disk / "earlier_run"
+    shutil.copytree(tiny_keras_model.parent, earlier, ignore=shutil.ignore_patterns("export", "eval"))
+    before = _tree(earlier)
+    _fill(small_disk, leave_kb=48)  # room for the run's config, not for one epoch's weights
+    out = small_disk / "run"
+    result = run_cli("train", data_dir, "--backbone", "simple_cnn", "--weights", "none", "--input-size", "32",
+                     "--epochs", "3", "--out", out, env={"EDGECLS_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {out / 'checkpoint' / 'state.npz'}: No space left on device" in " ".join(result.stderr.split())
+    assert _temporary(small_disk) == [] and not (out / "model.keras").exists()
+    assert _tree(earlier) == before
+
+
+def test_full_disk_export_fails_cleanly(tiny_keras_model, small_disk):
+    import re
+
+    out = small_disk / "export"
+    # Off a terminal (COLUMNS unset, as in CI) the summary table was cut to 80 columns, numbers lost.
+    first = run_cli("export", tiny_keras_model, "--format", "onnx", "--out", out, "--max-accuracy-drop", "100",
+                    env={"COLUMNS": ""}, timeout=300)
+    assert first.returncode == 0, first.stderr
+    row = next(line for line in first.stdout.splitlines() if "model_fp32.onnx" in line)
+    assert "…" not in first.stdout and re.search(r"│ yes +│ \d+\.\d\d +│ \d\.\d{4} .*\d\.\d{4} \[\d\.\d{3}-\d\.\d{3}\]", row), row
+    before = _tree(out)
+    _fill(small_disk, leave_kb=48)
+    result = run_cli("export", tiny_keras_model, "--format", "tflite,onnx", "--quant", "fp32", "--out", out,
+                     "--max-accuracy-drop", "100", timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    for key, name in (("tflite:fp32", "model_fp32.tflite"), ("onnx:fp32", "model_fp32.onnx")):
+        assert f"{key}: conversion failed: OSError: [Errno 28] No space left on device" in message
+    assert "kept the earlier model_fp32.onnx, a verified export of this model" in message
+    assert _temporary(small_disk) == [] and not (out / "model_fp32.tflite").exists()
+    assert {k: v for k, v in _tree(out).items() if k != "export_summary.json"} == {
+        k: v for k, v in before.items() if k != "export_summary.json"}
+    assert Classifier.from_artifact(out / "model_fp32.onnx").labels == ["daisy", "roses"]
+
+
+def test_sigterm_during_cache_build_removes_the_build_folder(flowers, tmp_path):
+    """SIGTERM left a .building-images-* folder as large as the cache (the probe's 15 MB), keeping
+    the disk full; a killed worker printed a KeyboardInterrupt traceback."""
+    cache = tmp_path / "cache"
+    rc, _, err = _terminate_when(["train", flowers, "--backbone", "simple_cnn", "--weights", "none",
+                                  "--input-size", "448", "--out", tmp_path / "out"],
+                                 lambda: any(cache.glob(".building-*/pixels.npy")), {"EDGECLS_CACHE": str(cache)})
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert list(cache.iterdir()) == []
+
+
+def test_predict_prints_a_file_name_that_is_not_utf8(coral, assets, tmp_path):
+    """Under a strict UTF-8 locale (PYTHONIOENCODING stands in for en_US.UTF-8 here) printing a
+    name decoded to a surrogate raised UnicodeEncodeError; it prints as its bytes, as `ls` does."""
+    photo = tmp_path / os.fsdecode(b"bad\xffname.jpg")
+    shutil.copy(assets / "images/imagenet-photos/parrot.jpg", photo)
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    for extra in ([], ["--explain-out", str(tmp_path / "x"), "--threads", "1"]):
+        result = subprocess.run([sys.executable, "-m", "edgecls.cli", "predict", model, photo, "--labels", labels,
+                                 "-k", "1", *extra], capture_output=True, cwd=ROOT,
+                                env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, timeout=120)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        assert result.stdout.startswith(os.fsencode(photo) + b": macaw (")  # the score may differ by a uint8 step on AVX2
+
+
+# --- item 6: non-finite outputs are errors everywhere; JSON is strict ------------------------------
+def _nan_onnx(path: Path) -> Path:
+    """A real graph whose weights hold one NaN: every output is NaN, argmax says class 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    weights[5, 1] = np.nan
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+             helper.make_node("Softmax", ["m"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_nan_outputs_are_errors_in_predict_and_bench(assets, tmp_path):
+    model = _nan_onnx(tmp_path / "nan.onnx")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    photo = assets / "images/imagenet-photos/parrot.jpg"
+    result = run_cli("predict", model, photo, "--labels", tmp_path / "labels.txt", "--normalization", "unit", "--json")
+    assert result.returncode == 2 and "NaN" not in result.stdout and result.stdout == ""
+    assert "the model's outputs are not finite numbers (NaN or infinity) for 1 of 1 input(s)" in result.stderr
+    from edgecls.bench import bench
+
+    with pytest.raises(EdgeclsError, match="not finite numbers"):
+        bench([model], min_runs=1, min_seconds=0, warmup=0, warmup_seconds=0)
+
+
+def test_nan_keras_model_fails_export_and_evaluate(tiny_keras_model, flowers, tmp_path):
+    """The probe's model with NaN weights passed the export gate (agreement 1.0000, max|dp| nan)
+    and evaluated at 0.2 without a word."""
+    import keras
+
+    from edgecls.export.pipeline import export_model
+    from edgecls.manifest import load_manifest
+    from edgecls.workflows import evaluate_model
+
+    model = keras.saving.load_model(tiny_keras_model, compile=False)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    nan_model = tmp_path / "model.keras"
+    model.save(nan_model)
+    manifest = load_manifest(tiny_keras_model)
+    manifest.artifact_sha256 = sha256_file(nan_model)
+    manifest.save(nan_model)
+    with pytest.raises(ModelError, match=r"model\.keras: the model's outputs are not finite numbers"):
+        export_model(nan_model, "tflite,onnx", "fp32,int8", out_dir=tmp_path / "export", max_accuracy_drop=100)
+    assert not [p for p in (tmp_path / "export").rglob("*") if p.name.startswith("model")]
+    with pytest.raises(ModelError, match="not finite numbers"):
+        evaluate_model(nan_model, manifest.source["dataset"], out_dir=tmp_path / "eval")
+
+
+def test_json_is_strict_on_both_sides(coral, tmp_path):
+    """Python writes NaN into JSON by default (invalid for strict parsers) and reads it back."""
+    from edgecls.manifest import load_manifest
+
+    model = _coral_with_manifest(coral, tmp_path)
+    manifest = load_manifest(model)
+    manifest.verification["max_prob_diff"] = float("nan")
+    with pytest.raises(EdgeclsError, match=r"verification\.max_prob_diff is nan, not a finite number; refusing"):
+        manifest.save(model)
+    doc = model.with_name(model.name + ".json")
+    doc.write_text(doc.read_text().replace('"accuracy": 0.9', '"accuracy": NaN'))
+    with pytest.raises(ModelError, match="manifest is not valid JSON .*NaN is not a JSON number"):
+        Classifier.from_artifact(model)
+
+
+# --- item 7: label files --------------------------------------------------------------------------
+def test_label_files_number_prefixes_and_byte_order_marks(assets, coral, tmp_path):
+    from edgecls.manifest import read_labels
+
+    cases = {"0 degrees\n90 degrees\n180 degrees\n270 degrees\n": ["0 degrees", "90 degrees", "180 degrees", "270 degrees"],
+             "0 cat\n1: dog\n2\tbird house\n": ["cat", "dog", "bird house"],
+             "1 cat\n2 dog\n": ["1 cat", "2 dog"],  # not numbered from 0: the numbers are part of the labels
+             "\ufeff0 cat\n1 dog\n": ["cat", "dog"], "\ufeffcat\ndog\n": ["cat", "dog"]}
+    for text, labels in cases.items():
+        (tmp_path / "labels.txt").write_text(text, encoding="utf-8")
+        assert read_labels(tmp_path / "labels.txt") == labels, text
+    # The probe's case: a BOM'd 1001-line ImageNet file ("background" first) with a 1000-output
+    # model; the BOM hid "background" and the counts disagreed.
+    bom = tmp_path / "imagenet_bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + (coral / "imagenet_labels.txt").read_bytes())
+    clf = Classifier.from_artifact(assets / "models/onnx/mobilenetv2-12-int8.onnx", labels=bom, normalization="torch")
+    assert len(clf.labels) == 1000 and clf.predict(assets / "images/imagenet-photos/parrot.jpg", 1)[0][0] == "macaw"
+
+
+# --- item 8: evaluate on a separate held-out folder -----------------------------------------------
+def test_evaluate_a_held_out_folder_whole(tiny_keras_model, flowers, tmp_path):
+    """The recorded split applies to the training folder (or a moved copy of it) only; another
+    folder used to be refused ("49 file(s) of the validation/test split ... are missing")."""
+    from edgecls.errors import DatasetError
+    from edgecls.manifest import load_manifest
+    from edgecls.workflows import evaluate_model
+
+    held_out = tmp_path / "test"
+    for name in ("daisy", "roses"):
+        (held_out / name).mkdir(parents=True)
+        for photo in sorted((flowers / name).iterdir())[20:26]:
+            shutil.copy(photo, held_out / name / photo.name)
+    result = evaluate_model(tiny_keras_model, held_out, out_dir=tmp_path / "eval")
+    assert result["split"] == "all" and result["count"] == 12
+    assert result["note"].startswith(f"{held_out} is not the folder the model was trained on")
+    assert "train_accuracy" not in result  # no training split of another folder
+    assert evaluate_model(tiny_keras_model, held_out, "all", out_dir=tmp_path / "eval")["count"] == 12
+    with pytest.raises(DatasetError, match="not the folder the model was trained on .* has no val split"):
+        evaluate_model(tiny_keras_model, held_out, "val", out_dir=tmp_path / "eval")
+    # The training folder, and a copy of it on another disk, keep the recorded validation split.
+    trained_on = Path(load_manifest(tiny_keras_model).source["dataset"])
+    moved = tmp_path / "moved"
+    shutil.copytree(trained_on, moved)
+    for folder in (trained_on, moved):
+        result = evaluate_model(tiny_keras_model, folder, out_dir=tmp_path / "eval")
+        assert result["split"] == "val" and result["count"] == 4 and "note" not in result
+
+
+# --- items 10 and 12: an ONNX model's interface and external data are checked when it is opened -------
+def _onnx_graph(path: Path, inputs: list, body: list, initializers: list, out: str = "y", classes: int = 3) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(body, "g", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, classes])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _weights(name: str = "w", rows: int = 12):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.random.default_rng(0).standard_normal((rows, 3)).astype(np.float32), name)
+
+
+def test_onnx_interface_is_checked_at_open(assets, tmp_path):
+    """Two inputs, a float64 input, a 1-channel input: they opened and crashed at the first
+    inference with raw onnxruntime errors."""
+    from onnx import TensorProto, helper
+
+    def x(name="x", dtype=TensorProto.FLOAT, shape=(1, 2, 2, 3)):
+        return helper.make_tensor_value_info(name, dtype, list(shape))
+
+    head = [helper.make_node("Flatten", ["f0"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+            helper.make_node("Softmax", ["m"], ["y"])]
+    two = _onnx_graph(tmp_path / "two.onnx", [x("a"), x("b")], [helper.make_node("Add", ["a", "b"], ["f0"]), *head],
+                      [_weights()])
+    gray = _onnx_graph(tmp_path / "gray.onnx", [x(shape=(1, 1, 2, 6))], [helper.make_node("Identity", ["x"], ["f0"]),
+                                                                          *head], [_weights()])
+    double = _onnx_graph(tmp_path / "double.onnx", [x(dtype=TensorProto.DOUBLE)],
+                         [helper.make_node("Cast", ["x"], ["f0"], to=TensorProto.FLOAT), *head], [_weights()])
+    for model, message in ((two, "the model has 2 inputs; an image classifier takes one"),
+                           (gray, r"input \[1, 1, 2, 6\] does not take 3-channel \(RGB\) images")):
+        with pytest.raises(ModelError, match=message):
+            Classifier.from_artifact(model, labels=["a", "b", "c"], normalization="unit")
+        result = run_cli("predict", model, assets / "images/imagenet-photos/parrot.jpg", "--labels",
+                         ROOT / "tests" / "conftest.py", "--normalization", "unit")  # any 3+ line file: never read
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and "onnxruntime" not in result.stderr
+    # A float64 input is an input like any other: fed float64.
+    clf = Classifier.from_artifact(double, labels=["a", "b", "c"], normalization="unit")
+    assert clf.engine.input.dtype == np.float64
+    assert sum(score for _, score in clf.predict(assets / "images/imagenet-photos/parrot.jpg", 3)) == pytest.approx(1)
+
+
+def _external_onnx(folder: Path, location: str, data_file: Path | None = None) -> Path:
+    """A real model whose weights live in an external data file at `location`."""
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = _weights()
+    raw = w.raw_data
+    target = data_file or folder / location
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(raw)
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(raw)))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    body = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+            helper.make_node("Softmax", ["m"], ["y"])]
+    return _onnx_graph(folder / "model.onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 3])],
+                       body, [w])
+
+
+def test_onnx_external_data_stays_in_the_artifact_folder_and_is_checksummed(assets, tmp_path):
+    from edgecls.engines import open_engine
+
+    secret = tmp_path / "secret.bin"  # stands for /etc/passwd: outside the artifact's folder
+    escaping = _external_onnx(tmp_path / "a" / "b", "../../secret.bin", data_file=secret)
+    absolute = _external_onnx(tmp_path / "abs", str(secret), data_file=secret)
+    linked = _external_onnx(tmp_path / "link", "w.bin", data_file=secret)
+    (tmp_path / "link" / "w.bin").unlink(missing_ok=True)
+    (tmp_path / "link" / "w.bin").symlink_to(secret)
+    for model in (escaping, absolute, linked):
+        with pytest.raises(ModelError, match="external data file .* lies outside the model's folder"):
+            open_engine(model)
+    model = _external_onnx(tmp_path / "good", "weights/w.bin")
+    engine = open_engine(model)
+    Manifest("onnx", "fp32", ["a", "b", "c"], Preprocessing.named("unit", (2, 2)), input=engine.input.to_dict(),
+             output={**engine.output.to_dict(), "activation": "softmax"}, artifact_sha256=sha256_file(model)).save(model)
+    doc = json.loads(model.with_name("model.onnx.json").read_text())
+    assert doc["companions"] == {"weights/w.bin": sha256_file(model.parent / "weights/w.bin")}
+    photo = assets / "images/imagenet-photos/parrot.jpg"
+    assert len(Classifier.from_artifact(model).predict(photo, 3)) == 3
+    data = bytearray((model.parent / "weights/w.bin").read_bytes())
+    data[7] ^= 0x40
+    (model.parent / "weights/w.bin").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"weights/w\.bin: the file does not match its manifest's checksum"):
+        Classifier.from_artifact(model)
+    doc["companions"] = {}
+    model.with_name("model.onnx.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="external data file 'weights/w.bin' is not covered by the manifest's checksums"):
+        Classifier.from_artifact(model)
+
+
+# --- item 17: the smaller ones ---------------------------------------------------------------------
+def test_explain_gives_same_named_images_their_own_overlays(tiny_keras_model, flowers, tmp_path):
+    """`explain a/x.jpg b/x.jpg` wrote both overlays to one file."""
+    from edgecls.explain import explain_images
+
+    photos = []
+    for folder, name in (("a", "daisy"), ("b", "roses")):
+        (tmp_path / folder).mkdir()
+        photos.append(tmp_path / folder / "x.jpg")
+        shutil.copy(sorted((flowers / name).iterdir())[30], photos[-1])
+    results = explain_images(tiny_keras_model, photos, tmp_path / "out", class_name="daisy")
+    overlays = [Path(r["overlay"]) for r in results]
+    assert overlays[0] != overlays[1] and all(p.is_file() for p in overlays)
+    assert [p.name for p in overlays] == ["x.daisy.gradcam.png", "x-2.daisy.gradcam.png"]
+    assert sha256_file(overlays[0]) != sha256_file(overlays[1])
+
+
+# --- issue 16 item 11: recipe values are checked as command-line options are --------------------
+RECIPE_FAULTS = {
+    'epochs = "5"': "epochs must be a whole number, got '5'",
+    "input_size = 3.5": "input_size must be two whole numbers, got 3.5",
+    'backbone = ["x"]': "backbone must be text, got ['x']",
+    "batch_size = 1.5": "batch_size must be a whole number, got 1.5",
+    "epochs = 2.0": "epochs must be a whole number, got 2.0",
+    "augment = 1": "augment must be true or false, got 1",
+    "seed = -3": "seed must be at least 0, got -3",
+    "learning_rate = -5.0": "learning_rate must be in (0, 10], got -5.0",
+    "input_size = 5000": "input_size must be (height, width) with sizes from 1 to 4096, got (5000, 5000)",
+    "input_size = [96, 96.5]": "input_size must be a whole number, got 96.5",
+    'cache_dir = "/tmp"': "cache_dir cannot be set by a recipe (the cache folder is the machine's: set EDGECLS_CACHE)",
+    "workers = 4": "workers cannot be set by a recipe",
+    "fold = [5, 0]": "fold cannot be set by a recipe",
+}
+
+
+def test_recipe_values_are_checked_like_command_line_options(flowers, tmp_path):
+    """The probe's recipes were tracebacks (epochs="5", input_size=3.5, backbone=["x"],
+    batch_size=1.5, seed=-3), trained silently (learning_rate=-5.0), passed the --input-size cap
+    or set cache_dir/workers. One validation (TrainConfig.validate) for both; the error names the
+    recipe file and the setting."""
+    from edgecls.errors import OptionError
+    from edgecls.training_recipe import load_recipe
+
+    recipe = tmp_path / "r.toml"
+    for line, message in RECIPE_FAULTS.items():
+        recipe.write_text(f"[train]\n{line}\n")
+        with pytest.raises(OptionError) as info:
+            load_recipe(recipe)
+        assert str(info.value).startswith(f"--recipe {recipe}: [train] ") and message in str(info.value), line
+    out = tmp_path / "out"
+    for command, line in (("train", 'epochs = "5"'), ("cv", "learning_rate = -5.0")):
+        recipe.write_text(f"[train]\n{line}\n")
+        proc = run_cli(command, flowers, "--recipe", recipe, "--out", out)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"[train] {RECIPE_FAULTS[line]}" in " ".join(proc.stderr.split()), proc.stderr
+        assert not out.exists()
+
+
+# --- issue 16 item 15: a closed stdout ends a command quietly -------------------------------------
+def _first_line_then_close(cmd: list, env: dict | None = None) -> tuple[str, int, str]:
+    """Run the CLI with stdout into a pipe, read one line and close the pipe (as `| head -1` does);
+    the line, the exit status and stderr."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    line = proc.stdout.readline().decode()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return line, proc.wait(timeout=300), err
+
+
+def test_predict_and_stream_end_quietly_when_stdout_closes(coral, assets, tmp_path):
+    """`predict ... --json | head -1` printed "error: Broken pipe" and exited 2. Now: no word on
+    stderr, exit 141 (128 + SIGPIPE, as a shell reports `yes | head -1`'s yes). The outputs are
+    longer than the pipe's buffer (64 KB) and Python's (8 KB), so the writer meets the closed pipe."""
+    model, labels = coral / "mobilenet_v2_1.0_224_quant.tflite", coral / "imagenet_labels.txt"
+    parrot = assets / "images/imagenet-photos/parrot.jpg"
+    for env in ({}, {"EDGECLS_NO_FAST_PATH": "1"}):  # the plain path and the full command line
+        line, rc, err = _first_line_then_close(["predict", model, *[parrot] * 1500, "--labels", labels, "--json"], env)
+        assert json.loads(line)["top_k"][0][0] == "macaw"
+        assert (rc, err) == (141, ""), (env, rc, err)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(800):
+        os.link(parrot, frames / f"f{i:03d}.jpg")
+    video = tmp_path / "out.avi"
+    line, rc, err = _first_line_then_close(["stream", model, frames, "--labels", labels, "--save", video])
+    assert json.loads(line)["frame"] == 0
+    assert rc == 141 and "error" not in err and "Broken pipe" not in err and "Traceback" not in err, err
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))  # the video sink was closed whole before leaving
+    assert capture.read()[0]
+    capture.release()

@@ -142,3 +142,41 @@ def test_bench_under_coral_target_never_silently_drops_the_edgetpu_delegate(cora
     assert result.returncode == 2, result.stdout
     assert "libedgetpu" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bench.json").exists()
+
+
+# --- issue 16, item 5: a CI gate that passed on nothing ------------------------------------------
+def test_compare_gate_fails_on_missing_null_non_finite_and_no_overlap(tmp_path):
+    a = _report([_result("m.tflite", 10.0, 0.9), _result("n.onnx", 5.0, 0.8)])
+    cases = {
+        "missing": (_report([_result("m.tflite", 10.0, 0.9)]), "n.onnx: measured in A, missing from B"),
+        "null": (_report([_result("m.tflite", 10.0, None), _result("n.onnx", 5.0, 0.8)]),
+                 "m.tflite: accuracy was 0.9 in A, missing in B"),
+        "nan": (_report([_result("m.tflite", float("nan"), 0.9), _result("n.onnx", 5.0, 0.8)]),
+                "m.tflite: p50 ms was 10 in A, nan in B, not a finite number"),
+        "no overlap": (_report([_result("other.xml", 1.0, 0.99)]), "nothing was compared"),
+    }
+    for case, (b, message) in cases.items():
+        _, regressions = compare(a, b)
+        assert any(message in r for r in regressions), (case, regressions)
+    for case in ("missing", "null", "no overlap"):
+        (tmp_path / "a.json").write_text(json.dumps(a))
+        (tmp_path / "b.json").write_text(json.dumps(cases[case][0]))
+        result = run_cli("report", "compare", tmp_path / "a.json", tmp_path / "b.json", "--fail-on-regression")
+        assert result.returncode == 1 and cases[case][1] in result.stderr, (case, result.stderr)
+    (tmp_path / "b.json").write_text(json.dumps(cases["nan"][0]))  # Python writes NaN; JSON has none
+    result = run_cli("report", "compare", tmp_path / "a.json", tmp_path / "b.json", "--fail-on-regression")
+    assert result.returncode == 2 and "NaN is not a JSON number" in result.stderr
+
+
+def test_compare_matches_artifacts_by_checksum_not_by_the_path_as_typed():
+    """Run A measured two same-named artifacts (named by their folders); run B one of them, typed
+    from another folder: the same file by its checksum, compared; the other is missing."""
+    x, y = _result("x/model_int8.tflite", 10.0, 0.9), _result("y/model_int8.tflite", 12.0, 0.8)
+    x["sha256"], y["sha256"] = "a" * 64, "b" * 64
+    b = _result("model_int8.tflite", 10.5, 0.9)
+    b["sha256"] = "a" * 64
+    text, regressions = compare(_report([x, y]), _report([b]))
+    assert "| x/model_int8.tflite -> model_int8.tflite | 1.05x" in text
+    assert regressions == ["y/model_int8.tflite: measured in A, missing from B"]
+    same, none = compare(_report([x]), _report([dict(x, artifact="/elsewhere/model_int8.tflite")]))
+    assert none == [] and "| x/model_int8.tflite | 1.00x" in same

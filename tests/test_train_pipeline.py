@@ -79,6 +79,46 @@ def test_saved_model_is_the_same_with_and_without_augmentation_or_bf16(flowers, 
     assert manifest["source"]["training"]["precision"] == {"phase 1": "float32"}  # auto on a CPU
 
 
+_BATCH_ORDER = """
+import json
+import numpy as np
+import keras
+from edgecls.train import feeder
+
+pictures = np.repeat(np.arange(40, dtype=np.uint8), 12).reshape(40, 2, 2, 3)  # picture k is all k
+feed = feeder(pictures, np.zeros(40, np.int64), np.arange(40), 4, shuffle=True, seed=3, workers=4)
+seen = []
+
+class Record(keras.layers.Layer):
+    def call(self, x):
+        try:
+            seen.append(sorted(np.asarray(x)[:, 0, 0, 0].tolist()))
+        except Exception:  # the symbolic pass that builds the model
+            pass
+        return keras.ops.cast(x, "float32")
+
+inputs = keras.Input((2, 2, 3), dtype="uint8")
+model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(Record()(inputs))))
+model.compile("sgd", "mse", run_eagerly=True)
+model.fit(feed, epochs=1, shuffle=False, verbose=0)
+order = feed.plan.order(0)
+print(json.dumps({"seen": seen, "expected": [sorted(order[i : i + 4].tolist()) for i in range(0, 40, 4)]}))
+"""
+
+
+def test_fit_trains_on_every_batch_once_in_order():
+    """The feeder reads ahead itself: Keras' threaded reader (a PyDataset with workers) replayed
+    its read-ahead after the batch fit takes to build the model, so on JAX the first epoch of a
+    fit trained on some batches twice and never on others (2 threads, 20 batches: 2-6, 0-14)."""
+    pytest.importorskip("jax", reason="CPU JAX comes with the dev extra: pip install -e '.[dev]'")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _BATCH_ORDER], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["seen"] == record["expected"]
+
+
 def test_in_model_augmentation_acts_only_in_training():
     import keras
 
@@ -189,6 +229,110 @@ def test_cli_resume_of_a_folder_without_checkpoint(tmp_path):
     for command in ("train", "cv"):
         proc = run_cli(command, tmp_path, "--feature-crops", "0.3")
         assert proc.returncode != 0 and "--feature-crops must be 0 (no crops) or in [0.5, 1)" in proc.stderr, command
+
+
+def _photos(flowers: Path, name: str, start: int, stop: int) -> list[Path]:
+    return sorted(p for p in (flowers / name).iterdir() if p.suffix.lower() == ".jpg")[start:stop]
+
+
+def _interrupted_run(data: Path, out: Path, monkeypatch) -> None:
+    """A run stopped after its last epoch's checkpoint, before its outputs (as SIGKILL would)."""
+    import edgecls.train.run as run_module
+    from edgecls.train import TrainConfig, train
+
+    def killed(*_args, **_kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "write_outputs", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(data, out, TrainConfig(**{**TINY, "epochs": 1}))
+    assert (out / "checkpoint" / "state.npz").exists() and not (out / "model.keras").exists()
+
+
+def test_resume_refuses_a_dataset_changed_since_the_run_began(flowers, tmp_path, monkeypatch, cache_env):
+    """Issue 16 item 3: photos added after a kill were split anew on --resume (new "validation"
+    photos had been trained on) and a new class was a traceback. The checkpoint records the files
+    and the split; a changed dataset is refused, --on-recorded-files continues on the recorded files."""
+    import shutil
+
+    from edgecls.errors import DatasetError
+    from edgecls.train import resume
+    from tests.conftest import run_cli
+
+    data, out = tmp_path / "ds", tmp_path / "out"
+    for name in ("daisy", "roses"):
+        (data / name).mkdir(parents=True)
+        for photo in _photos(flowers, name, 0, 10):
+            shutil.copy(photo, data / name / photo.name)
+    _interrupted_run(data, out, monkeypatch)
+    recorded = json.loads((out / "checkpoint" / "data.json").read_text())
+    recorded_split = {k: sorted(recorded["files"][i][0] for i in v) for k, v in recorded["split"].items()}
+
+    for name in ("daisy", "roses", "tulips"):  # 4 more photos in each class, and a new class
+        (data / name).mkdir(exist_ok=True)
+        for photo in _photos(flowers, name, 10, 14):
+            shutil.copy(photo, data / name / photo.name)
+    with pytest.raises(DatasetError, match=r"changed since the run .* 1 new class\(es\) \(tulips\); 12 new file"):
+        resume(out)
+    assert not (out / "model.keras.json").exists()
+
+    replaced = data / recorded["files"][0][0]  # another photo under its name, its times put back
+    times = (replaced.stat().st_atime_ns, replaced.stat().st_mtime_ns)
+    shutil.copy(_photos(flowers, "daisy", 20, 21)[0], replaced)
+    os.utime(replaced, ns=times)
+    with pytest.raises(DatasetError, match=r"1 file\(s\) replaced or modified \(daisy/"):
+        resume(out)
+
+    gone = data / recorded["files"][-1][0]
+    gone.rename(tmp_path / "away.jpg")
+    with pytest.raises(DatasetError, match=r"cannot continue on the recorded files: 1 of them are gone"):
+        resume(out, on_recorded_files=True)
+    (tmp_path / "away.jpg").rename(gone)
+
+    # A resume that would ignore a dataset argument or options names them, before any work.
+    proc = run_cli("train", tmp_path / "other", "--resume", out, "--epochs", "27", "--backbone", "efficientnet_b0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "it would ignore the dataset" in message and "--backbone" in message and "--epochs" in message, message
+
+    result = resume(out, on_recorded_files=True)
+    source = json.loads((out / "model.keras.json").read_text())["source"]
+    assert result.labels == ["daisy", "roses"]  # the new class is not part of this run
+    assert {k: sorted(v) for k, v in source["split"]["files"].items()} == recorded_split
+    assert not (out / "checkpoint").exists()
+
+
+def test_a_diverging_run_stops_with_an_error(flowers, mobilenet_weights, tmp_path, cache_env):
+    """A loss that becomes NaN ends the run with an error instead of NaN in history.json and a
+    model that answers NaN: backbone weights with one broken tensor, with the gradient head
+    (Keras TerminateOnNaN, then an error) and the feature head (its features are checked)."""
+    import shutil
+
+    import h5py
+
+    from edgecls.errors import EdgeclsError
+    from edgecls.train import TrainConfig, train
+
+    data = tmp_path / "ds"
+    for name in ("daisy", "roses"):
+        (data / name).mkdir(parents=True)
+        for photo in _photos(flowers, name, 0, 8):
+            shutil.copy(photo, data / name / photo.name)
+    broken = tmp_path / "broken.weights.h5"
+    shutil.copy(mobilenet_weights, broken)
+    broken.chmod(0o644)
+    with h5py.File(broken, "r+") as weights:
+        gamma = weights["layers/batch_normalization/vars/0"]  # the first batch norm's scale
+        gamma[0] = np.nan
+    config = dict(backbone="mobilenet_v2", weights=str(broken), input_size=(96, 96), epochs=2, fine_tune_epochs=0,
+                  batch_size=8, seed=0)
+    for feature_head, message in ((False, r"phase 1 \(head\): training diverged: the loss became nan in epoch 1"),
+                                  (True, r"phase 1 \(head\): the backbone's features are not finite numbers")):
+        out = tmp_path / f"out-{feature_head}"
+        with pytest.raises(EdgeclsError, match=message):
+            train(data, out, TrainConfig(**config, feature_head=feature_head))
+        assert not (out / "model.keras").exists() and not (out / "history.json").exists()
 
 
 def test_feature_head_puts_the_logistic_regression_into_the_model(flowers, mobilenet_weights, tmp_path, cache_env):

@@ -21,10 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 def main() -> None:
     """Run the command line on sys.argv."""
     from ..errors import stop_requested
-    from .exits import install_sigterm, interrupted_exit_code
+    from .exits import install_sigterm, interrupted_exit_code, raw_file_names
     from .plain_predict import run_plain_predict
 
     install_sigterm()
+    raw_file_names()
     run_plain_predict(sys.argv[1:])  # a plain `edgecls predict` runs there and exits
     from .commands import build_app
 

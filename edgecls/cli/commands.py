@@ -26,6 +26,7 @@ GROUPS = (
     "serve",        # edgecls serve, edgecls serve-unit
     "deploy",       # edgecls deploy
     "doctor",       # edgecls doctor
+    "launch",       # edgecls launch (several processes of one run)
 )
 
 

@@ -3,6 +3,7 @@ handling that turns library errors into one red line, and the checks that only t
 has (output folders, sizes typed as text)."""
 from __future__ import annotations
 
+import sys
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -10,7 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from ..errors import EdgeclsError, OptionError, stop_requested
-from .exits import describe_os_error, interrupted_exit_code, message
+from .exits import describe_os_error, interrupted_exit_code, leave_closed_stdout, message, stdout_closed
 
 
 class LazyConsole:
@@ -43,16 +44,57 @@ def escape(text: Any) -> str:
     return rich_escape(str(text))
 
 
+def print_table(console, table) -> None:
+    """Print a Rich table whole. Off a terminal (a CI log, a pipe) Rich assumes 80 columns and would
+    cut the cells, numbers included; there the table gets its natural width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)  # print(width=...) can only narrow
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _several_processes():
+    """The multi-process session this process belongs to (`edgecls.distributed`), if any."""
+    session_module = sys.modules.get("edgecls.distributed.session")  # never imported: no session
+    session = session_module.current() if session_module is not None else None
+    return session if session is not None and session.distributed else None
+
+
+def speaks() -> bool:
+    """Whether this process reports a result: always, except the other processes of a
+    multi-process run, where process 0 speaks for all."""
+    session = _several_processes()
+    return session is None or session.is_writer
+
+
+def _leave(code: int, reason: BaseException | str) -> typer.Exit:
+    """Exit with `code`; in a multi-process run first tell the other processes why, so they stop
+    at once (`Session.abort`, which ends this process)."""
+    session = _several_processes()
+    if session is not None:
+        session.abort(reason, code)
+    return typer.Exit(code)
+
+
 def _stopped() -> typer.Exit:
     terminated = interrupted_exit_code() == 143
-    err.print("terminated (SIGTERM); stopped and cleaned up" if terminated else "interrupted; stopped and cleaned up",
-              markup=False, highlight=False)
-    return typer.Exit(interrupted_exit_code())
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    err.print(f"{what}; stopped and cleaned up", markup=False, highlight=False)
+    return _leave(interrupted_exit_code(), what)
 
 
 def friendly(fn: Callable) -> Callable:
     """Turn edgecls errors into one red line and exit code 2; Ctrl-C into 130 and SIGTERM into
-    143, after the command's own clean-up has run."""
+    143, after the command's own clean-up has run. In a multi-process run any failure also stops
+    the other processes, with its reason."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,12 +104,21 @@ def friendly(fn: Callable) -> Callable:
             if stop_requested():  # an interrupt that surfaced as another error
                 raise _stopped() from None
             err.print(f"[bold red]error:[/] {escape(message(exc))}", highlight=False)
-            raise typer.Exit(2) from None
+            raise _leave(2, message(exc)) from None
         except KeyboardInterrupt:
             raise _stopped() from None
         except OSError as exc:  # the machine's state (disk full, permissions, a file where a folder goes)
+            if isinstance(exc, BrokenPipeError) and stdout_closed():  # `edgecls ... | head -1`: done
+                raise _leave(leave_closed_stdout(), "its stdout was closed") from None
             err.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", highlight=False)
-            raise typer.Exit(2) from None
+            raise _leave(2, describe_os_error(exc)) from None
+        except Exception as exc:
+            if _several_processes() is None:
+                raise  # one process: the traceback, as for any bug
+            # Most likely a collective that lost its peer (JAX's error); the session names it.
+            err.print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}",
+                      highlight=False)
+            raise _leave(1, exc) from None
         if stop_requested():  # an interrupt swallowed by a broad `except` below: never report success
             raise _stopped()
         return result

@@ -2,7 +2,6 @@
 needed check passed (1 otherwise, 2 for a bad request such as an unknown target)."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -26,11 +25,12 @@ def doctor(
     """Check that this device can run the artifacts: Python, OS, CPU, engines, delegates, cameras, memory,
     disk, temperature, and each artifact's checksum and answers. Every problem says what to do."""
     from ..doctor import diagnose, save_last
+    from ..files import strict_json
 
     report = diagnose(artifacts or [], target, camera, sweep)
     saved = save_last(report)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(strict_json(report, "the doctor report", indent=2))
     else:
         print_table(report, saved)
     if not report["ok"]:

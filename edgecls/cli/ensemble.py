@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .common import command, err, escape, show
+from .common import command, err, escape, print_table, show
 
 
 def ensemble(
@@ -32,7 +32,7 @@ def ensemble(
             if isinstance(row, dict):
                 table.add_row(name, escape(row["model"]), f"{row['accuracy']:.4f}", f"{row['balanced_accuracy']:.4f}",
                               f"{row['macro_f1']:.4f}")
-        show.print(table)
+        print_table(show.get(), table)
         show.print(f"ensemble vs best member ({result.metrics['best_member']}): "
                    f"{result.metrics['gain_over_best_member_pp']:+.2f} pp")
     for w in result.warnings:

@@ -37,6 +37,7 @@ def install_sigterm() -> None:
     clean-up runs (finally blocks, temporary folders) and the command says it was stopped. Both
     record the request, so that code catching broad exceptions can tell an interrupt apart."""
     from ..errors import request_stop
+    from ..signals import install
 
     def handler(signum, frame):
         request_stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
@@ -44,7 +45,57 @@ def install_sigterm() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
-            signal.signal(sig, handler)
+            install(sig, handler)  # not in forked children (edgecls.signals)
+
+
+# 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`yes | head -1`).
+CLOSED_STDOUT_EXIT = 141
+
+
+def stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (`edgecls predict ... | head -1` after its line): the
+    pipe reports an error condition. Where that cannot be asked (no poll), a broken pipe is
+    taken to be stdout's."""
+    import sys
+
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def leave_closed_stdout() -> int:
+    """End quietly as Unix tools do when nobody reads stdout any more: whatever is still buffered
+    (and the interpreter's last flush) goes to /dev/null instead of raising "Broken pipe" again.
+    Returns the exit status, CLOSED_STDOUT_EXIT."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return CLOSED_STDOUT_EXIT
+
+
+def raw_file_names() -> None:
+    """Print file names that are not valid UTF-8 as their bytes, as `ls` does, instead of failing
+    with UnicodeEncodeError under a strict UTF-8 locale (Python decodes such names to surrogates)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            try:
+                reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):
+                pass
 
 
 def interrupted_exit_code() -> int:

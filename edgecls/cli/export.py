@@ -8,7 +8,7 @@ import typer
 
 from ..cpu import INT8_CPU_CLASSES
 from ..export import FORMATS, IO_DTYPES
-from .common import command, err, escape, folder_option, show
+from .common import command, err, escape, folder_option, print_table, show
 
 _FORMATS = sorted({spec.format for spec in FORMATS.values()})
 _QUANTS = list(dict.fromkeys(spec.quant for spec in FORMATS.values()))
@@ -72,7 +72,7 @@ def _summary(reports) -> None:
                       f"{r.top1_agreement:.4f} [{r.notes['agreement_ci95'][0]:.3f}-{r.notes['agreement_ci95'][1]:.3f}]"
                       if r.top1_agreement is not None else "-",
                       f"{r.max_prob_diff:.4f}" if r.max_prob_diff is not None else "-", f"{r.seconds:.1f}")
-    show.print(table)
+    print_table(show.get(), table)
     if any(r.path for r in reports):
         show.print(f"artifacts and manifests in {Path(next(r.path for r in reports if r.path)).parent}", markup=False)
     for r in reports:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import EdgeclsError, ImageError
-from .exits import describe_os_error, install_sigterm, interrupted_exit_code, message
+from .exits import (describe_os_error, install_sigterm, interrupted_exit_code, leave_closed_stdout, message,
+                    raw_file_names, stdout_closed)
 
 
 def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
@@ -51,7 +52,8 @@ def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Cal
         if as_json:
             import json
 
-            out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})}))
+            out(json.dumps({"image": str(image), "top_k": [[label, score] for label, score in result], **(more or {})},
+                           allow_nan=False))  # strict JSON: the runtime refuses non-finite scores
         else:
             out(f"{image}: " + ", ".join(f"{label} ({score:.3f})" for label, score in result))
             for key, value in (more or {}).items():
@@ -114,6 +116,7 @@ def run_plain_predict(argv: list[str]) -> None:
     except NotPlain:
         return
     install_sigterm()
+    raw_file_names()
 
     def warn(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -128,6 +131,8 @@ def run_plain_predict(argv: list[str]) -> None:
         warn(f"error: {message(exc)}")
         sys.exit(2)
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and stdout_closed():  # `... | head -1` read what it wanted
+            sys.exit(leave_closed_stdout())
         warn(f"error: {describe_os_error(exc)}")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -29,10 +29,10 @@ def _sinks(src, json_lines: bool, save: Optional[Path], show: bool, fps: float) 
     from ..stream import JsonLinesSink, VideoSink, WindowSink
 
     sinks = []
+    if save:  # before the JSON lines: when stdout's reader leaves (`| head`), the video is still closed whole
+        sinks.append(VideoSink(save, getattr(src, "fps", 0.0) or fps or 15.0))
     if json_lines:
         sinks.append(JsonLinesSink(sys.stdout))
-    if save:
-        sinks.append(VideoSink(save, getattr(src, "fps", 0.0) or fps or 15.0))
     if show:
         sinks.append(WindowSink())
     return sinks
@@ -65,6 +65,9 @@ def stream(
 ):
     """Classify a camera or video stream, pipelined, with live statistics."""
     _check(top_k, max_frames, fps, retries, retry_interval, stats_interval, threads, activation)
+    from ..outputs import refuse_overlaps
+
+    refuse_overlaps({"model": artifact, "source": source}, files={"--save": save})
     from ..runtime import Classifier
     from ..stream import Stream, StreamOptions, install_signal_handlers, open_source
     from ..targets import engine_options_for

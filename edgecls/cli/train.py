@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import OptionError
 from ..train.config import LR_SCHEDULES, PRECISION_CHOICES, TrainConfig
-from .common import command, err, escape, folder_option, parse_size, show
+from .common import command, err, escape, folder_option, parse_size, show, speaks
 from .options import training_options
 
 DEFAULT = TrainConfig()
@@ -30,8 +31,14 @@ Precision = Annotated[str, typer.Option(help=f"{' | '.join(PRECISION_CHOICES)} (
                                              "is float32).")]
 Deterministic = Annotated[Optional[bool], typer.Option(
     "--deterministic/--no-deterministic", help="Reproducible kernels (default: on for CPU, off on a GPU).")]
-DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices (KERAS_BACKEND=jax).")]
-Resume = Annotated[Optional[Path], typer.Option(help="Continue the killed run in this output folder from its last epoch.")]
+DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices, or over every process's in "
+                                                "a multi-process run (KERAS_BACKEND=jax; README: Training on several "
+                                                "machines).")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue the killed run in this output folder from its last epoch, "
+                                                     "with its own dataset and options.")]
+OnRecordedFiles = Annotated[bool, typer.Option(
+    "--on-recorded-files", help="With --resume, when the dataset changed since the run began: continue on the files "
+    "recorded then (new files left out, replaced ones read as they are now).")]
 
 
 def training_config(options: dict) -> TrainConfig:
@@ -66,19 +73,21 @@ def train(
     deterministic: Deterministic = None,
     data_parallel: DataParallel = DEFAULT.data_parallel,
     resume: Resume = None,
+    on_recorded_files: OnRecordedFiles = False,
     training: dict = None,
 ):
     """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
     if resume is not None:
         from ..train import resume as resume_run
 
-        return _summary(resume_run(resume, console=err.get()))
+        _refuse_ignored_with_resume(resume, dataset)
+        return _summary(resume_run(resume, console=err.get(), on_recorded_files=on_recorded_files))
+    if on_recorded_files:
+        raise OptionError("--on-recorded-files goes with --resume OUT (it says how to continue a run)")
     if dataset is None:
-        from ..errors import OptionError
-
         raise OptionError("missing DATASET (an image-folder dataset), or --resume OUT to continue a run")
     # Every parameter but these is the TrainConfig field of the same name.
-    own = {k: v for k, v in locals().items() if k not in ("dataset", "out", "resume", "training")}
+    own = {k: v for k, v in locals().items() if k not in ("dataset", "out", "resume", "on_recorded_files", "training")}
     config = training_config({**training, **own})
     folder_option("--out", out)
     from ..train import train as run_train
@@ -86,7 +95,31 @@ def train(
     _summary(run_train(dataset, out, config, console=err.get()))
 
 
+def _refuse_ignored_with_resume(out: Path, dataset: Path | None) -> None:
+    """A resumed run goes on with the dataset and options it began with: a dataset or option
+    typed with --resume would be ignored, so it is an error that names them."""
+    import click
+    from click.core import ParameterSource
+
+    from ..train.checkpoint import Checkpoint
+
+    context = click.get_current_context()
+    given = [param for param in context.command.params if param.name not in ("dataset", "resume", "on_recorded_files")
+             and context.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    ignored = ["/".join(param.opts + param.secondary_opts) for param in given]
+    if dataset is not None and Checkpoint(out).config_path.exists():
+        recorded, _ = Checkpoint(out).run()
+        if dataset.resolve() != recorded.resolve():
+            ignored.insert(0, f"the dataset {dataset} (the run's is {recorded})")
+    if ignored:
+        raise OptionError(f"--resume {out} continues the run with the dataset and options it began with (recorded in "
+                          f"{Checkpoint(out).config_path}); it would ignore {', '.join(ignored)}. Leave them out, or "
+                          "start a new run without --resume")
+
+
 def _summary(result) -> None:
+    if not speaks():  # another process of a multi-process run: process 0 reports
+        return
     val, tr = result.metrics["val"], result.metrics["train"]
     show.print(f"model:      {result.model_path}", markup=False)
     show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")

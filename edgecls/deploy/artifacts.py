@@ -88,6 +88,13 @@ def _adopt(path: Path, dest: Path, engine: str, labels: Path, check_images: Sequ
     if path.suffix == ".xml":  # an OpenVINO IR's weights; the manifest records their checksum
         shutil.copy2(path.with_suffix(".bin"), dest / path.with_suffix(".bin").name)
         files.append(path.with_suffix(".bin").name)
+    if path.suffix.lower() == ".onnx":  # external data (refused when outside the model's folder)
+        from ..engines.onnx import check_external_data
+
+        for location in check_external_data(path, path.read_bytes()):
+            (dest / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path.parent / location, dest / location)
+            files.append(Path(location).as_posix())
     clf = Classifier.from_artifact(target, labels=labels)
     info = clf.engine.input
     quantization = "int8" if info.quantized else "unknown"

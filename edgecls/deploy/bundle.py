@@ -106,6 +106,10 @@ def check_request(request: BundleRequest) -> None:
     for path in request.artifacts:
         if out == path.resolve().parent or out in path.resolve().parents:
             raise OptionError(f"--out {request.out}: holds the artifact {path}; a bundle never replaces its inputs")
+    from ..outputs import refuse_overlaps
+
+    written = {"folders" if not archive_mode(request.out) else "files": {"--out": request.out}}
+    refuse_overlaps({"labels": request.labels, "check image": request.check_images}, **written)
     if request.out.exists() and not archive_mode(request.out):
         if request.out.is_file():
             raise OptionError(f"--out {request.out}: is a file, expected a folder (or a name ending in .tar.gz)")
@@ -182,7 +186,7 @@ def _tree_sums(root: Path) -> dict[str, str]:
 
 
 def _write_installer(root: Path, doc: dict[str, Any]) -> None:
-    from ..files import atomic_write_text
+    from ..files import atomic_write_json, atomic_write_text
 
     service = doc["service"]
     doctor_args = f"--camera {service['camera']}" if service["camera"] else ""
@@ -196,7 +200,7 @@ def _write_installer(root: Path, doc: dict[str, Any]) -> None:
     atomic_write_text(root / "bundle.env", "\n".join(lines) + "\n")
     shutil.copy2(Path(__file__).with_name("install.sh"), root / "install.sh")
     (root / "install.sh").chmod(0o755)
-    atomic_write_text(root / "bundle.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(root / "bundle.json", doc)
     atomic_write_text(root / "README.txt", _readme(doc))
 
 

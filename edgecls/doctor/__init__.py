@@ -63,14 +63,12 @@ def diagnose(artifacts: Sequence[str | Path] = (), target: str | None = None, ca
 
 def save_last(report: dict[str, Any]) -> Path | None:
     """Keep the report as `<cache>/doctor/last.json` for a later look (None when the cache is not writable)."""
-    import json
-
     from ..cache import cache_root
-    from ..files import atomic_write_text
+    from ..files import atomic_write_json
 
     path = cache_root() / "doctor" / "last.json"
     try:
-        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(path, report)
     except OSError:
         return None
     return path

@@ -35,6 +35,10 @@ def _import_engine(name: str) -> tuple[str | None, str | None]:
     from ..provenance import engine_versions
 
     errors = []
+    if name == "openvino":  # importing it sends a telemetry event: declined first (engines.openvino)
+        from ..engines.openvino import opt_out_of_telemetry
+
+        opt_out_of_telemetry()
     for module in ENGINE_MODULES[name]:
         try:
             mod = import_module(module)

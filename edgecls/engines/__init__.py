@@ -115,10 +115,14 @@ def _temp_fd() -> int:
 
 
 def require_tensors(path: Path, inputs: int, outputs: int) -> None:
-    """A classifier needs at least one input and one output tensor (the first of each is used)."""
+    """A classifier takes one input tensor (the image) and has at least one output (the first is
+    the class scores; an explain export adds a feature map)."""
     if inputs < 1 or outputs < 1:
         raise ModelError(f"{path}: the model has {inputs} input and {outputs} output tensors; "
                          "expected an image input and a class-score output")
+    if inputs > 1:
+        raise ModelError(f"{path}: the model has {inputs} inputs; an image classifier takes one (the image), "
+                         "and edgecls would have nothing to feed the others")
 
 
 def engine_for(path: str | Path) -> EngineSpec:

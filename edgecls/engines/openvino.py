@@ -1,12 +1,49 @@
 """OpenVINO engine (IR .xml + .bin)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError, missing_extra
 from . import TensorInfo, filtered_stderr, require_tensors
+
+
+def opt_out_of_telemetry() -> None:
+    """Decline OpenVINO's telemetry for this user unless they have decided themselves.
+
+    Importing OpenVINO (and each model conversion, and NNCF) sends a usage event from a forked
+    child that, on a device without network, can sit in getaddrinfo until it is killed: it
+    slowed and once hung edgecls at exit. openvino-telemetry (2025.2) has no environment
+    variable to turn it off; its supported opt-out is the consent file `opt_in_out --opt_out`
+    writes (~/intel/openvino_telemetry holding 0). It is written only when that file is absent
+    (nobody decided yet), so an `opt_in_out --opt_in` stands; README "Installing" says so."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing is sent
+        return
+    try:
+        checker = OptInChecker()
+        if checker.consent_file_base_dir() is None or os.path.exists(checker.consent_file()):
+            return
+        folder = os.path.dirname(checker.consent_file())
+        if not os.access(folder if os.path.isdir(folder) else os.path.dirname(folder), os.W_OK):
+            return  # a read-only home (a service): the library would only log that it cannot write
+        if checker.create_or_check_consent_dir():
+            checker.update_result(ConsentCheckResult.DECLINED)
+    except Exception:  # noqa: BLE001 - a read-only home, another layout: OpenVINO runs as it would without us
+        pass
+
+
+def import_openvino():
+    """The `openvino` module (an install hint when it is missing), telemetry declined first."""
+    opt_out_of_telemetry()
+    try:
+        import openvino
+    except ImportError:
+        raise missing_extra("openvino", "openvino") from None
+    return openvino
 
 
 def _info(port) -> TensorInfo:
@@ -20,10 +57,7 @@ class OpenVINOEngine:
 
     def __init__(self, path: Path, num_threads: int | None = None, device: str = "CPU",
                  performance_hint: str = "LATENCY", precision: str = "f32"):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise missing_extra("openvino", "openvino") from None
+        ov = import_openvino()
         self.version = f"openvino {ov.get_version()}"
         core = ov.Core()
         # f32 by default: on CPUs with bf16 units OpenVINO would otherwise run "fp32" models in

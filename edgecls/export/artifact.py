@@ -18,9 +18,9 @@ from ..cam import cam_weights_path
 from ..check_images import checks_dir, write_checks
 from ..cpu import cpu_info
 from ..engines import companion_files, open_engine
-from ..errors import DatasetError, OptionError, stop_requested
+from ..errors import DatasetError, ModelError, OptionError, stop_requested
 from ..files import sha256_file
-from ..manifest import Manifest, manifest_path
+from ..manifest import Manifest, load_manifest, manifest_path, verify_checksums
 from ..runtime import Classifier
 from . import ExportSpec
 from .context import ExportContext
@@ -54,10 +54,12 @@ def export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set: 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     final = Path(out_dir) / spec.filename()
+    judged = False  # True once this run's artifact was verified (then an earlier one must go)
     try:
         staged = staging / spec.filename()
         if not _convert(ctx, spec, staged, options, explain, report):
             return report
+        judged = True
         manifest = _verify(ctx, spec, staged, verify_set, reference, gate, report)
         if manifest is not None:
             _keep(staged, final, manifest, explain, report)
@@ -67,7 +69,11 @@ def export_one(ctx: ExportContext, spec: ExportSpec, out_dir: Path, verify_set: 
     finally:
         report.seconds = round(time.perf_counter() - started, 2)
         shutil.rmtree(staging, ignore_errors=True)
-        if not report.passed:
+        if not report.passed and not judged and _verified_export_of(final, ctx):
+            # The conversion failed before judging anything (a full disk, a converter error): an
+            # earlier artifact that passed its gate for this very model stays.
+            report.error = (report.error or "not kept") + f"; kept the earlier {final.name}, a verified export of this model"
+        elif not report.passed:
             # A stale artifact of the same name from an earlier run must not pass for this one.
             removed = remove_artifact(final)
             if removed:
@@ -104,7 +110,11 @@ def _verify(ctx: ExportContext, spec: ExportSpec, staged: Path, verify_set: Veri
     base = ctx.manifest
     engine = open_engine(staged)
     classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
-    probs = classifier.scores(verify_set.images)
+    try:
+        probs = classifier.scores(verify_set.images)
+    except ModelError as exc:  # non-finite outputs (an fp16 overflow, NaN weights): this artifact fails
+        report.error = f"verification failed: {exc}; artifact not kept"
+        return None
     stats = compare(reference, probs, verify_set.targets, verify_set.val_count)
     report.accuracy, report.reference_accuracy = stats["accuracy"], stats["reference_accuracy"]
     report.accuracy_drop_pp, report.top1_agreement = stats["accuracy_drop_pp"], stats["top1_agreement"]
@@ -160,6 +170,18 @@ def _keep(staged: Path, final: Path, manifest: Manifest, explain: bool, report: 
         manifest.output["explain"] = "cam"
     manifest.save(final)
     report.path, report.passed = str(final), True
+
+
+def _verified_export_of(final: Path, ctx: ExportContext) -> bool:
+    """Whether `final` is an intact artifact exported (and gated) from the model being exported now."""
+    try:
+        manifest = load_manifest(final)
+        if manifest is None or not manifest.artifact_sha256 or not ctx.manifest.artifact_sha256:
+            return False
+        verify_checksums(final, manifest)
+    except ModelError:
+        return False
+    return manifest.source.get("model_sha256") == ctx.manifest.artifact_sha256
 
 
 def remove_artifact(final: Path) -> list[str]:

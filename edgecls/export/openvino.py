@@ -22,8 +22,9 @@ def int8_scheme(int8_cpu: str) -> dict:
 
 
 def export(ctx: ExportContext, spec: ExportSpec, out_path: Path, int8_cpu: str | None = None) -> None:
-    import openvino as ov
+    from ..engines.openvino import import_openvino
 
+    ov = import_openvino()  # telemetry declined first: a conversion sends an event too
     model = ov.convert_model(str(ctx.saved_model(batch=None)))
     if spec.quant == "int8":
         import nncf

@@ -2,7 +2,6 @@
 the device runtime on the validation split, and keep only those that pass the accuracy gate."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ from .. import checks
 from .. import data as data_mod
 from ..cpu import cpu_info, saturation_risk
 from ..errors import DatasetError, ModelError
-from ..files import atomic_write_text
+from ..files import atomic_write_json
 from ..manifest import Manifest, load_manifest
+from ..outputs import output_lock, refuse_overlaps
 from . import ExportSpec, resolve
 from .artifact import ArtifactReport, export_one
 from .context import ExportContext
@@ -125,12 +125,19 @@ def export_model(model_path: str | Path, formats: str | list[str] | None = None,
     model_path = Path(model_path)
     manifest, dataset = _trained_model(model_path, dataset)
     out_dir = Path(out_dir) if out_dir else model_path.parent / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    verify_set = _verification_set(manifest, dataset, request, calibration, calibration_count, console)
+    refuse_overlaps({"dataset": dataset, "calibration": calibration}, folders={"--out": out_dir})
+    with output_lock(out_dir, "edgecls export"):  # one export run per folder
+        verify_set = _verification_set(manifest, dataset, request, calibration, calibration_count, console)
+        return _export_verified(model_path, dataset, out_dir, request, verify_set, target, console)
+
+
+def _export_verified(model_path: Path, dataset: Path, out_dir: Path, request: ExportRequest,
+                     verify_set: VerificationSet, target: str | None, console) -> list[ArtifactReport]:
+    """Score the verification images with the Keras model, then export, verify and gate each artifact."""
     from ..keras_model import KerasScorer
 
     scorer = KerasScorer(model_path)
-    ctx = ExportContext(model_path, manifest, verify_set.calibration)
+    ctx = ExportContext(model_path, scorer.manifest, verify_set.calibration)
     ctx.keras_model = scorer.model
     reference = scorer.scores_resized(verify_set.images)
     summary = _summary_start(model_path, dataset, request, verify_set, reference, target, console)
@@ -143,7 +150,7 @@ def export_model(model_path: str | Path, formats: str | list[str] | None = None,
     finally:
         ctx.cleanup()
         summary["artifacts"] = [asdict(r) for r in reports]
-        atomic_write_text(out_dir / "export_summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out_dir / "export_summary.json", summary)
     return reports
 
 

@@ -4,7 +4,6 @@ POST .../rollback serves the previous model again. The server names every file i
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from pathlib import Path
 
@@ -62,6 +61,7 @@ async def _answer(svc, work, kind: str) -> web.Response:
 
 async def _receive(request: web.Request, folder: Path, limits) -> None:
     """Store the parts under server-chosen names; the manifest decides the artifact's suffix."""
+    from ..files import loads_strict
     from ..manifest import Manifest
 
     budget = [limits.max_model_bytes]
@@ -73,7 +73,7 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
                 raise RequestError(400, f"unknown part {part.name!r}; expected {', '.join(PARTS)}")
             if part.name == "manifest":
                 try:
-                    doc = json.loads(await read_part(part, 4 << 20, "the manifest", "4 MB"))
+                    doc = loads_strict(await read_part(part, 4 << 20, "the manifest", "4 MB"))  # NaN is not JSON
                     manifest = Manifest.from_dict(doc, "the uploaded manifest")
                 except (ValueError, RecursionError):
                     raise RequestError(400, "the manifest part is not JSON") from None
@@ -92,7 +92,7 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
 
 
 def _place(folder: Path, suffix: str, doc: dict) -> None:
-    from ..files import atomic_write_text
+    from ..files import atomic_write_json
 
     weights = folder / "weights.part"
     if suffix == ".xml":
@@ -107,4 +107,4 @@ def _place(folder: Path, suffix: str, doc: dict) -> None:
     (folder / "artifact.part").rename(folder / f"model{suffix}")
     if (folder / "cam.part").exists():
         (folder / "cam.part").rename(folder / f"model{suffix}.cam.npz")
-    atomic_write_text(folder / f"model{suffix}.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(folder / f"model{suffix}.json", doc)

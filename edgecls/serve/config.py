@@ -145,3 +145,9 @@ def check_config(cfg: ServeConfig) -> None:
         raise OptionError(f"--watch {cfg.watch}: not a folder")
     if cfg.check_images is not None and not cfg.check_images.is_dir():
         raise OptionError(f"--check-images {cfg.check_images}: not a folder")
+    from ..outputs import refuse_overlaps
+
+    # Kept frames must not land among what the server reads: an image-folder source would replay them,
+    # the check images and the watched folder would take them for theirs.
+    refuse_overlaps({"model": cfg.artifact, "source": src if src and Path(src).exists() else None,
+                     "--watch": cfg.watch, "--check-images": cfg.check_images}, folders={"--learn": learn.folder})

@@ -114,11 +114,14 @@ class FrameCollector:
     def _write_sidecar(self, record: dict, evicted: set[str]) -> None:
         sidecar = self.root / SIDECAR
         if evicted:  # rewritten without the evicted frames (atomically): it lists what is on disk
-            from ..files import atomic_write_text
+            from ..files import atomic_write_text, strict_json
 
             lines = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.exists() else []
             kept = [line for line in lines if line and json.loads(line).get("file") not in evicted]
-            atomic_write_text(sidecar, "".join(line + "\n" for line in kept) + json.dumps(record) + "\n")
+            atomic_write_text(sidecar, "".join(line + "\n" for line in kept) + strict_json(record, str(sidecar)) + "\n")
         else:
+            from ..files import strict_json
+
+            line = strict_json(record, str(sidecar)) + "\n"  # before opening: a refused record adds nothing
             with open(sidecar, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line)

@@ -88,13 +88,13 @@ class ModelStore:
             return {}
 
     def _write_state(self) -> None:
-        from ..files import atomic_write_text
+        from ..files import atomic_write_json
 
         cur = self.current
         state = {"next_version": self._next_version, "previous": self.previous,
                  "current": {"path": str(cur.path.resolve()), "version": cur.version, "sha256": cur.sha256,
                              "origin": cur.origin, "base_sha256": self._base_sha}}
-        atomic_write_text(self.cfg.state_dir / "active.json", json.dumps(state, indent=2) + "\n")
+        atomic_write_json(self.cfg.state_dir / "active.json", state)
         keep = {Path(m["path"]).parent.name for m in (state["current"], self.previous or {}) if m.get("path")}
         for folder in self.root.iterdir():  # accepted models no longer current or previous
             if folder.is_dir() and folder.name.startswith("v") and folder.name not in keep:

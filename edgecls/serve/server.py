@@ -33,8 +33,11 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         await site.start()
         stop = asyncio.Event()
+        from ..signals import own
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+            own(sig)  # a forked child (OpenVINO's telemetry) must not wake this loop with its SIGTERM
         bound = runner.addresses[0]
         host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         started(f"http://{host}:{bound[1]}/")

@@ -58,6 +58,12 @@ class FolderWatch:
         for extra in (".cam.npz",):
             if path.with_name(path.name + extra).is_file():
                 shutil.copyfile(path.with_name(path.name + extra), folder / f"model{suffix}{extra}")
+        if suffix == ".onnx":  # external data keeps its names: the model refers to the files by them
+            from ..engines.onnx import check_external_data
+
+            for location in check_external_data(path, path.read_bytes()):
+                (folder / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path.parent / location, folder / location)
         if suffix == ".xml" and path.with_suffix(".bin").is_file():
             shutil.copyfile(path.with_suffix(".bin"), folder / "model.bin")
             _rename_companion(folder / "model.xml.json", path.with_suffix(".bin").name)
@@ -76,11 +82,11 @@ def _rename_companion(manifest_file: Path, original: str) -> None:
     """Point an OpenVINO manifest's weights checksum at the server's name for the weights file."""
     import json
 
-    from ..files import atomic_write_text
+    from ..files import atomic_write_json
 
     data = json.loads(manifest_file.read_text(encoding="utf-8"))
     companions = data.get("companions") or {}
     if original in companions:
         companions["model.bin"] = companions.pop(original)
         data["companions"] = companions
-        atomic_write_text(manifest_file, json.dumps(data, indent=2) + "\n")
+        atomic_write_json(manifest_file, data)

@@ -20,8 +20,14 @@ saved, so the saved model and every export have float32 inputs normalised by
 determinism and data parallelism.
 
 Resume (`checkpoint`): after every epoch OUT/checkpoint/ holds the weights, optimizer state,
-early-stopping state and history; `resume(OUT)` continues from the last completed epoch of the
-same phase.
+early-stopping state and history, and (`drift`) the run's files and split; `resume(OUT)`
+continues from the last completed epoch of the same phase, on the same files, and refuses a
+dataset changed since (or, with `on_recorded_files`, reads only the recorded files).
+
+Several processes (`edgecls.distributed`, with `data_parallel`): `train`/`resume` join the run
+first; each process feeds its share of every global batch, the feature head's backbone work is
+split and gathered, and process 0 alone writes the checkpoint and the outputs (and reads the
+checkpoint on resume, handing it to the others).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ _PUBLIC = {
     "checkpoint": ("CHECKPOINT_DIR", "Checkpoint", "assign"),
     "config": ("DEFAULT_FINE_TUNE_EPOCHS", "FINE_TUNE_MIN_IMAGES", "LR_SCHEDULES", "PRECISIONS", "PRECISION_CHOICES",
                "TrainConfig", "TrainResult", "planned_fine_tune_epochs"),
+    "drift": ("DataChanges", "RECORD_NAME", "check_unchanged", "data_changes", "read_record", "recorded_data",
+              "write_record"),
     "device": ("accelerator", "clear_distribution", "phase_policy", "set_determinism", "set_distribution"),
     "feature_head": ("fit_feature_head", "frozen_features", "logistic_head", "train_head"),
     "feed": ("BatchPlan", "TrainingData", "batches", "feeder", "load_data", "reader", "unwarped"),

@@ -23,6 +23,12 @@ FINE_TUNE_MIN_IMAGES = 2000
 DEFAULT_FINE_TUNE_EPOCHS = 5
 
 
+# TrainConfig's field annotations -> (type, None allowed), for the type checks of `validate`.
+_FIELD_KINDS = {"int": (int, False), "int | None": (int, True), "float": (float, False), "float | None": (float, True),
+                "bool": (bool, False), "bool | None": (bool, True), "str": (str, False), "str | None": (str, True),
+                "tuple[int, int] | None": (tuple, True), "list[int] | None": (list, True)}
+
+
 @dataclass
 class TrainConfig:
     backbone: str = "mobilenet_v2"
@@ -59,6 +65,7 @@ class TrainConfig:
     def validate(self) -> Recipe:
         """Check every setting before any work (OptionError names the first one at fault, by its
         field name); returns the backbone's recipe."""
+        self._check_types()
         recipe = get_recipe(self.backbone)
         checks.at_least("epochs", self.epochs, 1)
         checks.at_least("fine_tune_epochs", self.fine_tune_epochs, 0)
@@ -88,6 +95,20 @@ class TrainConfig:
             raise OptionError(f"head_c must be positive (at most 1e6), got {self.head_c}", "head_c")
         resolve_weights(self.weights or recipe.weights)
         return recipe
+
+    def _check_types(self) -> None:
+        """Each field holds what its option takes (a recipe file or a library caller can put text
+        or a list where a number goes; the command line parses them before they get here)."""
+        for f in fields(self):
+            kind, optional = _FIELD_KINDS[f.type]
+            value = getattr(self, f.name)
+            if kind in (tuple, list):  # input_size (height, width), fold [k, i]: two whole numbers
+                if not (optional and value is None) and not (isinstance(value, (tuple, list)) and len(value) == 2):
+                    raise OptionError(f"{f.name} must be two whole numbers, got {value!r}", f.name)
+                for item in value or ():
+                    checks.of_type(f.name, item, int)
+            else:
+                checks.of_type(f.name, value, kind, optional)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

@@ -2,6 +2,7 @@
 and data parallelism over several devices."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import OptionError
@@ -54,21 +55,26 @@ def set_determinism(on: bool) -> None:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
 
 
-def set_distribution(config: TrainConfig) -> int:
-    """Data parallelism over all local devices (Keras distribution API, JAX); returns the count."""
+def set_distribution(config: TrainConfig, session=None) -> int:
+    """Data parallelism over all devices (Keras distribution API, JAX): the local ones, or every
+    process's in a multi-process `session` (`edgecls.distributed`), each process then feeding its
+    own share of each batch; returns the device count."""
     if not config.data_parallel:
         return 1
     keras = _keras()
     if keras.backend.backend() != "jax":
         raise OptionError("--data-parallel needs the JAX backend (KERAS_BACKEND=jax): it uses "
-                          "keras.distribution.DataParallel")
-    if os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
-        keras.distribution.initialize()  # several hosts: jax.distributed from the KERAS_DISTRIBUTION_* variables
-    devices = keras.distribution.list_devices()
+                          "keras.distribution.DataParallel", "data_parallel")
+    devices = keras.distribution.list_devices()  # every process's devices, once joined
     if config.batch_size % len(devices):
         raise OptionError(f"batch_size {config.batch_size} must be a multiple of the {len(devices)} devices "
-                          "for --data-parallel")
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+                          "for --data-parallel", "batch_size")
+    if session is not None and session.distributed:
+        # The feeder hands Keras this process's share of each global batch already.
+        distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+    else:
+        distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
     return len(devices)
 
 
@@ -76,3 +82,15 @@ def clear_distribution(config: TrainConfig) -> None:
     """Back to one device (what is saved and exported runs on one)."""
     if config.data_parallel:
         _keras().distribution.set_distribution(None)
+
+
+@contextlib.contextmanager
+def outside_distribution():
+    """Build and run a model on this process's devices alone, whatever distribution is set."""
+    keras = _keras()
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)

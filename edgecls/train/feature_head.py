@@ -7,17 +7,20 @@ import warnings
 
 import numpy as np
 
+from ..errors import EdgeclsError
 from ..keras_model import keras as _keras
 from .config import TrainConfig
 from .feed import unwarped
 from .network import Net
 
 
-def frozen_features(net: Net, feed, views=(None,)) -> tuple[list[np.ndarray], np.ndarray]:
+def frozen_features(net: Net, feed, views=(None,), session=None) -> tuple[list[np.ndarray], np.ndarray]:
     """Backbone features (the head's input) of every picture a feeder yields, computed once with
     the training wrapper's normalisation and no augmentation, for each of `views` (a function of
     the uint8 batch, or None for the picture as is: see `augment.feature_views`). Each batch is
-    read once for all views. Returns one feature array per view, and the targets."""
+    read once for all views. Returns one feature array per view, and the targets. In a
+    multi-process `session` each process computes its share of every batch and all get every
+    feature, in the order one process would have computed them."""
     keras = _keras()
     if net.extractor is None:  # one model for every call: a new one per call retraces its predict function
         net.extractor = keras.Model(net.inference.inputs, net.inference.get_layer("probabilities").input)
@@ -30,17 +33,21 @@ def frozen_features(net: Net, feed, views=(None,)) -> tuple[list[np.ndarray], np
             pixels = normalize(np.ascontiguousarray(view(x) if view is not None else x))
             out.append(np.asarray(net.extractor.predict_on_batch(keras.ops.convert_to_numpy(pixels)), np.float32))
         ys.append(y)
-    return [np.concatenate(parts) for parts in xs], np.concatenate(ys)
+    if session is None or not session.distributed:
+        return [np.concatenate(parts) for parts in xs], np.concatenate(ys)
+    return [session.gather_batches(parts) for parts in xs], session.gather_batches(ys)
 
 
 def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: dict | None,
-                     console, crops: bool = True) -> dict[str, list[float]]:
+                     console, crops: bool = True, session=None) -> dict[str, list[float]]:
     """Phase 1 on features computed once: the frozen backbone runs over the training set (as is
     and, with augmentation on, in the fixed views of `augment.feature_views`: mirrored, and four
     corner crops when `crops`) and the validation set once instead of once per epoch; the head
     is a multinomial logistic regression on those features (`logistic_head`), which is what a
     softmax dense layer computes, so its weights go straight into the model. Host-side
-    rotation/zoom does not apply here (features are computed once)."""
+    rotation/zoom does not apply here (features are computed once). In a multi-process
+    `session` the processes share the backbone's work and process 0's regression is the head
+    in every process."""
     from sklearn.metrics import accuracy_score, log_loss
 
     from ..augment import feature_views
@@ -50,12 +57,22 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
     train_feed.epoch = 0
     views = feature_views(config.flip, config.feature_crops if crops else 0.0) if config.augment else {"as is": None}
     with status(console, f"phase 1 (head): backbone features of {len(views)} view(s), computed once"):
-        per_view, targets = frozen_features(net, unwarped(train_feed), tuple(views.values()))
-        (vx,), vy = frozen_features(net, val_feed)
+        per_view, targets = frozen_features(net, unwarped(train_feed), tuple(views.values()), session)
+        (vx,), vy = frozen_features(net, val_feed, session=session)
     tx, ty = np.concatenate(per_view), np.tile(targets, len(per_view))
+    broken = int((~np.isfinite(tx).all(axis=1)).sum() + (~np.isfinite(vx).all(axis=1)).sum())
+    if broken:
+        raise EdgeclsError(f"phase 1 (head): the backbone's features are not finite numbers (NaN or infinity) for "
+                           f"{broken} picture(s): its weights are broken (check --weights) or it overflows; no model "
+                           "was written")
     pictures = np.tile(np.arange(len(targets)), len(per_view))  # views of one picture share an inner fold
     head = net.inference.get_layer("probabilities")
-    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)
+    if session is None or not session.distributed:
+        kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)
+    else:
+        kernel, bias, c = _shared_head(session, lambda: logistic_head(tx, ty, head.units, config.seed, class_weight,
+                                                                    groups=pictures, c=config.head_c),
+                                       (tx.shape[1], head.units))
     head.set_weights([kernel, bias])
     labels = list(range(head.units))
 
@@ -70,6 +87,18 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
     console.print(f"phase 1 (head): logistic regression on {len(tx)} feature vectors ({', '.join(views)}), "
                   f"C={c:g} {how}; val_accuracy {history['val_accuracy'][0]:.3f}")
     return history
+
+
+def _shared_head(session, fit, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Process 0's fit in every process: one regression, so every process holds the same head
+    bit for bit (the others wait on the coordination service, not in a collective, meanwhile)."""
+    if session.is_writer:
+        kernel, bias, c = fit()
+    else:
+        kernel, bias, c = np.zeros(shape, np.float32), np.zeros(shape[1], np.float32), 0.0
+    c = float(session.share("feature head C", repr(c) if session.is_writer else None))
+    kernel, bias = session.broadcast([kernel, bias])
+    return kernel, bias, c
 
 
 def logistic_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = 0, class_weight: dict | None = None,

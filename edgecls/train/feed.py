@@ -8,6 +8,7 @@ import copy
 import functools
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import numpy as np
 from .. import data as data_mod
 from ..augment import Augmentation
 from ..cache import ImageCache, cached_images
+from ..distributed import sharding
 from ..errors import EdgeclsError, OptionError
 from ..keras_model import keras as _keras
 from ..preprocess import Preprocessing
 from .config import TrainConfig
+from .drift import recorded_data
 
 
 @dataclass
@@ -34,12 +37,17 @@ class TrainingData:
     skipped: list[tuple[Path, str]]
 
 
-def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console) -> TrainingData:
-    """Scan and split the dataset and open (or build) its decoded-image cache."""
-    folder = data_mod.scan(dataset)
-    if config.fold:
+def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console,
+              recorded: dict | None = None) -> TrainingData:
+    """Scan and split the dataset (or take the files and split `recorded` when the run began:
+    `drift.read_record`) and open (or build) its decoded-image cache."""
+    if recorded is not None:
+        folder, split = recorded_data(Path(dataset), recorded)
+    elif config.fold:
+        folder = data_mod.scan(dataset)
         split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)
     else:
+        folder = data_mod.scan(dataset)
         split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
     if len(split["val"]) == 0:
         raise OptionError("the validation split is empty; raise --val-fraction or add images")
@@ -64,6 +72,19 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     return TrainingData(folder, split, cache, train_idx, val_idx, skipped)
 
 
+def fingerprint(loaded: TrainingData) -> str:
+    """What every process of a run must agree on about its copy of the dataset: the classes, the
+    files (relative to the dataset folder, with sizes) and the split's readable pictures."""
+    import hashlib
+
+    root, digest = loaded.folder.root, hashlib.sha256()
+    for part in (loaded.folder.classes, [(os.path.relpath(f, root), f.stat().st_size) for f in loaded.folder.files],
+                 loaded.train.tolist(), loaded.val.tolist()):
+        digest.update(repr(part).encode())
+    return (f"{len(loaded.folder.files)} files in {len(loaded.folder.classes)} classes, {len(loaded.train)} training "
+            f"and {len(loaded.val)} validation pictures readable, sha256 {digest.hexdigest()[:16]}")
+
+
 def reader(images):
     """rows -> uint8 pictures, from an ImageCache (pread, nothing stays mapped) or an array."""
     return images.read if isinstance(images, ImageCache) else (lambda rows: np.asarray(images[rows]))
@@ -74,15 +95,17 @@ class BatchPlan:
 
     The order of epoch e is a permutation seeded by (seed, e), and the warps of batch i by
     (seed, e, i). Within a batch rows are read in file order (sequential reads from the cache).
-    `multiple`: batch sizes are cut to multiples of the device count."""
+    `multiple`: batch sizes are cut to multiples of the device count. `share`: (process, count)
+    in a multi-process run, where each process reads only its slice of every batch, with the
+    warps the pictures get in the whole batch (`edgecls.distributed.sharding`)."""
 
     def __init__(self, images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.ndarray, batch_size: int,
-                 shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1):
+                 shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1,
+                 share: tuple[int, int] = (0, 1)):
         self.read, self.targets, self.indices = reader(images), targets, indices
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.augmentation, self.multiple = augmentation, multiple
-        count = len(indices)
-        self.batches = count // batch_size + (1 if count % batch_size >= multiple else 0)
+        self.augmentation, self.multiple, self.share = augmentation, multiple, share
+        self.batches = sharding.batch_count(len(indices), batch_size, multiple)
         self._order: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
 
@@ -95,12 +118,41 @@ class BatchPlan:
             return self._order[1]
 
     def batch(self, i: int, epoch: int, warp: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        rows = np.sort(rows[: len(rows) - len(rows) % self.multiple])
+        rows = sharding.global_batch(self.order(epoch), i, self.batch_size, self.multiple)
+        rows, offset = sharding.local_rows(rows, *self.share)
         x = self.read(rows)
         if warp and self.augmentation is not None and self.augmentation.geometric:
-            x = self.augmentation.warp_batch(x, np.random.default_rng([self.seed, epoch, i]))
+            x = self.augmentation.warp_batch(x, np.random.default_rng([self.seed, epoch, i]), skip=offset)
         return x, self.targets[rows]
+
+
+class Prefetcher:
+    """A BatchPlan's batches read ahead by `workers` threads, each kept under what it is (epoch,
+    warps on or off, index): what a caller gets never depends on thread timing.
+
+    Keras' own threaded reader (a PyDataset with workers > 1) is not used: when `fit` takes a
+    first batch to build the model and restarts, it replays the batches its threads had read
+    ahead before starting over, so the first epoch of every `fit` saw some batches twice and
+    skipped others, by thread timing (measured with Keras 3.12, a 20-batch epoch: with 2 threads
+    it trained on batches 2-6, 0-14; with 4 on 2-10, 0-10)."""
+
+    def __init__(self, plan: BatchPlan, workers: int):
+        self.plan, self.workers = plan, workers
+        self._pending: dict[tuple[int, bool, int], Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self, i: int, epoch: int, warp: bool) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            for key in [k for k in self._pending if k[:2] != (epoch, warp) or k[2] < i]:
+                self._pending.pop(key).cancel()  # another epoch's, or passed: never asked for now
+            future = self._pending.pop((epoch, warp, i), None)
+            if self.workers > 1:
+                self._pool = self._pool or ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-feed")
+                for j in range(i + 1, min(i + 1 + 2 * self.workers, self.plan.batches)):
+                    if (epoch, warp, j) not in self._pending:
+                        self._pending[(epoch, warp, j)] = self._pool.submit(self.plan.batch, j, epoch, warp)
+        return future.result() if future is not None else self.plan.batch(i, epoch, warp)
 
 
 @functools.cache
@@ -110,8 +162,10 @@ def _feed_class():
 
     class Feed(_keras().utils.PyDataset):
         def __init__(self, plan: BatchPlan, workers: int):
-            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
+            # workers=1: Keras asks for batch after batch in order; the threads are the Prefetcher's.
+            super().__init__(workers=1, use_multiprocessing=False)
             self.plan = plan
+            self.prefetcher = Prefetcher(plan, workers)
             self.epoch = 0              # set by the training callback when an epoch begins
             self.augmentation_off = False
 
@@ -119,17 +173,21 @@ def _feed_class():
             return self.plan.batches
 
         def __getitem__(self, i):
-            return self.plan.batch(i, self.epoch, warp=not self.augmentation_off)
+            if not 0 <= i < self.plan.batches:
+                raise IndexError(f"batch {i} of {self.plan.batches}")
+            return self.prefetcher.get(i, self.epoch, warp=not self.augmentation_off)
 
     return Feed
 
 
 def feeder(images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.ndarray, batch_size: int, *,
-           shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1, workers: int = 0):
+           shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1, workers: int = 0,
+           share: tuple[int, int] = (0, 1)):
     """uint8 batches (and targets) from the cache as a Keras PyDataset, prefetched by worker
-    threads (see `BatchPlan` for the order); `feed.epoch` selects the epoch's order."""
-    workers = workers or max(2, min(8, os.cpu_count() or 2))  # >1 makes Keras prefetch in threads
-    plan = BatchPlan(images, targets, indices, batch_size, shuffle, seed, augmentation, multiple)
+    threads (see `BatchPlan` for the order and `share`, `Prefetcher` for the threads);
+    `feed.epoch` selects the epoch's order."""
+    workers = workers or max(2, min(8, os.cpu_count() or 2))
+    plan = BatchPlan(images, targets, indices, batch_size, shuffle, seed, augmentation, multiple, share)
     return _feed_class()(plan, workers)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..errors import EdgeclsError
 from ..keras_model import keras as _keras
 from .checkpoint import Checkpoint, assign
 from .config import TrainConfig
@@ -56,6 +57,11 @@ def epoch_callback(net: Net, phase: int, history: dict, patience: int, checkpoin
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
+            broken = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(float(logs[k]))]
+            if broken:  # neither the history nor the checkpoint takes a diverged epoch
+                state["diverged"] = f"{broken[0]} became {float(logs[broken[0]])} in epoch {epoch + 1}"
+                net.wrapper.stop_training = True
+                return
             for k, v in logs.items():
                 history.setdefault(k, []).append(float(v))
             val_loss = float(logs.get("val_loss", math.inf))
@@ -118,5 +124,11 @@ def fit_phase(net: Net, phase: int, epochs: int, learning_rate: float, feeds: tu
         net.wrapper.fit(train_feed, validation_data=val_feed, epochs=epochs, initial_epoch=state["epoch"], verbose=0,
                         # The feeder orders batches by (seed, epoch) itself; Keras' own shuffle
                         # would draw from Python's global RNG, which a resumed run cannot replay.
-                        shuffle=False, class_weight=class_weight, callbacks=[callback])
+                        # TerminateOnNaN ends the epoch at the first non-finite batch loss.
+                        shuffle=False, class_weight=class_weight,
+                        callbacks=[_keras().callbacks.TerminateOnNaN(), callback])
+    if state.get("diverged"):
+        raise EdgeclsError(f"{name}: training diverged: the {state['diverged']} (learning rate {learning_rate:g}); "
+                           "no model was written. Lower the learning rate (--learning-rate, --fine-tune-learning-rate) "
+                           "or check the data and --weights, and start a new run")
     return history

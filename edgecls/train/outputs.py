@@ -2,7 +2,6 @@
 metrics and the confusion matrix, then the manifest, written last: it marks the run finished."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,10 +10,11 @@ import numpy as np
 from .. import data as data_mod
 from ..cache import ImageCache
 from ..evaluate import Metrics, compute_metrics, overfit_warning, plot_confusion
-from ..files import atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from ..keras_model import keras_manifest, save_keras_model
 from ..models import Recipe
 from ..preprocess import Preprocessing
+from ..runtime import finite_scores
 from .config import TrainConfig, TrainResult
 from .feed import TrainingData, reader
 from .plots import plot_history
@@ -37,7 +37,8 @@ def evaluate_split(model, images: np.ndarray | ImageCache, indices: np.ndarray, 
     probs = [np.asarray(model.predict_on_batch(preprocessing.normalize(read(np.sort(indices[i : i + batch_size])))))
              for i in range(0, len(indices), batch_size)]
     order = np.concatenate([np.sort(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)])
-    return compute_metrics(targets[order], np.concatenate(probs).argmax(1), labels)
+    scores = finite_scores(np.concatenate(probs), "the trained model (diverged?)")
+    return compute_metrics(targets[order], scores.argmax(1), labels)
 
 
 def _source(dataset: Path, config: TrainConfig, recipe: Recipe, loaded: TrainingData, training: dict) -> dict:
@@ -58,7 +59,7 @@ def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, reci
     labels = list(loaded.folder.classes)
     model_path = save_keras_model(model, out_dir / "model.keras")
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
-    atomic_write_text(out_dir / "history.json", json.dumps({"phase_boundary": phase_boundary, **history}, indent=2))
+    atomic_write_json(out_dir / "history.json", {"phase_boundary": phase_boundary, **history})
     plot_history(history, phase_boundary, out_dir / "training_curves.png")
     images, targets = loaded.cache, loaded.folder.targets
     train_metrics = evaluate_split(model, images, loaded.train, targets, preprocessing, labels)
@@ -66,7 +67,7 @@ def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, reci
     plot_confusion(val_metrics, out_dir / "confusion_matrix.png", "Validation confusion matrix")
     warnings = [w for w in [overfit_warning(train_metrics.accuracy, val_metrics.accuracy)] if w]
     metrics = {"train": train_metrics.to_dict(), "val": val_metrics.to_dict(), "warnings": warnings}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_json(out_dir / "metrics.json", metrics)
     manifest = keras_manifest(model_path, labels, preprocessing, _source(dataset, config, recipe, loaded, training),
                               {"val_accuracy": val_metrics.accuracy, "train_accuracy": train_metrics.accuracy,
                                "val_count": val_metrics.count})

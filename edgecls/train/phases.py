@@ -3,8 +3,11 @@ regression on features computed once by default, or by gradient descent), phase 
 the backbone's top layers from the recipe's `fine_tune_from` at a lower learning rate."""
 from __future__ import annotations
 
+import contextlib
+
 from .checkpoint import Checkpoint
 from .config import FINE_TUNE_MIN_IMAGES, TrainConfig, planned_fine_tune_epochs
+from .device import outside_distribution
 from .feature_head import fit_feature_head
 from .gradient import fit_phase
 
@@ -19,9 +22,13 @@ def fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool, console
 
 
 def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig, checkpoint: Checkpoint,
-               resumed: dict | None, class_weight: dict | None, console, fine_tune_from: str):
+               resumed: dict | None, class_weight: dict | None, console, fine_tune_from: str, whole: bool,
+               session=None):
     """Run the phases in order (from the resumed one), each on a net built under its dtype policy
-    and starting from the previous phase's weights; returns (net, history, phase boundary)."""
+    and starting from the previous phase's weights; returns (net, history, phase boundary).
+    `whole`: the backbone trains from the start (no feature head); `session`: the processes of
+    a multi-process run (`edgecls.distributed`)."""
+    several = session is not None and session.distributed
     start_phase = resumed["phase"] if resumed else 1
     history: dict[str, list[float]] = {k: list(v) for k, v in (resumed or {}).get("earlier_history", {}).items()}
     phase_boundary = (resumed or {}).get("phase_boundary", 0)
@@ -29,18 +36,24 @@ def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig,
     for phase, epochs, lr in phases:
         if phase < start_phase:
             continue
-        previous, net = net, build(policies[phase], phase == 2)
+        this = resumed if resumed and resumed["phase"] == phase else None
+        feature_head = phase == 1 and config.feature_head and this is None and not whole
+        # Several processes: the feature head's backbone runs on each process's own devices over
+        # its share of the batches (Keras predicts only on one process's devices).
+        with outside_distribution() if several and feature_head else contextlib.nullcontext():
+            previous, net = net, build(policies[phase], phase == 2)
         if previous is not None:
             net.wrapper.set_weights(previous.wrapper.get_weights())
         if phase == 2:
             console.print(f"phase 2: fine-tuning the backbone from '{fine_tune_from}'")
-        this = resumed if resumed and resumed["phase"] == phase else None
         # Written into every checkpoint of the phase, so a resume knows what came before.
         extra = checkpoint.with_fields({"earlier_history": history, "phase_boundary": phase_boundary})
-        if phase == 1 and config.feature_head and this is None and not net.backbone.trainable:
+        if feature_head:
             # Crop views only pay when this head is the final one; before fine-tuning it is a start.
             final = not any(p == 2 and e > 0 for p, e, _ in phases)
-            phase_history = fit_feature_head(net, feeds, config, class_weight, console, crops=final)
+            with outside_distribution() if several else contextlib.nullcontext():
+                phase_history = fit_feature_head(net, feeds, config, class_weight, console, crops=final,
+                                                 session=session)
             extra.save({"epoch": len(phase_history["loss"]), "best": 0.0, "wait": 0, "done": True, "phase": 1,
                         "phase_history": phase_history}, net.wrapper.variables, [], None)
         else:
