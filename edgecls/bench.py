@@ -89,6 +89,7 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
         "artifact": str(path), "name": path.name,
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
+        "backbone": manifest.source.get("backbone") if manifest else None,
         "engine": engine.name, "engine_version": engine.version,
         "threads": engine_options.get("num_threads"), "engine_options": engine_options, "batch": batch, "runs": len(samples), "warmup_runs": count,
         "init_ms": init_ms, "first_inference_ms": first_ms, "latency_ms": stats,
@@ -198,11 +199,17 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
 
         profile = get_target(target)
         target_doc = {"name": profile.name, "hardware": profile.hardware, "description": profile.description,
-                      "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references}
+                      "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references,
+                      "device": profile.device}
     # Accuracy first: a dataset that cannot be used fails before minutes of timing, not after.
     accuracy = _dataset_accuracy(paths, Path(dataset), setups, activation) if dataset is not None else None
+    from .device_report import record
+    from .provenance import thermal_state
+
+    before = thermal_state()  # a device that throttles during the run is flagged in the report
     per_round = [[bench_artifact(p, timeout=timeout, engine_options=o, **options) for p, o in zip(paths, setups)]
                  for _ in range(rounds)]
+    device = record(before, thermal_state())
     results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
     for result, measured in zip(results, accuracy or []):
         result.update(measured)
@@ -213,7 +220,7 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
             on_result(result)
     return {"schema": SCHEMA, "host": host_info(),
             "options": {**options, "threads": threads, "rounds": rounds, "timeout_s": timeout},
-            "target": target_doc, "results": results}
+            "target": target_doc, "results": results, "device": device}
 
 
 def display_names(paths: Sequence[str | Path]) -> list[str]:

@@ -44,6 +44,9 @@ class Manifest:
     edgecls_version: str = __version__
     created: str = ""
     companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
+    # Check images (`edgecls.check_images`): {"image": path relative to the artifact's folder, "sha256",
+    # "top1": the answer expected from the artifact, "probability"}; `edgecls doctor` runs them.
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from datetime import datetime, timezone  # lazy: a cold `predict` never writes a manifest
@@ -62,6 +65,7 @@ class Manifest:
             "verification": self.verification,
             "edgecls_version": self.edgecls_version,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"checks": [dict(c) for c in self.checks]} if self.checks else {}),
         }
 
     @classmethod
@@ -212,6 +216,7 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             if "/" in name or "\\" in name or name in ("", ".", ".."):
                 _fail("companions", "file names beside the artifact", name)
             _sha(sha, f"companions.{name}")
+        checks = _checks(d.get("checks"), labels)
         return Manifest(
             format=_str(d, "format", "format", nonempty=True),
             quantization=_str(d, "quantization", "quantization", nonempty=True),
@@ -222,11 +227,32 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             edgecls_version=_str(d, "edgecls_version", "edgecls_version", default=""),
             created=_str(d, "created", "created", default=""),
             companions=companions,
+            checks=checks,
         )
     except _Invalid as exc:
         raise ModelError(f"{where}: invalid manifest: {exc}") from None
     except OptionError as exc:
         raise ModelError(f"{where}: invalid manifest: {exc}") from None
+
+
+def _checks(v: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Check images: relative paths inside the artifact's folder, checksums, an answer among the labels."""
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(c, dict) for c in v):
+        _fail("checks", "a list of objects", v)
+    for i, c in enumerate(v):
+        image = c.get("image")
+        if not isinstance(image, str) or not image or image.startswith(("/", "\\")) or ".." in image.split("/"):
+            _fail(f"checks[{i}].image", "a file path relative to the artifact's folder", image)
+        if not _sha(c.get("sha256"), f"checks[{i}].sha256"):
+            _fail(f"checks[{i}].sha256", "a sha256 hex digest", c.get("sha256"))
+        if c.get("top1") not in labels:
+            _fail(f"checks[{i}].top1", "one of the manifest's labels", c.get("top1"))
+        p = c.get("probability")
+        if p is not None and (not _is_number(p) or not 0 <= p <= 1):
+            _fail(f"checks[{i}].probability", "null or a number from 0 to 1", p)
+    return [dict(c) for c in v]
 
 
 def verify_checksums(artifact: str | Path, manifest: Manifest) -> None:

@@ -100,6 +100,9 @@ def test_fast_and_full_predict_print_the_same(coral, assets, tmp_path):
 
 
 BAD_OPTIONS = [
+    (["serve", "{model}", "--labels", "{labels}", "--queue-size", "0"], "--queue-size must be at least 1, got 0"),
+    (["serve", "{model}", "--labels", "{labels}", "--learn-margin", "1.5"], "--learn-margin must be in [0, 1], got 1.5"),
+    (["serve", "{model}", "{tmp}/no-video.mp4", "--labels", "{labels}"], "{tmp}/no-video.mp4: no such file or folder"),
     (["train", "{flowers}", "--learning-rate", "-1"], "--learning-rate must be in (0, 10], got -1.0"),
     (["train", "{flowers}", "--learning-rate", "0"], "--learning-rate must be in (0, 10]"),
     (["train", "{flowers}", "--input-size", "x"], "--input-size 'x': expected N or HxW"),

@@ -23,6 +23,9 @@ GROUPS = (
     "ensemble",     # edgecls ensemble
     "cv",           # edgecls cv
     "tune",         # edgecls tune
+    "serve",        # edgecls serve, edgecls serve-unit
+    "deploy",       # edgecls deploy
+    "doctor",       # edgecls doctor
 )
 
 

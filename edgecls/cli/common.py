@@ -75,9 +75,10 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def command(app: typer.Typer, fn: Callable, name: str | None = None, handled: bool = True) -> None:
+def command(app: typer.Typer, fn: Callable, name: str | None = None, handled: bool = True,
+            context_settings: dict | None = None) -> None:
     """Register `fn` as a command of `app`, its edgecls errors shown as one line (`friendly`)."""
-    app.command(name)(friendly(fn) if handled else fn)
+    app.command(name, context_settings=context_settings)(friendly(fn) if handled else fn)
 
 
 def folder_option(option: str, path: Path | None) -> None:

@@ -15,7 +15,9 @@ from . import TensorInfo, filtered_stderr, require_tensors
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
-def _interpreter_module():
+def interpreter_module():
+    """LiteRT's interpreter module and the distribution that provides it (ai-edge-litert, else
+    tflite-runtime); also what `edgecls doctor` probes delegates with."""
     try:
         from ai_edge_litert import interpreter as mod
 
@@ -169,7 +171,7 @@ class LiteRTEngine:
 
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
                  delegate: str | None = None):
-        mod, dist = _interpreter_module()
+        mod, dist = interpreter_module()
         data = path.read_bytes()
         self.metadata = check_flatbuffer(path, data)
         # From the graph: "softmax" / "sigmoid" / "none" (logits); None when it cannot be read.

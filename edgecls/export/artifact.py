@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..cam import cam_weights_path
+from ..check_images import checks_dir, write_checks
 from ..cpu import cpu_info
 from ..engines import companion_files, open_engine
 from ..errors import DatasetError, OptionError, stop_requested
@@ -103,7 +104,8 @@ def _verify(ctx: ExportContext, spec: ExportSpec, staged: Path, verify_set: Veri
     base = ctx.manifest
     engine = open_engine(staged)
     classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
-    stats = compare(reference, classifier.scores(verify_set.images), verify_set.targets, verify_set.val_count)
+    probs = classifier.scores(verify_set.images)
+    stats = compare(reference, probs, verify_set.targets, verify_set.val_count)
     report.accuracy, report.reference_accuracy = stats["accuracy"], stats["reference_accuracy"]
     report.accuracy_drop_pp, report.top1_agreement = stats["accuracy_drop_pp"], stats["top1_agreement"]
     report.max_prob_diff = stats["max_prob_diff"]
@@ -116,6 +118,7 @@ def _verify(ctx: ExportContext, spec: ExportSpec, staged: Path, verify_set: Veri
     if failure:
         report.error = failure + "; artifact not kept"
         return None
+    checks = _check_images(staged, classifier, verify_set, reference, probs, report)
     scheme = {"quantization_scheme": ctx.quantization_scheme} if ctx.quantization_scheme else {}
     return Manifest(
         format=spec.format, quantization=spec.quant, labels=base.labels, preprocessing=base.preprocessing,
@@ -125,7 +128,23 @@ def _verify(ctx: ExportContext, spec: ExportSpec, staged: Path, verify_set: Veri
         verification={"split": "val" if stats["count"] == stats["val_count"] else "val+uncalibrated-train",
                       **stats, "max_accuracy_drop_pp": gate.max_accuracy_drop,
                       "min_agreement": gate.min_agreement, "cpu": cpu_info()},
+        checks=checks,
     )
+
+
+def _check_images(staged: Path, classifier: Classifier, verify_set: VerificationSet, reference: np.ndarray,
+                  probs: np.ndarray, report: ArtifactReport) -> list[dict[str, Any]]:
+    """A few verification images that the artifact and the Keras model both get right by a wide
+    margin, stored beside the artifact with its answers (`edgecls doctor` runs them on a device)."""
+    right = np.flatnonzero((probs.argmax(1) == verify_set.targets) & (reference.argmax(1) == verify_set.targets))
+    top2 = np.sort(probs[right], axis=1)[:, -2:] if len(right) else np.zeros((0, 2))
+    candidates = right[np.argsort(-(top2[:, 1] - top2[:, 0]), kind="stable")][:12]
+    labels = classifier.labels
+    checks, notes = write_checks(staged, classifier, [verify_set.images[i] for i in candidates],
+                                 [labels[int(verify_set.targets[i])] for i in candidates])
+    if notes:
+        report.notes["checks"] = notes
+    return checks
 
 
 def _keep(staged: Path, final: Path, manifest: Manifest, explain: bool, report: ArtifactReport) -> None:
@@ -144,13 +163,16 @@ def _keep(staged: Path, final: Path, manifest: Manifest, explain: bool, report: 
 
 
 def remove_artifact(final: Path) -> list[str]:
-    """Delete an artifact, its manifest, companion files, CAM weights and compiled Edge TPU
-    build; the names removed."""
+    """Delete an artifact, its manifest, companion files, CAM weights, check images and compiled
+    Edge TPU build; the names removed."""
+    removed = []
+    if checks_dir(final).is_dir():
+        shutil.rmtree(checks_dir(final))
+        removed.append(checks_dir(final).name)
     names = [final, manifest_path(final), cam_weights_path(final), *companion_files(final)]
     if final.suffix == ".tflite":
         compiled = final.with_name(final.stem + "_edgetpu.tflite")
         names += [compiled, manifest_path(compiled)]
-    removed = []
     for path in names:
         if path.exists() or path.is_symlink():
             path.unlink()
