@@ -115,6 +115,6 @@ def _quantize(ctx: ExportContext, src: Path, scheme: dict, out: Path) -> dict:
     model = onnx.load(str(raw))
     corrected = correct_biases(model, onnx.load(str(pre)), calibration)
     onnx.save(model, str(out))
-    return {**scheme, "float_nodes": float_nodes,
+    return {**scheme, "kept_float": float_nodes,
             "calibration": {"method": "minmax", "images": int(len(calibration))},
             "bias_correction": {"layers": corrected, "images": int(len(calibration))}}
