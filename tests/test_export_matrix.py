@@ -2,8 +2,8 @@
 accuracy is meaningful, so int8 flips are signal), the gate, the int8 scheme, bad options.
 
 Numeric bounds hold on AVX-512 VNNI and on AVX2-only hosts: the default ("portable") int8
-scheme uses only integer paths that cannot saturate on either (7-bit weights for onnxruntime and
-NNCF, XNNPACK's 32-bit accumulation for LiteRT), so int8 answers do not depend on the host's
+scheme uses only integer paths that cannot saturate on either (7-bit weights where onnxruntime's
+and oneDNN's kernels multiply 8-bit pairs, XNNPACK's 32-bit accumulation for LiteRT), so int8 answers do not depend on the host's
 ISA; `test_int8_answers_do_not_depend_on_vnni` checks that under an emulated AVX2 CPU.
 """
 from __future__ import annotations
@@ -59,13 +59,38 @@ def report_cpu_features() -> list[str]:
 
 def test_int8_scheme_is_recorded(flowers_exports):
     onnx = Classifier.from_artifact(flowers_exports["onnx:int8"].path).manifest.source["quantization_scheme"]
-    assert onnx == {"int8_cpu": "portable", "format": "QDQ", "activations": "uint8", "weights": "int8",
-                    "per_channel": True, "reduce_range": True, "calibration": "minmax"}
+    assert onnx["int8_cpu"] == "portable" and onnx["activations"] == "uint8" and onnx["reduce_range"] is True
+    # MobileNetV2: its first 12 of 52 convolutions and the head (Gemm, Softmax) float, 40 corrected
+    assert len(onnx["kept_float"]) == 12 + 2 and onnx["bias_correction"]["layers"] == 40
     ov = Classifier.from_artifact(flowers_exports["openvino:int8"].path).manifest.source["quantization_scheme"]
-    assert ov["overflow_fix"] == "enable" and ov["int8_cpu"] == "portable"
+    assert ov == onnx  # the same QDQ graph, converted
     tfl = Classifier.from_artifact(flowers_exports["tflite:int8"].path).manifest.source["quantization_scheme"]
-    assert tfl["io"] == "uint8"
+    assert tfl["io"] == "uint8" and tfl["kept_float"] == [] and tfl["bias_correction"]["layers"] == 52
     assert "quantization_scheme" not in Classifier.from_artifact(flowers_exports["onnx:fp32"].path).manifest.source
+
+
+def test_qdq_graph_keeps_the_head_float_and_depthwise_weights_at_8_bits(flowers_exports):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(flowers_exports["onnx:int8"].path)
+    scheme = Classifier.from_artifact(flowers_exports["onnx:int8"].path).manifest.source["quantization_scheme"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    nodes = {n.name: n for n in model.graph.node}
+    kept = [nodes[name] for name in scheme["kept_float"]]
+    assert [n.op_type for n in kept] == ["Conv"] * 12 + ["Gemm", "Softmax"]
+    assert all(n.input[1] in inits for n in kept[:-1])  # float weights, no DequantizeLinear
+    widths = {"depthwise": [], "other": []}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.name not in scheme["kept_float"]:
+            weights = producer[node.input[1]]
+            assert weights.op_type == "DequantizeLinear"
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            widths["depthwise" if group > 1 else "other"].append(np.abs(inits[weights.input[0]].astype(int)).max())
+    # 7-bit weights (|q| <= 64) where onnxruntime's AVX2 kernels could saturate; the full range
+    # in depthwise convolutions, whose kernels widen before multiplying.
+    assert max(widths["other"]) <= 64 and min(widths["depthwise"]) >= 100
 
 
 def test_quantized_inputs_and_sizes(flowers_exports):
