@@ -21,7 +21,7 @@ from typing import List, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from .cli_light import ACTIVATION_HELP, LazyConsole, at_least, escape, folder_option, one_of, positive, within  # noqa: E402
+from .cli_light import ACTIVATION_HELP, INTERPOLATION_HELP, RESIZE_HELP, LazyConsole, at_least, escape, folder_option, one_of, positive, within  # noqa: E402
 
 from .errors import EdgeclsError, OptionError, stop_requested  # noqa: E402
 
@@ -262,7 +262,8 @@ def predict(
     images: List[Path] = typer.Argument(..., help="Image files."),
     labels: Optional[Path] = typer.Option(None, help="Label file, for a model without a manifest."),
     normalization: Optional[str] = typer.Option(None, help="tf | torch | caffe | unit | raw, for a model without a manifest."),
-    resize: Optional[str] = typer.Option(None, help="stretch | center_crop."),
+    resize: Optional[str] = typer.Option(None, help=RESIZE_HELP),
+    interpolation: Optional[str] = typer.Option(None, help=INTERPOLATION_HELP),
     top_k: int = typer.Option(3, "--top-k", "-k"),
     threads: Optional[int] = typer.Option(None),
     activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
@@ -274,8 +275,8 @@ def predict(
     """Classify images with an exported artifact through the light runtime."""
     # A plain call never gets here: cli_light.fast_predict runs it without Typer and Rich. Both
     # share the option checks and the predict loop.
-    cli_light.check_predict_options(top_k, threads, activation)
-    clf = cli_light.open_classifier(artifact, labels, normalization, resize, threads, activation)
+    cli_light.check_predict_options(top_k, threads, activation, resize, interpolation)
+    clf = cli_light.open_classifier(artifact, labels, normalization, resize, threads, activation, interpolation)
 
     def overlay(image: Path) -> Optional[dict]:
         from .cam import explain_artifact
@@ -299,15 +300,19 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Output folder for metrics.json and the confusion matrix."),
     threads: Optional[int] = typer.Option(None),
     activation: Optional[str] = typer.Option(None, help=ACTIVATION_HELP),
+    resize: Optional[str] = typer.Option(None, help=RESIZE_HELP),
+    interpolation: Optional[str] = typer.Option(None, help=INTERPOLATION_HELP),
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrix, overfitting check."""
     cli_light.threads_option(threads)
     one_of("--activation", activation, ("softmax", "none"))
     one_of("--split", split, ("train", "val", "test", "all", "auto"))
+    cli_light.preprocessing_options(resize, interpolation)
     folder_option("--out", out)
     from .workflows import evaluate_model
 
     options = {"num_threads": threads, "activation": activation} if model.suffix != ".keras" else {}
+    options.update(resize=resize, interpolation=interpolation)
     result = evaluate_model(model, dataset, split, out, console=err.get(),
                             **{k: v for k, v in options.items() if v is not None})
     show.print(result["table"], markup=False, highlight=False)
@@ -389,6 +394,8 @@ def stream(
     source: str = typer.Argument(..., help="Camera index, video file, RTSP/HTTP URL, GStreamer pipeline, picamera2[:N] or image folder."),
     labels: Optional[Path] = typer.Option(None, help="Label file, for a model without a manifest."),
     normalization: Optional[str] = typer.Option(None, help="For a float model without a manifest."),
+    resize: Optional[str] = typer.Option(None, help=RESIZE_HELP),
+    interpolation: Optional[str] = typer.Option(None, help=INTERPOLATION_HELP),
     target: Optional[str] = typer.Option(None, help="Engine options from a target profile (threads, XNNPACK, delegate, OpenVINO hint)."),
     threads: Optional[int] = typer.Option(None, help="Engine threads (overrides the target's)."),
     top_k: int = typer.Option(3, "--top-k", "-k"),
@@ -412,6 +419,7 @@ def stream(
     at_least("--retry-interval", retry_interval, 0)
     at_least("--stats-interval", stats_interval, 0)
     one_of("--activation", activation, ("softmax", "none"))
+    cli_light.preprocessing_options(resize, interpolation)
     from .runtime import Classifier
     from .stream import JsonLinesSink, Stream, StreamOptions, VideoSink, WindowSink, install_signal_handlers, open_source
     from .targets import engine_options_for
@@ -421,7 +429,7 @@ def stream(
     for note in notes:
         err.print(f"note: {note}", markup=False, highlight=False)
     clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, activation=activation,
-                                   **options)
+                                   resize=resize, interpolation=interpolation, **options)
     src = open_source(source, fps=fps)
     sinks = []
     if json_lines:

@@ -19,6 +19,10 @@ from .errors import EdgeclsError, ImageError, OptionError
 
 ACTIVATION_HELP = ("The model's final activation, for a model without a manifest whose graph does not show it: "
                    "softmax (outputs are probabilities, used as they are) or none (logits; edgecls applies softmax).")
+RESIZE_HELP = "stretch | center_crop (default: the manifest's, else stretch)."
+INTERPOLATION_HELP = ("area | linear | cubic: how pixels are resampled (default: the manifest's, else area, the "
+                      "anti-aliased box filter). For a model trained with another resize, e.g. linear for TF-slim "
+                      "or tf.image.resize bilinear (no anti-aliasing).")
 
 
 class LazyConsole:
@@ -89,21 +93,31 @@ def threads_option(threads: int | None) -> None:
         raise OptionError(f"--threads must be from 1 to 1024, got {threads}")
 
 
-def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
+def check_predict_options(top_k: int, threads: int | None, activation: str | None, resize: str | None = None,
+                          interpolation: str | None = None) -> None:
     """The ranges of predict's options, shared by the fast path and the full command line."""
     at_least("--top-k", top_k, 1)
     threads_option(threads)
     one_of("--activation", activation, ("softmax", "none"))
+    preprocessing_options(resize, interpolation)
+
+
+def preprocessing_options(resize: str | None, interpolation: str | None) -> None:
+    """--resize and --interpolation name known modes (checked before a model is opened)."""
+    from .preprocess import INTERPOLATIONS, RESIZE_MODES
+
+    one_of("--resize", resize, RESIZE_MODES)
+    one_of("--interpolation", interpolation, INTERPOLATIONS)
 
 
 # --- predict ---------------------------------------------------------------------------------
 def open_classifier(artifact: Path, labels: Path | None, normalization: str | None, resize: str | None,
-                    threads: int | None, activation: str | None):
+                    threads: int | None, activation: str | None, interpolation: str | None = None):
     """The Classifier for predict's options."""
     from .runtime import Classifier
 
     return Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
-                                    activation=activation, num_threads=threads)
+                                    interpolation=interpolation, activation=activation, num_threads=threads)
 
 
 def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Callable[[str], None],
@@ -140,16 +154,17 @@ class _Fallback(Exception):
     """The command line is not a plain predict call: let the full command line handle it."""
 
 
-_VALUED = {"--labels": "labels", "--normalization": "normalization", "--resize": "resize", "--top-k": "top_k",
-           "-k": "top_k", "--threads": "threads", "--activation": "activation"}
+_VALUED = {"--labels": "labels", "--normalization": "normalization", "--resize": "resize",
+           "--interpolation": "interpolation", "--top-k": "top_k", "-k": "top_k", "--threads": "threads",
+           "--activation": "activation"}
 _CONVERT = {"labels": Path, "top_k": int, "threads": int}
 
 
 def _parse_predict(argv: list[str]) -> dict[str, Any]:
     """The plain predict options (argparse and its imports cost more than this whole parser).
     Anything unusual raises _Fallback and the full command line parses it, help and errors included."""
-    args: dict[str, Any] = {"labels": None, "normalization": None, "resize": None, "top_k": 3, "threads": None,
-                            "activation": None, "as_json": False}
+    args: dict[str, Any] = {"labels": None, "normalization": None, "resize": None, "interpolation": None, "top_k": 3,
+                            "threads": None, "activation": None, "as_json": False}
     positional: list[str] = []
     i = 0
     while i < len(argv):
@@ -219,9 +234,10 @@ def fast_predict() -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        check_predict_options(args["top_k"], args["threads"], args["activation"])
+        check_predict_options(args["top_k"], args["threads"], args["activation"], args["resize"],
+                              args["interpolation"])
         clf = open_classifier(args["artifact"], args["labels"], args["normalization"], args["resize"],
-                              args["threads"], args["activation"])
+                              args["threads"], args["activation"], args["interpolation"])
         failed = run_predict(clf, args["images"], args["top_k"], args["as_json"],
                              lambda line: print(line, flush=True), warn)
     except EdgeclsError as exc:
