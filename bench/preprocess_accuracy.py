@@ -275,8 +275,9 @@ def accuracy_tables(models: list[Model], photos: list[Photo], top1: dict) -> lis
     for title, rows in sets:
         n = int(rows.sum())
         lines += [f"\n### {title}: {n} photos\n",
-                  "| model | px | resize | " + " | ".join(METHODS) + " | edgecls - INTER_AREA (95% CI; McNemar p) |",
-                  "|---|---|---|" + "---|" * len(METHODS) + "---|"]
+                  "| model | px | resize | " + " | ".join(METHODS) + " | edgecls - INTER_AREA (95% CI; McNemar p; "
+                  "discordant) | INTER_LINEAR - INTER_AREA | previous - INTER_AREA |",
+                  "|---|---|---|" + "---|" * len(METHODS) + "---|---|---|"]
         for i, m in enumerate(models):
             for mode in MODES:
                 hits = {method: correct(m, photos, top1[(i, mode, method)])[rows] for method in METHODS}
@@ -285,9 +286,11 @@ def accuracy_tables(models: list[Model], photos: list[Photo], top1: dict) -> lis
                     k = int(hits[method].sum())
                     lo, hi = wilson_interval(k, n)
                     cells.append(f"{k / n:.3f} ({lo:.3f}-{hi:.3f})")
-                d = paired_difference(hits["edgecls"], hits["INTER_AREA"])
-                cells.append(f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}; p={d['p_value']:.2g}; "
-                             f"{d['a_only']}/{d['b_only']} discordant)")
+                for a, b in (("edgecls", "INTER_AREA"), ("INTER_LINEAR", "INTER_AREA"),
+                             ("previous (pyrDown + linear)", "INTER_AREA")):
+                    d = paired_difference(hits[a], hits[b])
+                    cells.append(f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}; "
+                                 f"p={d['p_value']:.2g}; {d['a_only']}/{d['b_only']})")
                 lines.append(f"| {m.name} | {m.size} | {mode} | " + " | ".join(cells) + " |")
         if n < 200:
             lines.append(f"\n{n} photos: each interval is several points wide; this set cannot show a 1-2 point change.")
@@ -378,12 +381,15 @@ def main() -> int:
     lines += ["", "Top-1 with Wilson 95% intervals. center_crop: the central 0.875 of the shorter side, the "
               "same window for every method. edgecls: `Classifier.prepare` with `--resize MODE` and the default "
               "interpolation (area); `--interpolation linear` / `cubic` give the INTER_LINEAR / INTER_CUBIC "
-              "columns exactly (tests/test_preprocess.py). The last column pairs each photo's two answers."]
+              "columns exactly (tests/test_preprocess.py). The last three columns pair each photo's two answers: "
+              "difference (95% interval, Agresti-Min; McNemar's exact p; photos only the first / only the "
+              "second got right)."]
     lines += accuracy_tables(models, photos, top1)
     if not args.no_timing:
         lines += ["", "## Preprocessing cost per frame", "", f"Host: {host()}. CPU ms: this process's CPU "
                   "time per frame (OpenCV may use 2 threads), the stable figure on a shared host; wall ms: median of "
-                  "5 blocks. The frame is a channel-reversed view of a BGR frame, as `edgecls stream` passes it.",
+                  "5 blocks, inflated when the host is shared (see its load). The frame is a channel-reversed view of a "
+                  "BGR frame, as `edgecls stream` passes it.",
                   ""] + frame_costs(sizes, assets)
     text = "\n".join(lines) + "\n"
     print(text)
