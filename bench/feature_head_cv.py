@@ -1,7 +1,9 @@
 """5-fold cross-validation of head recipes on frozen backbone features (flowers-small by default):
-the frozen linear probe (scikit-learn logistic regression) against the trainer's feature head
-(`TrainConfig(feature_head=True)`: `edgecls.train.train_head`) with and without label smoothing,
-AdamW weight decay and mirrored copies. Backbone features are computed once per picture.
+the frozen linear probe (scikit-learn logistic regression) against the trainer's default head
+(`TrainConfig(feature_head=True)`: `edgecls.train.logistic_head` on the feature views) and dense
+heads trained by gradient descent on the same features (`edgecls.train.train_head`) with and
+without label smoothing, AdamW weight decay and mirrored copies. Backbone features are computed
+once per picture.
 
     python bench/feature_head_cv.py [--dataset DIR] [--size 224] [--folds 5] [--fold-seeds 0,1,2]
 
@@ -44,9 +46,9 @@ def main() -> None:
     from edgecls import data
     from edgecls.augment import feature_views
     from edgecls.cache import cached_images
-    from edgecls.cv import fold_indices
+    from edgecls.data import fold_indices
     from edgecls.models import get_recipe
-    from edgecls.train import TrainConfig, _build_net, _feeder, frozen_features, logistic_head, train_head
+    from edgecls.train import TrainConfig, build_net, feeder, frozen_features, logistic_head, train_head
 
     console = Console(stderr=True)
     recipe = get_recipe("mobilenet_v2")
@@ -56,9 +58,9 @@ def main() -> None:
     cache = cached_images(folder, prep, console)
     rows = np.flatnonzero(cache.ok)
     base = TrainConfig(input_size=size, weights=args.weights, fine_tune_epochs=0)
-    net = _build_net(recipe, folder.classes, size, args.weights, base, prep, "float32", False)
+    net = build_net(recipe, folder.classes, size, args.weights, base, prep, "float32", False)
     start = time.perf_counter()
-    feed = _feeder(cache, folder.targets, rows, 64, shuffle=False, seed=0)
+    feed = feeder(cache, folder.targets, rows, 64, shuffle=False, seed=0)
     view_fns = feature_views(True, 0.8)
     per_view, targets = frozen_features(net, feed, tuple(view_fns.values()))
     views = dict(zip(view_fns, per_view))

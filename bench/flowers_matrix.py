@@ -24,7 +24,7 @@ def main() -> int:
     from types import SimpleNamespace
 
     from edgecls.bench import bench, markdown_table
-    from edgecls.manifest import atomic_write_text
+    from edgecls.files import atomic_write_text
     from edgecls.report import write_all
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -70,7 +70,8 @@ def main() -> int:
     from edgecls import data
     from edgecls.cpu import cpu_info
     from edgecls.export.verify import compare
-    from edgecls.manifest import atomic_write_text, load_manifest
+    from edgecls.files import atomic_write_text
+    from edgecls.manifest import load_manifest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=Path, default=Path(os.environ.get("EDGECLS_ASSETS", ROOT.parent / "shared")))
@@ -112,7 +113,7 @@ def main() -> int:
     loaded = data.load_images(folder, range(len(folder.files)), manifest.preprocessing)
     images_path = args.work / "images.npy"
     np.save(images_path, loaded.images)
-    from edgecls.train import KerasScorer
+    from edgecls.keras_model import KerasScorer
 
     reference = KerasScorer(model).scores_resized(loaded.images)
     targets = data.label_indices(folder, manifest.labels)[loaded.targets]

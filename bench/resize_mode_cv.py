@@ -125,14 +125,14 @@ def features(files: list[Path], targets: np.ndarray, classes: list[str], mode: s
     if path.is_file():
         saved = np.load(path)
         return {v: saved[f"view{i}"] for i, v in enumerate(views)}, saved["ok"]
-    from edgecls.train import TrainConfig, _build_net, _feeder, frozen_features
+    from edgecls.train import TrainConfig, build_net, feeder, frozen_features
 
     console.print(f"  {mode}: decoding {len(files)} photos, then {len(views)} backbone passes each", markup=False)
     cache = build_cache(files, prep)
     rows = np.flatnonzero(cache.ok)
-    net = _build_net(recipe, classes, (size, size), weights, TrainConfig(input_size=(size, size), weights=weights),
+    net = build_net(recipe, classes, (size, size), weights, TrainConfig(input_size=(size, size), weights=weights),
                      prep, "float32", False)
-    per_view, got = frozen_features(net, _feeder(cache, targets, rows, 64, shuffle=False, seed=0), tuple(views.values()))
+    per_view, got = frozen_features(net, feeder(cache, targets, rows, 64, shuffle=False, seed=0), tuple(views.values()))
     if not np.array_equal(got, targets[rows]):
         raise SystemExit("feature rows out of order")
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def throughput(args, files: list[Path]) -> None:
     from edgecls.augment import Augmentation
     from edgecls.cache import build_cache
     from edgecls.models import get_recipe
-    from edgecls.train import PRECISIONS, TrainConfig, _build_net, _feeder
+    from edgecls.train import PRECISIONS, TrainConfig, build_net, feeder
 
     recipe = get_recipe(args.backbone)
     size = (args.size, args.size)
@@ -149,12 +149,12 @@ def throughput(args, files: list[Path]) -> None:
     print("|---|---|---|---|---|")
     phases = [("head (frozen backbone)", False)] + ([("fine-tune", True)] if recipe.fine_tune_from and weights else [])
     for name, fine in phases:
-        net = _build_net(recipe, list("abcde"), size, weights, config, prep, policy, fine)
+        net = build_net(recipe, list("abcde"), size, weights, config, prep, policy, fine)
         net.wrapper.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
                             jit_compile="auto")
-        real = _fit_rate(net.wrapper, _feeder(cache, targets, rows, args.batch, shuffle=True, seed=0,
+        real = _fit_rate(net.wrapper, feeder(cache, targets, rows, args.batch, shuffle=True, seed=0,
                                               augmentation=Augmentation()), len(rows), args.epochs)
-        plain = _fit_rate(net.wrapper, _feeder(cache, targets, rows, args.batch, shuffle=True, seed=0,
+        plain = _fit_rate(net.wrapper, feeder(cache, targets, rows, args.batch, shuffle=True, seed=0,
                                                augmentation=Augmentation(rotation_degrees=0, zoom=0)),
                           len(rows), args.epochs)
         memory = _fit_rate(net.wrapper, in_memory, len(rows), args.epochs, args.batch, targets)
@@ -211,7 +211,7 @@ def large(args, files: list[Path]) -> None:
 
     from edgecls.cache import build_cache, clean_caches
     from edgecls.preprocess import Preprocessing
-    from edgecls.train import _feeder, training_model
+    from edgecls.train import feeder, training_model
 
     import psutil
 
@@ -235,7 +235,7 @@ def large(args, files: list[Path]) -> None:
         wrapper = training_model(tiny, prep, Augmentation(rotation_degrees=0, zoom=0), 0)
         wrapper.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         targets = np.random.default_rng(0).integers(0, 5, len(listing))
-        feed = _feeder(cache, targets, np.arange(len(listing)), 64, shuffle=True, seed=0)
+        feed = feeder(cache, targets, np.arange(len(listing)), 64, shuffle=True, seed=0)
         start = time.perf_counter()
         wrapper.fit(feed, epochs=1, verbose=0, shuffle=False)
         epoch = time.perf_counter() - start

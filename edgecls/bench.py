@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checks
 from .errors import EdgeclsError, ModelError, OptionError
 
 SCHEMA = "edgecls.bench/1"
@@ -89,6 +89,7 @@ def measure(path: str | Path, engine_options: dict[str, Any] | None = None, batc
         "artifact": str(path), "name": path.name,
         "format": manifest.format if manifest else path.suffix.lstrip("."),
         "quantization": manifest.quantization if manifest else "unknown",
+        "backbone": manifest.source.get("backbone") if manifest else None,
         "engine": engine.name, "engine_version": engine.version,
         "threads": engine_options.get("num_threads"), "engine_options": engine_options, "batch": batch, "runs": len(samples), "warmup_runs": count,
         "init_ms": init_ms, "first_inference_ms": first_ms, "latency_ms": stats,
@@ -115,10 +116,10 @@ def peak_rss_mb() -> float:
 
 
 def _artifact_size(path: Path) -> int:
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
+    """Bytes of the model file and the files that belong to it (an OpenVINO IR's weights)."""
+    from .engines import companion_files
+
+    return path.stat().st_size + sum(c.stat().st_size for c in companion_files(path) if c.exists())
 
 
 DEFAULT_TIMEOUT_S = 900.0
@@ -147,19 +148,20 @@ def bench_artifact(path: str | Path, isolate: bool = True, timeout: float = DEFA
 
 def check_options(batch: int = 1, warmup: int = 0, warmup_seconds: float = 0.0, min_runs: int = 1,
                   min_seconds: float = 0.0, max_runs: int = 1, rounds: int = 1, threads: int | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                  timeout: float = DEFAULT_TIMEOUT_S, activation: str | None = None) -> None:
     """Range-check benchmark settings before any work starts."""
+    from .runtime import check_activation
+
     for name, value, low in (("batch", batch, 1), ("runs", min_runs, 1), ("max_runs", max_runs, 1),
                              ("rounds", rounds, 1), ("warmup", warmup, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}", name)
     for name, value in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
         if not 0 <= value < float("inf"):
-            raise OptionError(f"{name} must be a number >= 0, got {value!r}")
-    if threads is not None and threads < 1:
-        raise OptionError(f"threads must be at least 1, got {threads}")
-    if not 0 < timeout < float("inf"):
-        raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise OptionError(f"{name} must be a number >= 0, got {value!r}", name)
+    checks.threads("threads", threads)
+    checks.positive("timeout", timeout, "number of seconds")
+    check_activation(activation)
 
 
 def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None,
@@ -178,7 +180,7 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
     """
     from .targets import engine_options_for
 
-    check_options(rounds=rounds, threads=threads, timeout=timeout, **options)
+    check_options(rounds=rounds, threads=threads, timeout=timeout, activation=activation, **options)
     unknown = sorted(set(options) - {"batch", "warmup", "warmup_seconds", "min_runs", "min_seconds", "max_runs"})
     if unknown:
         raise OptionError(f"unknown benchmark option {unknown[0]!r}")
@@ -197,11 +199,17 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
 
         profile = get_target(target)
         target_doc = {"name": profile.name, "hardware": profile.hardware, "description": profile.description,
-                      "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references}
+                      "engines": profile.engines, "artifacts": profile.artifacts, "references": profile.references,
+                      "device": profile.device}
     # Accuracy first: a dataset that cannot be used fails before minutes of timing, not after.
     accuracy = _dataset_accuracy(paths, Path(dataset), setups, activation) if dataset is not None else None
+    from .device_report import record
+    from .provenance import thermal_state
+
+    before = thermal_state()  # a device that throttles during the run is flagged in the report
     per_round = [[bench_artifact(p, timeout=timeout, engine_options=o, **options) for p, o in zip(paths, setups)]
                  for _ in range(rounds)]
+    device = record(before, thermal_state())
     results = [_pool([r[i] for r in per_round]) for i in range(len(paths))]
     for result, measured in zip(results, accuracy or []):
         result.update(measured)
@@ -212,7 +220,7 @@ def bench(paths: Sequence[str | Path], on_result=None, target: str | None = None
             on_result(result)
     return {"schema": SCHEMA, "host": host_info(),
             "options": {**options, "threads": threads, "rounds": rounds, "timeout_s": timeout},
-            "target": target_doc, "results": results}
+            "target": target_doc, "results": results, "device": device}
 
 
 def display_names(paths: Sequence[str | Path]) -> list[str]:

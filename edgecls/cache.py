@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ImageError, OptionError
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 from .preprocess import Preprocessing
 
 CACHE_FORMAT = 1

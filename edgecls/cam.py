@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .preprocess import Preprocessing, _center_window
+from .preprocess import Preprocessing, center_window
 
 CAM_SUFFIX = ".cam.npz"
 
@@ -28,7 +28,7 @@ def save_cam_weights(artifact: str | Path, kernel: np.ndarray) -> Path:
     """Write the final dense kernel (channels, classes) beside an artifact, atomically."""
     import io
 
-    from .manifest import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     kernel = np.asarray(kernel, dtype=np.float32)
     if kernel.ndim != 2:
@@ -84,7 +84,7 @@ def model_window(shape: tuple[int, ...], preprocessing: Preprocessing) -> tuple[
         return 0, 0, h, w
     ph, pw = preprocessing.size
     probe = np.empty((h, w, 1), dtype=np.uint8)
-    win = _center_window(probe, ph / pw, preprocessing.crop_fraction)
+    win = center_window(probe, ph / pw, preprocessing.crop_fraction)
     return (h - win.shape[0]) // 2, (w - win.shape[1]) // 2, win.shape[0], win.shape[1]
 
 
@@ -120,19 +120,13 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Encode an RGB picture as PNG and write it atomically."""
     import cv2
 
-    from .manifest import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise OptionError(f"{path}: could not encode the overlay as PNG")
     atomic_write_bytes(path, buf.tobytes())
     return Path(path)
-
-
-def _dequantized(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    if scale and np.issubdtype(raw.dtype, np.integer):
-        return (raw.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
-    return raw.astype(np.float32)
 
 
 @dataclass
@@ -142,62 +136,29 @@ class CamOutputs:
 
 
 class FeatureMapRunner:
-    """Runs an artifact that has the explain output (probabilities + last feature map).
+    """Runs an artifact that has the explain output (probabilities + last feature map) through
+    its engine (`engine`, or one opened for `path`), which returns every output."""
 
-    LiteRT and ONNX Runtime models; it opens its own interpreter because the shared engines
-    expose one output.
-    """
+    def __init__(self, path: str | Path, num_classes: int, engine=None):
+        from .engines import open_engine
 
-    def __init__(self, path: str | Path, num_classes: int):
         self.path = Path(path)
         self.num_classes = num_classes
-        suffix = self.path.suffix.lower()
-        if suffix == ".tflite":
-            self._open_tflite()
-        elif suffix == ".onnx":
-            self._open_onnx()
-        else:
-            raise ModelError(f"{self.path}: on-device CAM supports .tflite and .onnx artifacts")
-
-    def _open_tflite(self) -> None:
-        from .engines.litert import _interpreter_module
-
-        mod, _ = _interpreter_module()
-        interp = mod.Interpreter(model_path=str(self.path))
-        interp.allocate_tensors()
-        outs = interp.get_output_details()
-        index = interp.get_input_details()[0]["index"]
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            interp.set_tensor(index, x)
-            interp.invoke()
-            return [_dequantized(interp.get_tensor(d["index"]), *d.get("quantization", (0.0, 0))) for d in outs]
-
-        self._run = run
-        self._check([tuple(d["shape"]) for d in outs])
-
-    def _open_onnx(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            from .errors import missing_extra
-
-            raise missing_extra("onnxruntime", "onnx") from None
-        sess = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        self._run = lambda x: [np.asarray(o, dtype=np.float32) for o in sess.run(None, {name: x})]
-        self._check([tuple(o.shape) for o in sess.get_outputs()])
-
-    def _check(self, shapes: list[tuple]) -> None:
-        ranks = [len(s) for s in shapes]
+        self.engine = engine if engine is not None else open_engine(self.path)
+        ranks = [len(info.shape) for info in self.engine.outputs]
         if sorted(ranks) != [2, 4]:
-            raise ModelError(f"{self.path}: expected two outputs (probabilities and a feature map) for CAM, "
-                             f"found output shapes {[list(s) for s in shapes]}; export with the explain option")
+            raise ModelError(f"{self.path}: expected two outputs (probabilities and a feature map) for CAM, found "
+                             f"output shapes {[list(info.shape) for info in self.engine.outputs]}; export with the "
+                             "explain option")
         self._prob_index, self._fmap_index = ranks.index(2), ranks.index(4)
 
     def run(self, model_input: np.ndarray) -> CamOutputs:
         """One prepared input (H, W, 3) in the engine's dtype -> probabilities and feature map."""
-        outs = self._run(np.ascontiguousarray(model_input[None]))
+        from .runtime import dequantize
+
+        raw = self.engine.run_all(np.ascontiguousarray(model_input[None]))
+        outs = [dequantize(r, info.scale, info.zero_point) if info.quantized else np.asarray(r, dtype=np.float32)
+                for r, info in zip(raw, self.engine.outputs)]
         return CamOutputs(outs[self._prob_index].reshape(-1), outs[self._fmap_index][0])
 
 
@@ -212,7 +173,8 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     from .runtime import softmax
 
     labels = list(classifier.labels)
-    kernel, runner = _opened(classifier.path, len(labels))
+    kernel = _kernel(classifier.path, len(labels))
+    runner = FeatureMapRunner(classifier.path, len(labels), classifier.engine)  # the classifier's own engine
     rgb = read_rgb(image_path)
     outs = runner.run(classifier.prepare(rgb))
     # The activation the classifier decided when the artifact was opened, never a guess from values.
@@ -223,27 +185,27 @@ def explain_artifact(classifier, image_path: str | Path, out_dir: str | Path,
     chosen = labels.index(class_name) if class_name is not None else predicted
     cam = class_activation_map(outs.feature_map, kernel[:, chosen])
     heat = heat_on_picture(rgb, cam, classifier.preprocessing)
-    out = Path(out_dir) / f"{Path(image_path).stem}.{_safe(labels[chosen])}.cam.png"
+    out = Path(out_dir) / f"{Path(image_path).stem}.{safe_file_name(labels[chosen])}.cam.png"
     write_png(out, overlay(rgb, heat))
     return {"image": str(image_path), "predicted": labels[predicted], "probability": float(probs[predicted]),
             "explained": labels[chosen], "overlay": str(out)}
 
 
-_OPENED: dict[str, tuple[np.ndarray, FeatureMapRunner]] = {}
+_KERNELS: dict[str, np.ndarray] = {}
 
 
-def _opened(path: Path, num_classes: int) -> tuple[np.ndarray, FeatureMapRunner]:
-    """CAM weights and runner of an artifact, opened once per process (predict loops over images)."""
+def _kernel(path: Path, num_classes: int) -> np.ndarray:
+    """An artifact's CAM weights, read once per process (predict loops over images)."""
     key = str(Path(path).resolve())
-    if key not in _OPENED:
+    if key not in _KERNELS:
         kernel = load_cam_weights(path)
         if kernel.shape[1] != num_classes:
             raise ModelError(f"{cam_weights_path(path)}: {kernel.shape[1]} classes, the model has {num_classes}")
-        _OPENED[key] = (kernel, FeatureMapRunner(path, num_classes))
-    return _OPENED[key]
+        _KERNELS[key] = kernel
+    return _KERNELS[key]
 
 
-def _safe(name: str) -> str:
+def safe_file_name(name: str) -> str:
     """A label made safe for a file name."""
     keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     return keep[:60] or "class"

@@ -12,31 +12,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, OptionError
+from . import checks
+from .data import fold_indices
 from .evaluate import SMALL_SPLIT, save_figure, wilson_interval
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def fold_indices(targets: np.ndarray, folds: int, fold: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """The split of fold `fold` of a stratified `folds`-fold partition (shuffled with `seed`):
-    that fold is "val", the rest "train"; "test" is empty and "all" is everything."""
-    from sklearn.model_selection import StratifiedKFold
-
-    targets = np.asarray(targets)
-    if folds < 2:
-        raise OptionError(f"folds must be at least 2, got {folds}")
-    if not 0 <= fold < folds:
-        raise OptionError(f"fold must be in 0..{folds - 1}, got {fold}")
-    smallest = int(np.unique(targets, return_counts=True)[1].min()) if len(targets) else 0
-    if smallest < folds:
-        raise DatasetError(f"the smallest class has {smallest} images; {folds}-fold cross-validation needs at least "
-                           f"{folds} per class (use fewer folds)")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train, val = list(splitter.split(np.zeros(len(targets)), targets))[fold]
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.zeros(0, dtype=np.int64),
-            "all": np.arange(len(targets))}
+def check_folds(folds: int) -> None:
+    """Cross-validation needs at least two folds (checked before features are computed or models trained)."""
+    checks.at_least("folds", folds, 2)
 
 
 def scores_from_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str]) -> dict[str, float]:
@@ -79,8 +65,7 @@ def cross_validate(dataset: str | Path, out_dir: str | Path, config, folds: int 
     """Train `config` (an edgecls.train.TrainConfig) once per fold; validation scores per fold."""
     from .train import train
 
-    if folds < 2:
-        raise OptionError(f"--folds must be at least 2, got {folds}")
+    check_folds(folds)
     config.validate()
     from . import data as data_mod
 
@@ -128,6 +113,7 @@ def probe_cv(features: np.ndarray, targets: np.ndarray, labels: Sequence[str], f
 
     from .imbalance import imbalance_metrics
 
+    check_folds(folds)
     rows = []
     for i in range(folds):
         split = fold_indices(targets, folds, i, seed)

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, ImageError
+from .errors import DatasetError, ImageError, OptionError
 from .preprocess import Preprocessing, is_image_name
 
 SPLITS = ("train", "val", "test", "all")
@@ -124,6 +124,26 @@ def split_indices(targets: np.ndarray, val_fraction: float = 0.2, test_fraction:
     out = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
     out["all"] = np.arange(len(targets))
     return out
+
+
+def fold_indices(targets: np.ndarray, folds: int, fold: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The split of fold `fold` of a stratified `folds`-fold partition (shuffled with `seed`):
+    that fold is "val", the rest "train"; "test" is empty and "all" is everything."""
+    from sklearn.model_selection import StratifiedKFold
+
+    targets = np.asarray(targets)
+    if folds < 2:
+        raise OptionError(f"folds must be at least 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise OptionError(f"fold must be in 0..{folds - 1}, got {fold}")
+    smallest = int(np.unique(targets, return_counts=True)[1].min()) if len(targets) else 0
+    if smallest < folds:
+        raise DatasetError(f"the smallest class has {smallest} images; {folds}-fold cross-validation needs at least "
+                           f"{folds} per class (use fewer folds)")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(splitter.split(np.zeros(len(targets)), targets))[fold]
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.zeros(0, dtype=np.int64),
+            "all": np.arange(len(targets))}
 
 
 def split_record(folder: ImageFolder, parts: dict[str, np.ndarray]) -> dict[str, list[str]]:

@@ -16,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .manifest import Manifest, atomic_write_text, load_manifest, sha256_file
+from .files import atomic_write_text
+from .keras_model import keras as _keras, keras_manifest, load_keras_model, save_keras_model
+from .manifest import Manifest, load_manifest
 from .preprocess import Preprocessing
 
 
@@ -84,8 +86,7 @@ def _affine(src: Preprocessing, dst: Preprocessing) -> tuple[np.ndarray, np.ndar
 def build_ensemble_model(members: Sequence[Any], member_pre: Sequence[Preprocessing], pre: Preprocessing,
                          activations: Sequence[str]):
     """The averaging Keras model over loaded member models."""
-    import keras
-
+    keras = _keras()
     h, w = pre.size
     image = keras.Input((h, w, 3), name="image")
     outputs = []
@@ -107,11 +108,8 @@ def build_ensemble_model(members: Sequence[Any], member_pre: Sequence[Preprocess
     return keras.Model(image, averaged, name="edgecls_ensemble")
 
 
-def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, dataset: str | Path | None = None,
-                   ) -> EnsembleResult:
-    """Average several .keras models into one, save it with a manifest (so export, evaluate and
-    bench take it unchanged) and report its validation accuracy against each member's."""
-    paths = [Path(p) for p in model_paths]
+def _check_members(paths: Sequence[Path]) -> tuple[list[Manifest], list[str]]:
+    """The members' manifests (same labels required) and warnings about their datasets."""
     if len(paths) < 2:
         raise OptionError(f"an ensemble needs at least two models, got {len(paths)}")
     if len({p.resolve() for p in paths}) != len(paths):
@@ -128,36 +126,30 @@ def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, datas
     if len(splits) > 1 or len(datasets) > 1:
         warnings.append("members were trained on different datasets or splits: one member's validation images "
                         "may be another's training images, so the ensemble's validation accuracy is optimistic")
+    return manifests, warnings
+
+
+def build_ensemble(model_paths: Sequence[str | Path], out_dir: str | Path, dataset: str | Path | None = None,
+                   ) -> EnsembleResult:
+    """Average several .keras models into one, save it with a manifest (so export, evaluate and
+    bench take it unchanged) and report its validation accuracy against each member's."""
+    paths = [Path(p) for p in model_paths]
+    manifests, warnings = _check_members(paths)
+    labels, first = manifests[0].labels, manifests[0]
     member_pre = [m.preprocessing for m in manifests]
     pre = ensemble_preprocessing(member_pre)
     activations = [m.output.get("activation", "softmax") for m in manifests]
-    import keras
-
-    try:
-        members = [keras.saving.load_model(p, compile=False) for p in paths]
-    except Exception as exc:  # Keras raises a variety of errors for damaged archives
-        raise ModelError(f"not a loadable .keras model among {[str(p) for p in paths]}: {exc}") from None
-    model = build_ensemble_model(members, member_pre, pre, activations)
-
+    model = build_ensemble_model([load_keras_model(p) for p in paths], member_pre, pre, activations)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.keras"
-    tmp = out_dir / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(model_path)
+    model_path = save_keras_model(model, out_dir / "model.keras")
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
-    first = manifests[0]
-    manifest = Manifest(
-        format="keras", quantization="fp32", labels=labels, preprocessing=pre,
-        input={"name": "image", "shape": [-1, *pre.size, 3], "dtype": "float32", "layout": "NHWC", "quantization": None},
-        output={"name": "probabilities", "shape": [-1, len(labels)], "dtype": "float32", "activation": "softmax"},
-        source={"backbone": "ensemble(" + ",".join(str(m.source.get("backbone")) for m in manifests) + ")",
-                "dataset": str(dataset) if dataset else first.source.get("dataset"),
-                "split": first.source.get("split"),
-                "members": [{"model": str(p.resolve()), "sha256": m.artifact_sha256, "backbone": m.source.get("backbone"),
-                             "input_size": list(m.preprocessing.size)} for p, m in zip(paths, manifests)]},
-        artifact_sha256=sha256_file(model_path),
-    )
+    source = {"backbone": "ensemble(" + ",".join(str(m.source.get("backbone")) for m in manifests) + ")",
+              "dataset": str(dataset) if dataset else first.source.get("dataset"),
+              "split": first.source.get("split"),
+              "members": [{"model": str(p.resolve()), "sha256": m.artifact_sha256, "backbone": m.source.get("backbone"),
+                           "input_size": list(m.preprocessing.size)} for p, m in zip(paths, manifests)]}
+    manifest = keras_manifest(model_path, labels, pre, source)
     manifest.save(model_path)
     result = EnsembleResult(model_path, labels, [str(p) for p in paths], warnings=warnings)
     ds = Path(dataset) if dataset else Path(first.source.get("dataset") or "")
@@ -178,7 +170,7 @@ def compare_on_validation(model_path: Path, member_paths: Sequence[Path], datase
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     from . import data as data_mod
-    from .train import KerasScorer
+    from .keras_model import KerasScorer
 
     ens = KerasScorer(model_path)
     folder = data_mod.scan(dataset)

@@ -19,11 +19,12 @@ class DatasetError(EdgeclsError):
 
 
 class OptionError(EdgeclsError):
-    """An option value is not one of the allowed values."""
+    """An option value is out of range or not one of the allowed values. `options`: the
+    parameter names the message mentions (the command line spells them as its flags)."""
 
-
-class VerificationError(EdgeclsError):
-    """An exported artifact failed its accuracy gate."""
+    def __init__(self, message: str, *options: str):
+        super().__init__(message)
+        self.options = options
 
 
 def missing_extra(package: str, extra: str) -> EdgeclsError:

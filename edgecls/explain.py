@@ -17,17 +17,8 @@ import numpy as np
 
 from . import cam as cam_mod
 from .errors import ModelError, OptionError
+from .keras_model import keras as _keras
 from .preprocess import Preprocessing, read_rgb
-
-
-def _keras():
-    try:
-        import keras
-    except ImportError:
-        from .errors import missing_extra
-
-        raise missing_extra("keras (and tensorflow-cpu)", "train") from None
-    return keras
 
 
 def _node_output(layer):
@@ -174,7 +165,7 @@ def export_explain_model(keras_model, artifact_path: str | Path, format: str = "
 
 
 def _load(model_path: Path):
-    from .train import KerasScorer
+    from .keras_model import KerasScorer
 
     return KerasScorer(model_path)
 
@@ -204,7 +195,7 @@ def _explain_one(model, preprocessing: Preprocessing, labels: list[str], rgb: np
     predicted = int(np.argmax(probs[0]))
     chosen = predicted if class_index is None else class_index
     heat = cam_mod.heat_on_picture(rgb, maps[0], preprocessing)
-    out = out_dir / f"{stem}.{cam_mod._safe(labels[chosen])}.gradcam.png"
+    out = out_dir / f"{stem}.{cam_mod.safe_file_name(labels[chosen])}.gradcam.png"
     cam_mod.write_png(out, cam_mod.overlay(rgb, heat))
     return {"predicted": labels[predicted], "probability": float(probs[0, predicted]),
             "explained": labels[chosen], "overlay": str(out)}
@@ -227,7 +218,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     """An HTML page of the images of `split` the model gets wrong, each with Grad-CAM overlays for
     the predicted and the true class. Returns counts and the page's path."""
     from . import data as data_mod
-    from .manifest import atomic_write_text
+    from .files import atomic_write_text
 
     if limit < 1:
         raise OptionError(f"limit must be at least 1, got {limit}")
@@ -247,7 +238,7 @@ def mistakes_gallery(model_path: str | Path, dataset: str | Path, out_dir: str |
     for i in wrong:
         file = Path(loaded.files[i])
         rgb = read_rgb(file)
-        stem = f"{len(rows):03d}_{cam_mod._safe(file.stem)}"
+        stem = f"{len(rows):03d}_{cam_mod.safe_file_name(file.stem)}"
         pred = _explain_one(scorer.model, scorer.preprocessing, labels, rgb, stem, out_dir / "overlays", None)
         true = _explain_one(scorer.model, scorer.preprocessing, labels, rgb, stem, out_dir / "overlays", int(truth[i]))
         rows.append({"file": str(file), "true": labels[truth[i]], "predicted": pred["predicted"],

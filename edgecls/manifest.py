@@ -6,13 +6,13 @@ quantization, where it came from and how well it was verified.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import ModelError, OptionError
+from .files import atomic_write_text, sha256_file
 from .preprocess import Preprocessing
 
 SCHEMA = "edgecls.manifest/1"
@@ -22,62 +22,6 @@ def manifest_path(artifact: str | Path) -> Path:
     """Where the manifest of an artifact lives."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    import hashlib  # loads OpenSSL: only paid when a manifest asks for a checksum
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file via a temporary sibling, fsync and rename, so readers never see half a file
-    (not even after a power cut)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with mode 0o666 lets the process umask decide the permissions (a model file is read
-    # by others), without toggling the umask process-wide as mkstemp + chmod would need.
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")  # a model's final activation; "logits" is read as "none"
@@ -100,6 +44,9 @@ class Manifest:
     edgecls_version: str = __version__
     created: str = ""
     companions: dict[str, str] = field(default_factory=dict)  # sibling file name -> sha256 (OpenVINO .bin)
+    # Check images (`edgecls.check_images`): {"image": path relative to the artifact's folder, "sha256",
+    # "top1": the answer expected from the artifact, "probability"}; `edgecls doctor` runs them.
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from datetime import datetime, timezone  # lazy: a cold `predict` never writes a manifest
@@ -118,6 +65,7 @@ class Manifest:
             "verification": self.verification,
             "edgecls_version": self.edgecls_version,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"checks": [dict(c) for c in self.checks]} if self.checks else {}),
         }
 
     @classmethod
@@ -126,11 +74,14 @@ class Manifest:
         return _parse_manifest(d, where)
 
     def save(self, artifact: str | Path) -> Path:
-        """Write the manifest beside `artifact`; an OpenVINO IR's weights file gets its checksum too."""
+        """Write the manifest beside `artifact`; its companion files (an OpenVINO IR's weights) get
+        their checksums too."""
+        from .engines import companion_files
+
         artifact = Path(artifact)
-        weights = artifact.with_suffix(".bin")
-        if artifact.suffix.lower() == ".xml" and weights.is_file():
-            self.companions[weights.name] = sha256_file(weights)
+        for companion in companion_files(artifact):
+            if companion.is_file():
+                self.companions[companion.name] = sha256_file(companion)
         import json
 
         path = manifest_path(artifact)
@@ -267,6 +218,7 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             if "/" in name or "\\" in name or name in ("", ".", ".."):
                 _fail("companions", "file names beside the artifact", name)
             _sha(sha, f"companions.{name}")
+        checks = _checks(d.get("checks"), labels)
         return Manifest(
             format=_str(d, "format", "format", nonempty=True),
             quantization=_str(d, "quantization", "quantization", nonempty=True),
@@ -277,11 +229,32 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             edgecls_version=_str(d, "edgecls_version", "edgecls_version", default=""),
             created=_str(d, "created", "created", default=""),
             companions=companions,
+            checks=checks,
         )
     except _Invalid as exc:
         raise ModelError(f"{where}: invalid manifest: {exc}") from None
     except OptionError as exc:
         raise ModelError(f"{where}: invalid manifest: {exc}") from None
+
+
+def _checks(v: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Check images: relative paths inside the artifact's folder, checksums, an answer among the labels."""
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(c, dict) for c in v):
+        _fail("checks", "a list of objects", v)
+    for i, c in enumerate(v):
+        image = c.get("image")
+        if not isinstance(image, str) or not image or image.startswith(("/", "\\")) or ".." in image.split("/"):
+            _fail(f"checks[{i}].image", "a file path relative to the artifact's folder", image)
+        if not _sha(c.get("sha256"), f"checks[{i}].sha256"):
+            _fail(f"checks[{i}].sha256", "a sha256 hex digest", c.get("sha256"))
+        if c.get("top1") not in labels:
+            _fail(f"checks[{i}].top1", "one of the manifest's labels", c.get("top1"))
+        p = c.get("probability")
+        if p is not None and (not _is_number(p) or not 0 <= p <= 1):
+            _fail(f"checks[{i}].probability", "null or a number from 0 to 1", p)
+    return [dict(c) for c in v]
 
 
 def verify_checksums(artifact: str | Path, manifest: Manifest) -> None:

@@ -169,11 +169,11 @@ def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
         # and swap the channels of the small result: the same pixels.
         return cv2.cvtColor(resize_image(flipped, size, mode, crop_fraction, interpolation), cv2.COLOR_RGB2BGR)
     if mode == "center_crop":
-        rgb = _center_window(rgb, h / w, crop_fraction)
+        rgb = center_window(rgb, h / w, crop_fraction)
     return _resize(cv2, rgb, h, w, interpolation)
 
 
-def _center_window(rgb: np.ndarray, aspect: float, crop_fraction: float) -> np.ndarray:
+def center_window(rgb: np.ndarray, aspect: float, crop_fraction: float) -> np.ndarray:
     """The centred window with the target's aspect ratio (height / width), `crop_fraction` of
     the largest such window: what resize-then-crop would keep, cut before resizing."""
     src_h, src_w = rgb.shape[:2]

@@ -57,10 +57,14 @@ def provenance(report: dict[str, Any]) -> str:
     text = (f"Measured on this host: {host['cpu']} ({host['cores']} cores, {host['machine']}), {host['os']}, "
             f"Python {host['python']}, edgecls {host['edgecls']}, {host['date']}.")
     target = report.get("target")
-    if isinstance(target, dict) and target.get("name"):
+    from .device_report import on_target, provenance_note
+
+    if isinstance(target, dict) and target.get("name") and on_target(report):
+        text += f" Target profile '{target['name']}' supplied the engine options, and this is that device."
+    elif isinstance(target, dict) and target.get("name"):
         text += (f" Target profile '{target['name']}' ({target.get('hardware', '?')}) supplied the engine options; "
                  f"these figures are host measurements, not measurements on {target.get('hardware', '?')}.")
-    return text
+    return text + provenance_note(report)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -163,8 +167,14 @@ def html_page(report: dict[str, Any]) -> str:
             f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['throughput_ips']:.1f}",
             f"{r['peak_rss_mb']:.0f}", acc)) + "</tr>")
     titles = {"latency": "Latency distribution", "tradeoff": "Accuracy vs latency", "size": "Artifact size"}
+    try:
+        figures = plots(report)
+    except ImportError:  # a device with the runtime extra only: the page says why it has no plots
+        figures = {}
     images = "".join(f'<h2>{titles[k]}</h2><img alt="{titles[k]}" src="data:image/png;base64,{data}">'
-                     for k, data in plots(report).items())
+                     for k, data in figures.items()) or (
+        '<p class="note">No plots: matplotlib is not installed where this report was written (a device with '
+        'edgecls[runtime] only). bench.json holds the timings; render it elsewhere with edgecls.report.write_all.</p>')
     target = report.get("target")
     refs = ""
     if target:
@@ -215,11 +225,14 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
                   "int8 kernels differ between them (VNNI, AVX2, NEON), so int8 accuracy and latency may too."]
     if a["host"].get("cpu") != b["host"].get("cpu"):
         lines += ["", f"Note: different machines ({a['host'].get('cpu')} vs {b['host'].get('cpu')}); ratios mix hardware and software changes."]
+    from .device_report import compare_sections
+
+    lines += compare_sections(a, b)
     return "\n".join(lines) + "\n", regressions
 
 
 def write_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    from .manifest import atomic_write_text
+    from .files import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import checks
 from .engines import Engine, open_engine
 from .errors import ModelError, OptionError
-from .manifest import Manifest, load_manifest, read_labels, verify_checksums
+from .manifest import ACTIVATIONS, Manifest, load_manifest, read_labels, verify_checksums
 from .preprocess import Preprocessing, check_interpolation, check_resize, read_rgb
 
 Prediction = list[tuple[str, float]]
@@ -35,7 +36,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-ACTIVATIONS = ("softmax", "sigmoid", "none")
+# What a user may declare for a model whose manifest and graph do not tell (--activation).
+DECLARED_ACTIVATIONS = ("softmax", "none")
+
+
+def check_activation(activation: str | None) -> None:
+    """A declared final activation (when given) is one a user may declare."""
+    checks.one_of("activation", activation, DECLARED_ACTIVATIONS)
 
 
 def resolve_activation(engine: Engine, manifest: Manifest | None, explicit: str | None = None) -> str | None:
@@ -47,8 +54,8 @@ def resolve_activation(engine: Engine, manifest: Manifest | None, explicit: str 
     if explicit is not None:
         explicit = "none" if explicit == "logits" else explicit
         if explicit not in ACTIVATIONS:
-            raise OptionError(f"--activation {explicit!r}: expected softmax (the model outputs probabilities) "
-                              "or none (it outputs logits)")
+            raise OptionError(f"activation {explicit!r}: expected softmax (the model outputs probabilities) "
+                              "or none (it outputs logits)", "activation")
         return explicit
     declared = manifest.output.get("activation") if manifest else None
     if declared:

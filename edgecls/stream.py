@@ -46,6 +46,8 @@ class Frame:
     inputs: np.ndarray | None = None
     scores: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    labels: list[str] | None = None   # the labels of the model that scored it (default: the stream's)
+    extras: dict[str, Any] = field(default_factory=dict)  # what a subclass's stages pass on (a CAM feature map)
 
 
 # --- sources ----------------------------------------------------------------------------
@@ -473,18 +475,20 @@ class Stream:
                 break
         self._put(target, END)
 
-    def _preprocess(self) -> None:
-        def work(frame: Frame) -> None:
-            frame.inputs = self.clf.prepare(frame.rgb)[None]
+    # The two model stages; a subclass may route them elsewhere (`edgecls serve` sends inference
+    # through the one thread that owns its engines). Each runs in its own thread.
+    def prepare_frame(self, frame: Frame) -> None:
+        frame.inputs = self.clf.prepare(frame.rgb)[None]
 
-        self._stage("preprocess", self._captured, self._prepared, work)
+    def infer_frame(self, frame: Frame) -> None:
+        frame.scores = self.clf.scores_from_inputs(frame.inputs)[0]
+        frame.inputs = None
+
+    def _preprocess(self) -> None:
+        self._stage("preprocess", self._captured, self._prepared, self.prepare_frame)
 
     def _infer(self) -> None:
-        def work(frame: Frame) -> None:
-            frame.scores = self.clf.scores_from_inputs(frame.inputs)[0]
-            frame.inputs = None
-
-        self._stage("inference", self._prepared, self._inferred, work)
+        self._stage("inference", self._prepared, self._inferred, self.infer_frame)
 
     def run(self) -> dict[str, Any]:
         """Run until the source ends, `max_frames`, or stop(); flush sinks; return statistics."""
@@ -500,7 +504,8 @@ class Stream:
                 frame = self._get(self._inferred)
                 if frame is END:
                     break
-                top = top_k(frame.scores, self.clf.labels, self.opts.top_k)
+                labels = frame.labels if frame.labels is not None else self.clf.labels
+                top = top_k(frame.scores, labels, self.opts.top_k)
                 frame.timings["capture_to_result"] = (time.perf_counter() - frame.captured) * 1e3
                 for sink in self.sinks:
                     sink(frame, top)

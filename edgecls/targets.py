@@ -22,6 +22,7 @@ class Target:
     references: list[dict[str, Any]] = field(default_factory=list)
     device_cpu: str = "unknown"            # the device's CPU class: x86-avx2, x86-vnni, arm, edgetpu
     int8_cpu: str = "portable"             # the CPU class its int8 exports are quantized for
+    device: dict[str, str] = field(default_factory=dict)  # os, machine, python, glibc: what `deploy` builds for
 
     def engine_options(self, engine: str) -> dict[str, Any]:
         """Options for `open_engine` with `engine` (zero threads means the engine's default).
@@ -42,6 +43,25 @@ class Target:
         """Whether a "format:quant" artifact is among the profile's suitable ones."""
         return kind in self.artifacts
 
+    def pip_platforms(self) -> list[str]:
+        """pip's --platform tags for the device: every manylinux level its C library runs, newest
+        first (pip does not widen a given tag to older glibc levels by itself)."""
+        machine, glibc = self.device.get("machine"), self.device.get("glibc")
+        if not machine or not glibc:
+            return []
+        return manylinux_tags(machine, glibc)
+
+
+def manylinux_tags(machine: str, glibc: str) -> list[str]:
+    """manylinux_2_N_<machine> for N from the glibc minor version down to 17, then manylinux2014."""
+    try:
+        major, minor = (int(v) for v in glibc.split(".")[:2])
+    except ValueError:
+        raise OptionError(f"glibc {glibc!r}: expected a version such as 2.36") from None
+    if major != 2 or minor < 17:
+        raise OptionError(f"glibc {glibc}: manylinux wheels need glibc 2.17 or newer")
+    return [f"manylinux_2_{n}_{machine}" for n in range(minor, 16, -1)] + [f"manylinux2014_{machine}"]
+
 
 def _load(path: Path) -> Target:
     with open(path, "rb") as f:
@@ -53,7 +73,8 @@ def _load(path: Path) -> Target:
     return Target(name=d["name"], description=d.get("description", ""), hardware=d.get("hardware", ""),
                   artifacts=list(d.get("artifacts", [])), export=dict(d.get("export", {})),
                   engines={k: dict(v) for k, v in engines.items()}, references=list(d.get("reference", [])),
-                  device_cpu=str(d.get("device_cpu", "unknown")), int8_cpu=_int8_cpu(path, d))
+                  device_cpu=str(d.get("device_cpu", "unknown")), int8_cpu=_int8_cpu(path, d),
+                  device={k: str(v) for k, v in d.get("device", {}).items()})
 
 
 def _int8_cpu(path: Path, d: dict) -> str:

@@ -14,17 +14,16 @@ import dataclasses
 import json
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import checks
 from .errors import OptionError
-from .manifest import atomic_write_text
+from .files import atomic_write_text
+from .training_recipe import save_recipe
 
-RECIPE_TABLE = "train"
-
-# (TrainConfig field, kind, arguments). Fields the TrainConfig lacks are left out of the space.
+# (TrainConfig field, kind, arguments): every name is a TrainConfig field (a test checks it).
 # Order matters: a dimension is sampled only where it acts (`ACTS_WHEN`), judged on the config
 # sampled so far, so no trial is spent on a learning rate that a logistic-regression head ignores.
 SPACE: list[tuple[str, str, tuple]] = [
@@ -37,7 +36,6 @@ SPACE: list[tuple[str, str, tuple]] = [
     ("weight_decay", "categorical", ((0.0, 1e-5, 1e-4, 1e-3, 1e-2),)),  # 0: Adam (a log range excludes it)
     ("lr_schedule", "categorical", (("constant", "cosine"),)),
     ("label_smoothing", "float", (0.0, 0.2)),
-    ("augment_strength", "float", (0.0, 1.0)),
     ("fine_tune_learning_rate", "log", (1e-5, 1e-3)),
 ]
 
@@ -51,7 +49,6 @@ ACTS_WHEN: dict[str, Callable[[Any, bool], bool]] = {
     "weight_decay": lambda c, ft: ft or not c.feature_head,
     "label_smoothing": lambda c, ft: ft or not c.feature_head,
     "lr_schedule": lambda c, ft: ft or not c.feature_head,
-    "augment_strength": lambda c, ft: c.augment,
     "fine_tune_learning_rate": lambda c, ft: ft,
 }
 
@@ -76,17 +73,12 @@ class TuneResult:
         return self.best["score"] - self.baseline["score"]
 
 
-def config_fields() -> dict[str, Any]:
-    from .train import TrainConfig
-
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
 def search_space(base, sizes: Sequence[int] = (), backbones: Sequence[str] = (),
                  fine_tune: Sequence[int] = ()) -> list[tuple[str, str, tuple]]:
     """The dimensions searched for `base` (a TrainConfig): those of SPACE it has, plus input
     sizes, backbones and fine-tuning epochs (0: frozen backbone) when more than one is given."""
-    known = config_fields()
+    for size in sizes:
+        checks.within("sizes", size, 32, 1024)
     space = []  # these first: which other dimensions act depends on them
     if len(set(sizes)) > 1:
         space.append(("input_size", "categorical", (tuple(sorted(set(int(s) for s in sizes))),)))
@@ -94,7 +86,7 @@ def search_space(base, sizes: Sequence[int] = (), backbones: Sequence[str] = (),
         space.append(("backbone", "categorical", (tuple(sorted(set(backbones))),)))
     if len(set(fine_tune)) > 1:
         space.append(("fine_tune_epochs", "categorical", (tuple(sorted(set(int(e) for e in fine_tune))),)))
-    return space + [d for d in SPACE if d[0] in known]
+    return space + list(SPACE)
 
 
 def fine_tunes(config, train_count: int) -> bool:
@@ -132,6 +124,58 @@ def _sample(trial, space, base=None, train_count: int = 0) -> dict[str, Any]:
     return _from_plain(out)
 
 
+def check_budget(trials: int, timeout: float | None, folds: int) -> None:
+    """A search's budget and scoring, checked before any work."""
+    checks.at_least("trials", trials, 1)
+    checks.positive("timeout", timeout, "number of seconds")
+    if folds == 1 or folds < 0:
+        raise OptionError(f"folds must be 0 (score on the validation split) or at least 2, got {folds}", "folds")
+
+
+class _Objective:
+    """Optuna's objective: sample a trial's settings, score them (CV or the validation split),
+    keep a row per trial; a point TPE proposes again reuses its score (training is deterministic)."""
+
+    def __init__(self, dataset, out_dir: Path, base, folds: int, space: list, train_count: int, console,
+                 on_trial: Callable[[dict], None] | None):
+        self.dataset, self.out_dir, self.base, self.folds = dataset, out_dir, base, folds
+        self.space, self.train_count, self.console, self.on_trial = space, train_count, console, on_trial
+        self.rows: list[dict[str, Any]] = []
+        self.scored: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, trial) -> float:
+        params = _sample(trial, self.space, self.base, self.train_count)
+        key = json.dumps(_plain(params), sort_keys=True, default=str)
+        if key in self.scored:
+            row = {**self.scored[key], "trial": trial.number, "seconds": 0.0, "repeat_of": self.scored[key]["trial"]}
+        else:
+            started = time.perf_counter()
+            score, std, f1 = self._score(dataclasses.replace(self.base, **params), trial.number)
+            row = {"trial": trial.number, "score": float(score), "std": float(std), "macro_f1": float(f1),
+                   "seconds": round(time.perf_counter() - started, 1), "params": _plain(params)}
+            self.scored[key] = row
+        self.rows.append(row)
+        if self.on_trial:
+            self.on_trial(row)
+        return row["score"]
+
+    def _score(self, config, number: int) -> tuple[float, float, float]:
+        """(accuracy, its std over folds, macro F1) of one configuration."""
+        from .cv import cross_validate
+        from .train import train
+
+        config.validate()
+        where = self.out_dir / "trials" / f"trial_{number:03d}"
+        if self.folds:
+            cv = cross_validate(self.dataset, where, config, self.folds, console=self.console, name=f"trial {number}")
+            scores = cv.summary["accuracy"]["mean"], cv.summary["accuracy"]["std"], cv.summary["macro_f1"]["mean"]
+        else:
+            val = train(self.dataset, where, config, console=self.console).metrics["val"]
+            scores = val["accuracy"], 0.0, val["macro"]["f1"]
+        _drop_models(where)
+        return scores
+
+
 def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeout: float | None = None,
          folds: int = 3, space: list | None = None, seed: int = 0, console=None,
          on_trial: Callable[[dict], None] | None = None, confirm: bool = True) -> TuneResult:
@@ -140,59 +184,20 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     and the untuned configuration are scored again on fresh folds (another fold seed): the best of
     many noisy trials is biased upwards, and the fresh folds say whether its gain holds. Writes
     trials.json/md, tune.png and best_recipe.toml (for `edgecls train --recipe`)."""
+    check_budget(trials, timeout, folds)
+    base.validate()
     try:
         import optuna
     except ImportError:
         raise _missing_optuna() from None
     from . import data as data_mod
-    from .cv import cross_validate
-    from .train import train
 
-    if trials < 1:
-        raise OptionError(f"--trials must be at least 1, got {trials}")
-    if timeout is not None and timeout <= 0:
-        raise OptionError(f"--timeout must be positive seconds, got {timeout}")
-    if folds == 1 or folds < 0:
-        raise OptionError(f"--folds must be 0 (score on the validation split) or at least 2, got {folds}")
-    base.validate()
     count = len(data_mod.scan(dataset))
     train_count = int(count * (1 - 1 / folds)) if folds else int(count * (1 - base.val_fraction - base.test_fraction))
     space = _including(base, search_space(base) if space is None else space)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-
-    scored: dict[str, dict[str, Any]] = {}
-
-    def objective(trial) -> float:
-        params = _sample(trial, space, base, train_count)
-        key = json.dumps(_plain(params), sort_keys=True, default=str)
-        if key in scored:  # TPE re-proposes categorical points; training is deterministic, so reuse the score
-            row = {**scored[key], "trial": trial.number, "seconds": 0.0, "repeat_of": scored[key]["trial"]}
-            rows.append(row)
-            if on_trial:
-                on_trial(row)
-            return row["score"]
-        config = dataclasses.replace(base, **params)
-        config.validate()
-        started = time.perf_counter()
-        where = out_dir / "trials" / f"trial_{trial.number:03d}"
-        if folds:
-            cv = cross_validate(dataset, where, config, folds, console=console, name=f"trial {trial.number}")
-            score, std = cv.summary["accuracy"]["mean"], cv.summary["accuracy"]["std"]
-            f1 = cv.summary["macro_f1"]["mean"]
-        else:
-            result = train(dataset, where, config, console=console)
-            score, std, f1 = result.metrics["val"]["accuracy"], 0.0, result.metrics["val"]["macro"]["f1"]
-        _drop_models(where)
-        row = {"trial": trial.number, "score": float(score), "std": float(std), "macro_f1": float(f1),
-               "seconds": round(time.perf_counter() - started, 1), "params": _plain(params)}
-        scored[key] = row
-        rows.append(row)
-        if on_trial:
-            on_trial(row)
-        return score
-
+    objective = _Objective(dataset, out_dir, base, folds, space, train_count, console, on_trial)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE samples at random for its first n_startup_trials (10 by default): with a budget of a dozen
     # trials it would never model the results, so a third of the budget explores (2 to 10 trials).
@@ -202,23 +207,34 @@ def tune(dataset: str | Path, out_dir: str | Path, base, trials: int = 10, timeo
     study.enqueue_trial({name: value for name, value in active_values(base, space, train_count).items()
                          if _in_space(value, name, space)}, skip_if_exists=True)
     study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=True)
+    result = _result(objective.rows, base, out_dir, folds)
+    if confirm and folds and result.best is not result.baseline:
+        best_config = dataclasses.replace(base, **_from_plain(result.best["params"]))
+        result.confirmation = _confirm(dataset, out_dir, base, best_config, folds, seed, console)
+    _write(result, dataset, out_dir, folds, space)
+    return result
+
+
+def _result(rows: list[dict[str, Any]], base, out_dir: Path, folds: int) -> TuneResult:
+    """The baseline (trial 0) and the best trial, its recipe saved."""
     baseline = rows[0]
     best = max(rows, key=lambda r: (r["score"], -r["trial"]))
-    best_config = dataclasses.replace(base, **_from_plain(best["params"]))
-    recipe_path = save_recipe(best_config, out_dir / "best_recipe.toml",
+    recipe_path = save_recipe(dataclasses.replace(base, **_from_plain(best["params"])), out_dir / "best_recipe.toml",
                               note=f"edgecls tune: best of {len(rows)} trials, "
                                    f"{'%d-fold CV' % folds if folds else 'validation'} accuracy {best['score']:.4f} "
                                    f"(untuned {baseline['score']:.4f})")
-    result = TuneResult(rows, best, baseline, recipe_path)
-    if confirm and folds and best is not baseline:
-        result.confirmation = _confirm(dataset, out_dir, base, best_config, folds, seed, console)
+    return TuneResult(rows, best, baseline, recipe_path)
+
+
+def _write(result: TuneResult, dataset, out_dir: Path, folds: int, space: list) -> None:
+    """trials.json, trials.md and tune.png."""
     payload = {"dataset": str(dataset), "folds": folds, "space": [list(map(str, d[:2])) for d in space],
-               "trials": rows, "best": best, "baseline": baseline, "confirmation": result.confirmation}
+               "trials": result.trials, "best": result.best, "baseline": result.baseline,
+               "confirmation": result.confirmation}
     atomic_write_text(out_dir / "trials.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / "trials.md", trials_table(result, folds))
     result.paths = {"json": str(out_dir / "trials.json"), "md": str(out_dir / "trials.md"),
-                    "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(recipe_path)}
-    return result
+                    "png": str(plot_trials(result, out_dir / "tune.png", folds)), "recipe": str(result.recipe_path)}
 
 
 def _confirm(dataset, out_dir: Path, base, best_config, folds: int, seed: int, console) -> dict[str, Any]:
@@ -284,63 +300,6 @@ def _from_plain(params: dict) -> dict:
     if isinstance(out.get("input_size"), int):
         out["input_size"] = (out["input_size"], out["input_size"])
     return out
-
-
-def save_recipe(config, path: str | Path, note: str = "") -> Path:
-    """A training recipe TOML (`[train]` table of TrainConfig fields) for `edgecls train --recipe`."""
-    lines = [f"# {note}" if note else "# edgecls training recipe", "# use with: edgecls train DATASET --recipe THIS_FILE",
-             f"[{RECIPE_TABLE}]"]
-    for k, v in dataclasses.asdict(config).items():
-        if v is None or k in ("fold", "cache_dir", "workers"):
-            continue
-        lines.append(f"{k} = {_toml(v)}")
-    path = Path(path)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _toml(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The `[train]` table of a recipe TOML, checked against TrainConfig's fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise OptionError(f"--recipe {path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f).get(RECIPE_TABLE)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--recipe {path}: not valid TOML ({exc})") from None
-    if not isinstance(table, dict):
-        raise OptionError(f"--recipe {path}: no [{RECIPE_TABLE}] table")
-    known = config_fields()
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise OptionError(f"--recipe {path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "input_size" in table:
-        size = table["input_size"]
-        table["input_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-    return table
-
-
-def apply_recipe(config, recipe: dict[str, Any]):
-    """`config` with the recipe's settings, except where `config` differs from TrainConfig's
-    defaults (an option given on the command line wins over the recipe)."""
-    from .train import TrainConfig
-
-    default = TrainConfig()
-    keep = {k for k in recipe if getattr(config, k) != getattr(default, k)}
-    merged = dataclasses.replace(config, **{k: v for k, v in recipe.items() if k not in keep})
-    merged.validate()
-    return merged
 
 
 def trials_table(result: TuneResult, folds: int) -> str:

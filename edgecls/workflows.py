@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from . import checks
 from . import data as data_mod
-from .errors import DatasetError, OptionError
+from .errors import DatasetError
 from .evaluate import compute_metrics, format_metrics, overfit_warning, plot_confusion
-from .manifest import atomic_write_text
+from .files import atomic_write_text
 
 
 def _scorer(model: Path, **engine_options: Any):
@@ -20,7 +21,7 @@ def _scorer(model: Path, **engine_options: Any):
     if model.suffix == ".keras":
         from dataclasses import replace
 
-        from .train import KerasScorer
+        from .keras_model import KerasScorer
 
         keras_scorer = KerasScorer(model)
         overrides = {k: engine_options[k] for k in ("resize", "interpolation") if engine_options.get(k)}
@@ -36,9 +37,15 @@ def _scorer(model: Path, **engine_options: Any):
 def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", out_dir: str | Path | None = None,
                    console=None, **engine_options: Any) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1 and a confusion-matrix PNG for a Keras model or any
-    exported artifact; with the training split at hand, also the train-vs-validation gap."""
+    exported artifact; with the training split at hand, also the train-vs-validation gap.
+    `engine_options` apply to an exported artifact (a Keras model takes none)."""
     from rich.console import Console
 
+    from .runtime import check_activation
+
+    checks.one_of("split", split, (*data_mod.SPLITS, "auto"))  # before the model is loaded
+    checks.threads("num_threads", engine_options.get("num_threads"))
+    check_activation(engine_options.get("activation"))
     console = console or Console(stderr=True)
     model = Path(model)
     scores, labels, preprocessing, manifest = _scorer(model, **engine_options)
@@ -48,8 +55,6 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     split_cfg = (manifest.source.get("split") if manifest else None) or {}
     if split == "auto":
         split = "val" if split_cfg else "all"
-    if split not in data_mod.SPLITS:
-        raise OptionError(f"unknown split {split!r}; expected one of {', '.join(data_mod.SPLITS)}, auto")
     parts = data_mod.recorded_split(folder, split_cfg)
 
     def run(indices):
@@ -107,6 +112,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, consol
     from .export.pipeline import export_model
     from .train import TrainConfig, train
 
+    checks.at_least("epochs", epochs, 1)  # before anything is written
     console = console or Console(stderr=True)
     started = time.perf_counter()
     out_dir = Path(out_dir)

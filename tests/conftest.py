@@ -20,6 +20,18 @@ def assets_dir() -> Path | None:
     return None
 
 
+# A test that uses one of these fixtures trains a full-size model (MobileNetV2 at 224 px), builds
+# a fresh virtual environment or exports a whole matrix: it is marked slow (left out of `make
+# test-fast`; `make test`, what CI runs, runs it).
+SLOW_FIXTURES = {"flowers_model", "flowers_exports", "runtime_venv", "members", "imagenet"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     """No assets, no run: most tests need the real photos and models, and skipping them would
     turn a broken checkout into a green suite."""

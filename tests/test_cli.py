@@ -101,6 +101,9 @@ def test_fast_and_full_predict_print_the_same(coral, assets, tmp_path):
 
 
 BAD_OPTIONS = [
+    (["serve", "{model}", "--labels", "{labels}", "--queue-size", "0"], "--queue-size must be at least 1, got 0"),
+    (["serve", "{model}", "--labels", "{labels}", "--learn-margin", "1.5"], "--learn-margin must be in [0, 1], got 1.5"),
+    (["serve", "{model}", "{tmp}/no-video.mp4", "--labels", "{labels}"], "{tmp}/no-video.mp4: no such file or folder"),
     (["train", "{flowers}", "--learning-rate", "-1"], "--learning-rate must be in (0, 10], got -1.0"),
     (["train", "{flowers}", "--learning-rate", "0"], "--learning-rate must be in (0, 10]"),
     (["train", "{flowers}", "--input-size", "x"], "--input-size 'x': expected N or HxW"),
@@ -174,7 +177,8 @@ def test_litert_stderr_filter_keeps_other_lines():
 
 def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
     """A cold `edgecls predict` pays for every import (bench/cold_predict.py measures it): a plain
-    call runs without Typer, Rich, JSON, argparse, hashlib (no manifest) or the generated TFLite schema."""
+    call runs without Typer, Rich, JSON, argparse, hashlib (no manifest) or the generated TFLite
+    schema. Importing edgecls.cli runs nothing; its main() (the console script) runs the call."""
     import subprocess
     import sys
     import textwrap
@@ -183,8 +187,10 @@ def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
         import sys
         sys.argv = ["edgecls", "predict", {str(coral / 'mobilenet_v2_1.0_224_quant.tflite')!r},
                     {str(assets / 'images/imagenet-photos/parrot.jpg')!r}, "--labels", {str(coral / 'imagenet_labels.txt')!r}]
+        import edgecls.cli
+        print("imported")
         try:
-            import edgecls.cli
+            edgecls.cli.main()
         except SystemExit as exc:
             heavy = sorted(m for m in ("typer", "click", "rich", "json", "argparse", "hashlib", "ai_edge_litert.schema_py_generated",
                                        "tensorflow", "keras") if m in sys.modules)
@@ -192,6 +198,7 @@ def test_plain_predict_loads_neither_typer_nor_rich(coral, assets):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("imported\n"), proc.stdout  # the import itself predicted nothing
     assert "macaw" in proc.stdout and "exit 0 loaded []" in proc.stdout, proc.stdout
 
 
@@ -200,14 +207,29 @@ def test_fast_predict_parser_hands_anything_unusual_to_the_full_command_line():
 
     import pytest
 
-    from edgecls.cli_light import _Fallback, _parse_predict
+    from edgecls.cli.plain_predict import NotPlain, parse_plain_predict
 
-    args = _parse_predict(["m.tflite", "a[1].jpg", "b.png", "--labels=l.txt", "-k", "2", "--json", "--threads", "3",
+    args = parse_plain_predict(["m.tflite", "a[1].jpg", "b.png", "--labels=l.txt", "-k", "2", "--json", "--threads", "3",
                            "--interpolation", "cubic"])
     assert args["artifact"] == Path("m.tflite") and args["images"] == [Path("a[1].jpg"), Path("b.png")]
     assert args["interpolation"] == "cubic"
     assert (args["labels"], args["top_k"], args["threads"], args["as_json"]) == (Path("l.txt"), 2, 3, True)
     for argv in (["m.tflite", "a.jpg", "--explain"], ["m.tflite", "a.jpg", "-k"], ["m.tflite", "a.jpg", "-k", "x"],
                  ["m.tflite"], ["m.tflite", "a.jpg", "--help"], ["m.tflite", "--", "-a.jpg"], ["m.tflite", "a.jpg", "-k2"]):
-        with pytest.raises(_Fallback):
-            _parse_predict(argv)
+        with pytest.raises(NotPlain):
+            parse_plain_predict(argv)
+
+
+def test_cli_package_exposes_the_typer_app_and_runs_nothing_on_import():
+    """`from edgecls.cli import app` is the Typer application however often it is imported (a
+    submodule must not shadow it), and every command group of commands.GROUPS is registered."""
+    import typer
+
+    import edgecls.cli
+    import edgecls.cli.commands as commands
+    from edgecls.cli import app
+
+    assert isinstance(app, typer.Typer) and edgecls.cli.app is app
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert {"train", "export", "predict", "evaluate", "bench", "report", "stream", "cv", "tune"} <= names
+    assert len(commands.GROUPS) == len(set(commands.GROUPS))

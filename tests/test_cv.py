@@ -10,7 +10,7 @@ from conftest import run_cli
 
 
 def test_folds_partition_the_dataset_stratified():
-    from edgecls.cv import fold_indices
+    from edgecls.data import fold_indices
 
     targets = np.repeat(np.arange(5), [40, 40, 40, 10, 5])
     vals = [fold_indices(targets, 5, i, seed=3)["val"] for i in range(5)]
@@ -22,7 +22,7 @@ def test_folds_partition_the_dataset_stratified():
 
 
 def test_fold_errors_are_clear():
-    from edgecls.cv import fold_indices
+    from edgecls.data import fold_indices
     from edgecls.errors import DatasetError, OptionError
 
     targets = np.repeat(np.arange(3), [10, 10, 3])

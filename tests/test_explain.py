@@ -26,7 +26,8 @@ def imagenet(assets):
 @pytest.fixture(scope="module")
 def imagenet_keras_file(tmp_path_factory, imagenet):
     """The ImageNet model saved as an edgecls .keras model with its manifest (logits output)."""
-    from edgecls.manifest import Manifest, sha256_file
+    from edgecls.files import sha256_file
+    from edgecls.manifest import Manifest
     from edgecls.preprocess import Preprocessing
 
     model, labels = imagenet
@@ -126,7 +127,8 @@ def explain_tflite(tmp_path_factory, imagenet, imagenet_keras_file):
     import tensorflow as tf
 
     from edgecls.explain import export_explain_model
-    from edgecls.manifest import Manifest, load_manifest, sha256_file
+    from edgecls.files import sha256_file
+    from edgecls.manifest import Manifest, load_manifest
 
     model, labels = imagenet
     out = tmp_path_factory.mktemp("explain_tflite")
@@ -187,3 +189,42 @@ def test_device_cam_module_stays_light():
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_serve_live_view_offers_cam_for_an_explain_artifact(assets, explain_tflite, tmp_path):
+    """`edgecls serve` on an artifact exported with the explain output: the page's CAM toggle is
+    offered, and a viewer that turns it on gets heat-map frames from the same single inference."""
+    import asyncio
+    import shutil
+
+    import aiohttp
+    import cv2
+
+    from serve_util import Server
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copyfile(assets / "images" / "imagenet-photos" / "parrot.jpg", photos / "parrot.jpg")
+    server = Server(explain_tflite, photos, "--fps", "5", "--state-dir", tmp_path / "state", token=None)
+    try:
+        server.wait_ready(True)
+        status, info = server.json("GET", "/api/status")
+        assert status == 200 and info["model"]["cam"] is True
+
+        async def frames(cam: bool):
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"http://127.0.0.1:{server.port}/ws?cam={int(cam)}") as ws:
+                    for _ in range(10):  # frames inferred before the toggle reached the stream come plain
+                        header = json.loads((await ws.receive(timeout=15)).data)
+                        jpeg = (await ws.receive(timeout=15)).data
+                        if header["cam"] == cam:
+                            break
+            return header, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+
+        plain_header, plain = asyncio.run(frames(False))
+        cam_header, heat = asyncio.run(frames(True))
+        assert plain_header["top_k"][0][0] == cam_header["top_k"][0][0] == "macaw"
+        assert not plain_header["cam"] and cam_header["cam"]
+        assert plain.shape == heat.shape and np.abs(plain.astype(int) - heat.astype(int)).mean() > 10
+    finally:
+        server.stop()

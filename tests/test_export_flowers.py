@@ -25,7 +25,7 @@ def test_export_agrees_with_keras(flowers_exports, flowers_model, flowers, key):
     folder = data.scan(flowers)
     split = data.recorded_split(folder, clf.manifest.source.get("split"))
     val = data.load_images(folder, split["val"], clf.preprocessing)
-    from edgecls.train import KerasScorer
+    from edgecls.keras_model import KerasScorer
 
     reference = KerasScorer(flowers_model.model_path).scores_resized(val.images)
     probs = clf.scores(val.images)

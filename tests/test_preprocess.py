@@ -92,12 +92,12 @@ def test_training_evaluation_and_runtime_prepare_identical_inputs(flowers, tmp_p
     also with a cropping recipe (evaluation feeds the loader's output to the runtime)."""
     from edgecls.engines import TensorInfo
     from edgecls.runtime import Classifier
-    from edgecls.train import _batches
+    from edgecls.train import batches
 
     p = Preprocessing.named("tf", (96, 96), resize)
     folder = data.scan(flowers)
     loaded = data.load_images(folder, [0, 1, 2, 50, 199], p)
-    train_x, _ = _batches(loaded.images, loaded.targets, p, 5, None, 0)[0]
+    train_x, _ = batches(loaded.images, loaded.targets, p, 5, None, 0)[0]
 
     class FakeEngine:  # only the tensor description is used by `prepare`
         name, version = "none", "0"
@@ -182,13 +182,13 @@ def _previous_resize(rgb, h, w):
 
 
 def _shrinking_cases(assets):
-    from edgecls.preprocess import _center_window
+    from edgecls.preprocess import center_window
 
     for name in FILTER_PHOTOS:
         rgb = read_rgb(assets / "images/labeled-photos" / name)
         for size in FILTER_SIZES:
             for mode in ("stretch", "center_crop"):
-                window = rgb if mode == "stretch" else _center_window(rgb, size[0] / size[1], 0.875)
+                window = rgb if mode == "stretch" else center_window(rgb, size[0] / size[1], 0.875)
                 if window.shape[0] > size[0] and window.shape[1] > size[1]:
                     yield name, size, mode, rgb, np.ascontiguousarray(window)
 
@@ -220,12 +220,12 @@ def test_enlarging_is_bilinear_also_when_one_direction_shrinks(assets):
 def test_named_interpolation_is_one_plain_opencv_step(assets, interpolation, flag):
     """For a model trained with TF-slim's bilinear or a bicubic resize: the pixels of that one
     step, no low-pass first (bench/preprocess_accuracy.py's INTER_LINEAR / INTER_CUBIC columns)."""
-    from edgecls.preprocess import _center_window
+    from edgecls.preprocess import center_window
 
     rgb = read_rgb(assets / "images/labeled-photos/pizza3.jpg")
     for mode in ("stretch", "center_crop"):
         p = Preprocessing.named("tf", (128, 128), mode, interpolation=interpolation)
-        window = rgb if mode == "stretch" else np.ascontiguousarray(_center_window(rgb, 1.0, 0.875))
+        window = rgb if mode == "stretch" else np.ascontiguousarray(center_window(rgb, 1.0, 0.875))
         assert np.array_equal(p.resize_image(rgb), cv2.resize(window, (128, 128), interpolation=flag))
         assert not np.array_equal(p.resize_image(rgb), Preprocessing.named("tf", (128, 128), mode).resize_image(rgb))
     with pytest.raises(OptionError, match="unknown interpolation 'bicubic'; expected one of area, linear, cubic"):

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow  # the whole pipeline: six exports verified, evaluated and benchmarked
 def test_quickstart_trains_exports_evaluates_benchmarks(tmp_path):
     result = run_cli("quickstart", "--out", tmp_path, "--epochs", "4", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

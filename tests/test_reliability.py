@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from edgecls.manifest import atomic_write_bytes
+from edgecls.files import atomic_write_bytes
 
 
 def test_atomic_write_fsyncs_and_never_touches_the_umask(tmp_path, monkeypatch):
@@ -48,7 +48,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgecls.errors import EdgeclsError, ModelError  # noqa: E402
-from edgecls.manifest import Manifest, sha256_file  # noqa: E402
+from edgecls.files import sha256_file  # noqa: E402
+from edgecls.manifest import Manifest  # noqa: E402
 from edgecls.preprocess import Preprocessing, read_rgb  # noqa: E402
 from edgecls.runtime import Classifier, dequantize  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
@@ -303,7 +304,7 @@ def test_keras_model_checksum_and_safe_mode(tiny_keras_model, tmp_path):
     import keras
 
     from edgecls.manifest import load_manifest
-    from edgecls.train import KerasScorer
+    from edgecls.keras_model import KerasScorer
 
     # A modified .keras file beside its manifest is refused before Keras reads it.
     model = tmp_path / "model.keras"

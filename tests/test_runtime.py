@@ -107,7 +107,7 @@ def test_top_k_orders_scores():
 
 
 def test_runtime_imports_and_predicts_without_tensorflow(coral, assets):
-    """Block tensorflow and keras at import time, then use the runtime end to end."""
+    """Block tensorflow and keras at import time, then use the runtime end to end and import the server."""
     script = textwrap.dedent(f"""
         import sys, importlib.abc
         class Block(importlib.abc.MetaPathFinder):
@@ -119,9 +119,16 @@ def test_runtime_imports_and_predicts_without_tensorflow(coral, assets):
         clf = Classifier.from_artifact({str(coral / 'mobilenet_v2_1.0_224_quant.tflite')!r},
                                        labels={str(coral / 'imagenet_labels.txt')!r})
         print(clf.predict({str(assets / 'images/imagenet-photos/parrot.jpg')!r}, 1)[0][0])
+        # `edgecls serve` sits on the runtime too: every module of it imports under the block.
+        import importlib, pkgutil, edgecls.serve
+        for info in pkgutil.iter_modules(edgecls.serve.__path__):
+            importlib.import_module("edgecls.serve." + info.name)
+        from edgecls.doctor import diagnose  # the device's doctor is part of the light runtime
+        report = diagnose([{str(coral / 'mobilenet_v2_1.0_224_quant.tflite')!r}], sweep=False)
+        print("doctor opened it:", any(f["name"] == "opens" and f["status"] == "ok" for f in report["findings"]))
         heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
         print("heavy:", heavy)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "macaw" in proc.stdout and "heavy: []" in proc.stdout
+    assert "macaw" in proc.stdout and "heavy: []" in proc.stdout and "doctor opened it: True" in proc.stdout

@@ -8,6 +8,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow  # a minute: three trials of 3-fold CV
 def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     out = tmp_path / "tune"
     proc = run_cli("tune", flowers, "--trials", "2", "--folds", "0", "--input-size", "96", "--epochs", "1",
@@ -27,7 +28,7 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     # Trials keep their metrics, not their models.
     assert (out / "trials" / "trial_000" / "metrics.json").is_file() and not list(out.rglob("*.keras"))
 
-    from edgecls.tune import load_recipe
+    from edgecls.training_recipe import load_recipe
 
     recipe = load_recipe(out / "best_recipe.toml")
     for name, value in report["best"]["params"].items():
@@ -37,7 +38,7 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
 
 def test_recipe_round_trip_and_precedence(tmp_path):
     from edgecls.train import TrainConfig
-    from edgecls.tune import apply_recipe, load_recipe, save_recipe
+    from edgecls.training_recipe import apply_recipe, load_recipe, save_recipe
 
     tuned = TrainConfig(learning_rate=0.0042, dropout=0.35, input_size=(128, 128), augment=False, fine_tune_epochs=0)
     path = save_recipe(tuned, tmp_path / "r.toml", note="test")
@@ -48,9 +49,21 @@ def test_recipe_round_trip_and_precedence(tmp_path):
     assert apply_recipe(TrainConfig(dropout=0.1), recipe).dropout == 0.1
 
 
+def test_every_searched_setting_is_a_train_config_field():
+    """A dimension TrainConfig lacks would be sampled, trained with and silently ignored."""
+    from edgecls.train import TrainConfig
+    from edgecls.training_recipe import config_fields
+    from edgecls.tune import ACTS_WHEN, SPACE, search_space
+
+    fields = config_fields()
+    assert {name for name, _, _ in SPACE} <= set(fields) and set(ACTS_WHEN) <= set(fields)
+    space = search_space(TrainConfig(), sizes=[96, 128], backbones=["a", "b"], fine_tune=[0, 5])
+    assert {name for name, _, _ in space} <= set(fields)
+
+
 def test_recipe_errors(tmp_path):
     from edgecls.errors import OptionError
-    from edgecls.tune import load_recipe
+    from edgecls.training_recipe import load_recipe
 
     (tmp_path / "bad.toml").write_text("[train]\nlearning_rat = 0.1\n")
     with pytest.raises(OptionError, match="unknown settings learning_rat"):

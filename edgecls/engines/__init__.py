@@ -1,7 +1,7 @@
 """Inference engines: one small module per runtime, chosen from the artifact's file suffix.
 
-Each engine wraps one interpreter behind the same four members (`input`, `output`, `run`,
-`version`). Engines import their runtime only when opened, so a device needs just the one it uses.
+Each engine wraps one interpreter behind the same members (`input`, `output`, `run`, `version`;
+`outputs` and `run_all` for models with several outputs, such as the explain export's feature map). Engines import their runtime only when opened, so a device needs just the one it uses.
 """
 from __future__ import annotations
 
@@ -46,9 +46,13 @@ class Engine(Protocol):
     # The model's final activation read from its graph: "softmax", "sigmoid", "none" (logits),
     # or None when the graph cannot be read.
     output_activation: str | None
+    outputs: tuple[TensorInfo, ...]  # every output tensor; `output` is the first
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch already in the model's input dtype and layout; returns raw output."""
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """`run`, returning every output (raw), in the order of `outputs`."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class EngineSpec:
     module: str  # module under edgecls.engines that defines `open_engine(path, **options)`
     extra: str   # the pip extra that installs its runtime
     options: tuple[str, ...]
+    companions: tuple[str, ...] = ()  # suffixes of files that belong to the model file (its weights)
 
 
 ENGINES: dict[str, EngineSpec] = {}
@@ -70,7 +75,8 @@ def register_engine(spec: EngineSpec) -> EngineSpec:
 
 register_engine(EngineSpec("litert", (".tflite",), "litert", "runtime", ("num_threads", "use_xnnpack", "delegate")))
 register_engine(EngineSpec("onnxruntime", (".onnx",), "onnx", "onnx", ("num_threads",)))
-register_engine(EngineSpec("openvino", (".xml",), "openvino", "openvino", ("num_threads", "device", "performance_hint", "precision")))
+register_engine(EngineSpec("openvino", (".xml",), "openvino", "openvino",
+                           ("num_threads", "device", "performance_hint", "precision"), companions=(".bin",)))
 
 
 @contextmanager
@@ -124,6 +130,17 @@ def engine_for(path: str | Path) -> EngineSpec:
     raise ModelError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected one of {known}")
 
 
+def companion_files(path: str | Path) -> list[Path]:
+    """The files that belong to a model file by its format (an OpenVINO IR's weights .bin);
+    none for a suffix no engine reads."""
+    path = Path(path)
+    try:
+        spec = engine_for(path)
+    except ModelError:
+        return []
+    return [path.with_suffix(c) for c in spec.companions]
+
+
 def open_engine(path: str | Path, **options: Any) -> Engine:
     """Open a model file with the engine its suffix calls for."""
     path = Path(path)
@@ -132,6 +149,9 @@ def open_engine(path: str | Path, **options: Any) -> Engine:
         raise ModelError(f"{path}: model file not found")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: model file is empty")
+    for companion in companion_files(path):
+        if not companion.is_file():
+            raise ModelError(f"{path}: the weights file {companion.name} is missing beside it")
     unknown = sorted(k for k, v in options.items() if v is not None and k not in spec.options)
     if unknown:
         raise OptionError(f"engine {spec.name} does not take {', '.join(unknown)}; it takes {', '.join(spec.options)}")

@@ -15,7 +15,9 @@ from . import TensorInfo, filtered_stderr, require_tensors
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
-def _interpreter_module():
+def interpreter_module():
+    """LiteRT's interpreter module and the distribution that provides it (ai-edge-litert, else
+    tflite-runtime); also what `edgecls doctor` probes delegates with."""
     try:
         from ai_edge_litert import interpreter as mod
 
@@ -169,7 +171,7 @@ class LiteRTEngine:
 
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
                  delegate: str | None = None):
-        mod, dist = _interpreter_module()
+        mod, dist = interpreter_module()
         data = path.read_bytes()
         self.metadata = check_flatbuffer(path, data)
         # From the graph: "softmax" / "sigmoid" / "none" (logits); None when it cannot be read.
@@ -210,12 +212,13 @@ class LiteRTEngine:
             raise ModelError(f"{path}: not a loadable TFLite model (truncated or corrupt?): {exc}") from None
         require_tensors(path, len(self._interp.get_input_details()), len(self._interp.get_output_details()))
         self.input = _tensor_info(self._interp.get_input_details()[0])
-        self.output = _tensor_info(self._interp.get_output_details()[0])
+        self.outputs = tuple(_tensor_info(d) for d in self._interp.get_output_details())
+        self.output = self.outputs[0]
         self._in_index = self._interp.get_input_details()[0]["index"]
-        self._out_index = self._interp.get_output_details()[0]["index"]
+        self._out_indices = [d["index"] for d in self._interp.get_output_details()]
         self._batch = int(self._interp.get_input_details()[0]["shape"][0])
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> None:
         if batch.shape[0] != self._batch:
             with quiet_stderr():
                 self._interp.resize_tensor_input(self._in_index, list(batch.shape))
@@ -223,7 +226,14 @@ class LiteRTEngine:
             self._batch = batch.shape[0]
         self._interp.set_tensor(self._in_index, batch)
         self._interp.invoke()
-        return self._interp.get_tensor(self._out_index).copy()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._invoke(batch)
+        return self._interp.get_tensor(self._out_indices[0]).copy()
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._invoke(batch)
+        return [self._interp.get_tensor(index).copy() for index in self._out_indices]
 
 
 def _dist_version(dist: str) -> str:

@@ -116,12 +116,16 @@ class OnnxRuntimeEngine:
             raise ModelError(f"{path}: not a loadable ONNX model (truncated or corrupt?): {exc}") from None
         require_tensors(path, len(self._session.get_inputs()), len(self._session.get_outputs()))
         self.input = _info(self._session.get_inputs()[0])
-        self.output = _info(self._session.get_outputs()[0])
+        self.outputs = tuple(_info(o) for o in self._session.get_outputs())
+        self.output = self.outputs[0]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.output_activation = final_activation(path.read_bytes())
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self.output.name], {self.input.name: batch})[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {self.input.name: batch})
 
 
 def open_engine(path: Path, **options) -> OnnxRuntimeEngine:

@@ -11,7 +11,8 @@ from . import TensorInfo, filtered_stderr, require_tensors
 
 def _info(port) -> TensorInfo:
     shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
-    return TensorInfo(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()))
+    name = port.get_any_name() if port.get_names() else ""  # get_any_name raises for an unnamed port
+    return TensorInfo(name, shape, np.dtype(port.get_element_type().to_dtype()))
 
 
 class OpenVINOEngine:
@@ -24,8 +25,6 @@ class OpenVINOEngine:
         except ImportError:
             raise missing_extra("openvino", "openvino") from None
         self.version = f"openvino {ov.get_version()}"
-        if not path.with_suffix(".bin").is_file():
-            raise ModelError(f"{path}: the weights file {path.with_suffix('.bin').name} is missing beside it")
         core = ov.Core()
         # f32 by default: on CPUs with bf16 units OpenVINO would otherwise run "fp32" models in
         # bf16, and the artifact would not behave as it was verified.
@@ -41,7 +40,8 @@ class OpenVINOEngine:
             self.rt_info = {k: str(v) for k, v in _flat_rt_info(self._model).items()}
             require_tensors(path, len(self._model.inputs), len(self._model.outputs))
             self.input = _info(self._model.input(0))
-            self.output = _info(self._model.output(0))
+            self.outputs = tuple(_info(port) for port in self._model.outputs)
+            self.output = self.outputs[0]
             self.output_activation = _final_activation(self._model)
         except RuntimeError as exc:
             raise ModelError(f"{path}: not a loadable OpenVINO IR (truncated or corrupt?): {_first_line(exc)}") from None
@@ -66,6 +66,10 @@ class OpenVINOEngine:
             self._compile(batch.shape[0])
         self._request.infer({0: batch}, share_inputs=True)
         return self._request.get_output_tensor(0).data.copy()
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.run(batch)
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
 
 _PASSTHROUGH = {"Convert", "FakeQuantize", "Reshape", "Squeeze", "Unsqueeze"}

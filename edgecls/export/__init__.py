@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import checks
 from ..cpu import INT8_CPU_CLASSES
 from ..errors import OptionError
+
+IO_DTYPES = ("uint8", "int8")  # input/output types of a full-integer LiteRT model
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,7 @@ def resolve(formats: str | list[str], quants: str | list[str], options: dict[str
     A (format, mode) pair the registry lacks is an error only when both were named explicitly;
     with `all` on one side, the pairs that exist are taken.
     """
-    def split(v: str | list[str]) -> list[str]:
-        items = v if isinstance(v, list) else [v]
-        return [s.strip() for item in items for s in item.split(",") if s.strip()]
-
-    fmts, qs = split(formats), split(quants)
+    fmts, qs = checks.names("format", formats, "tflite,onnx"), checks.names("quant", quants, "fp32,int8")
     all_f, all_q = fmts == ["all"], qs == ["all"]
     if all_f:
         fmts = format_names()
@@ -106,17 +105,14 @@ def resolve(formats: str | list[str], quants: str | list[str], options: dict[str
             specs.append(spec)
     if not specs:
         raise OptionError(f"no export matches --format {formats} --quant {quants}")
-    for name, value in (options or {}).items():
+    options = options or {}
+    checks.one_of("int8_cpu", options.get("int8_cpu"), tuple(INT8_CPU_CLASSES))
+    checks.one_of("io_dtype", options.get("io_dtype"), IO_DTYPES)
+    for name, value in options.items():
         if value is None:
             continue
         if not any(name in s.options for s in specs):
             allowed = [s.key for s in FORMATS.values() if name in s.options]
             raise OptionError(f"option {name} does not apply to {', '.join(s.key for s in specs)}"
-                              + (f"; it applies to {', '.join(allowed)}" if allowed else ""))
-    int8_cpu = (options or {}).get("int8_cpu")
-    if int8_cpu is not None and int8_cpu not in INT8_CPU_CLASSES:
-        raise OptionError(f"int8_cpu {int8_cpu!r}: expected one of {', '.join(INT8_CPU_CLASSES)}")
-    io_dtype = (options or {}).get("io_dtype")
-    if io_dtype is not None and io_dtype not in ("uint8", "int8"):
-        raise OptionError(f"io_dtype must be uint8 or int8, got {io_dtype!r}")
+                              + (f"; it applies to {', '.join(allowed)}" if allowed else ""), name)
     return specs

@@ -39,9 +39,9 @@ class ExportContext:
 
     @cached_property
     def keras_model(self) -> Any:
-        import keras
+        from ..keras_model import load_keras_model
 
-        return keras.saving.load_model(self.model_path, compile=False)
+        return load_keras_model(self.model_path)
 
     def calibration_inputs(self) -> np.ndarray:
         """Calibration images through the shared preprocessing (float32 NHWC)."""
@@ -65,10 +65,10 @@ class ExportContext:
         """A SavedModel of the inference graph (TFLiteConverter.from_keras_model fails on Keras 3)."""
         path = self.work_dir / f"saved_model{self.variant}_b{batch or 'dyn'}"
         if not path.exists():
-            import keras
+            from ..keras_model import keras
 
             h, w = self.input_size
-            spec = keras.InputSpec(shape=(batch, h, w, 3), dtype="float32")
+            spec = keras().InputSpec(shape=(batch, h, w, 3), dtype="float32")
             self.model_to_convert.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
         return path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import atomic_write_bytes
+from ..files import atomic_write_bytes
 from . import ExportSpec
 from .context import ExportContext, native_output_captured
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..manifest import atomic_write_bytes
+from ..files import atomic_write_bytes
 from . import ExportSpec
 from .context import ExportContext, native_output_captured
 

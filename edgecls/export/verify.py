@@ -15,7 +15,6 @@ from .. import data as data_mod
 from ..evaluate import SMALL_SPLIT, wilson_interval
 
 
-
 @dataclass
 class VerificationSet:
     images: np.ndarray       # resized RGB uint8
@@ -76,3 +75,22 @@ def compare(reference: np.ndarray, probs: np.ndarray, targets: np.ndarray, val_c
         "disagreements": int((~same).sum()),
         "max_prob_diff": float(np.abs(reference - probs).max()),
     }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What an artifact must show to be kept."""
+
+    max_accuracy_drop: float            # points, on the verification set
+    min_agreement: float | None = None  # top-1 agreement with the Keras model
+
+    def failure(self, stats: dict) -> str | None:
+        """Why `compare`'s statistics fail the gate, or None when they pass."""
+        if stats["accuracy_drop_pp"] > self.max_accuracy_drop:
+            return (f"accuracy gate failed: {stats['accuracy']:.4f} vs Keras {stats['reference_accuracy']:.4f} "
+                    f"on {stats['count']} images is a drop of {stats['accuracy_drop_pp']:.2f} pp, more than the "
+                    f"allowed {self.max_accuracy_drop:.2f} pp")
+        if self.min_agreement is not None and stats["top1_agreement"] < self.min_agreement:
+            return (f"agreement gate failed: top-1 agreement {stats['top1_agreement']:.4f} on {stats['count']} images "
+                    f"is below the required {self.min_agreement:.4f}")
+        return None

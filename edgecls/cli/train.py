@@ -1,0 +1,105 @@
+"""`edgecls train`: transfer learning from an image-folder dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..train.config import LR_SCHEDULES, PRECISION_CHOICES, TrainConfig
+from .common import command, err, escape, folder_option, parse_size, show
+from .options import training_options
+
+DEFAULT = TrainConfig()
+
+# The options only `train` has (those it shares with cv and tune are in options.TRAINING).
+DatasetOrResume = Annotated[Optional[Path], typer.Argument(help="Image-folder dataset: one sub-folder per class.")]
+Out = Annotated[Path, typer.Option(help="Output folder.")]
+FeatureHead = Annotated[bool, typer.Option(
+    "--feature-head/--gradient-head", help="Phase 1 as a logistic regression on backbone features computed once "
+    "(default), or a head trained by gradient descent.")]
+FineTuneLearningRate = Annotated[float, typer.Option()]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of gradient-trained phases, in [0, 1).")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW decoupled weight decay of gradient-trained phases (0: Adam).")]
+Schedule = Annotated[str, typer.Option(help=f"{' | '.join(LR_SCHEDULES)} (cosine: one warm-up epoch, then cosine "
+                                            "decay).")]
+Fraction = Annotated[float, typer.Option()]
+Patience = Annotated[int, typer.Option(help="Early stopping patience on validation loss.")]
+Flip = Annotated[bool, typer.Option(help="Horizontal flips in augmentation (turn off for digits or text).")]
+Precision = Annotated[str, typer.Option(help=f"{' | '.join(PRECISION_CHOICES)} (mixed precision; the saved model "
+                                             "is float32).")]
+Deterministic = Annotated[Optional[bool], typer.Option(
+    "--deterministic/--no-deterministic", help="Reproducible kernels (default: on for CPU, off on a GPU).")]
+DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices (KERAS_BACKEND=jax).")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue the killed run in this output folder from its last epoch.")]
+
+
+def training_config(options: dict) -> TrainConfig:
+    """A TrainConfig from command-line options (TrainConfig fields, `input_size` as typed, and
+    `recipe`), checked by the library before any work; a --recipe fills in what the options
+    leave at their defaults."""
+    from ..training_recipe import apply_recipe, load_recipe
+
+    fields = {k: v for k, v in options.items() if k not in ("recipe", "input_size")}
+    config = TrainConfig(input_size=parse_size(options.get("input_size")), **fields)
+    config.validate()
+    if options.get("recipe") is not None:
+        config = apply_recipe(config, load_recipe(options["recipe"]))
+    return config
+
+
+@training_options("backbone", "weights", "input_size", "epochs", "fine_tune_epochs", "feature_crops", "head_c",
+                  "batch_size", "learning_rate", "dropout", "seed", "augment", "class_weights", "oversample", "recipe")
+def train(
+    dataset: DatasetOrResume = None,
+    out: Out = Path("runs/train"),
+    feature_head: FeatureHead = DEFAULT.feature_head,
+    fine_tune_learning_rate: FineTuneLearningRate = DEFAULT.fine_tune_learning_rate,
+    label_smoothing: LabelSmoothing = DEFAULT.label_smoothing,
+    weight_decay: WeightDecay = DEFAULT.weight_decay,
+    lr_schedule: Schedule = DEFAULT.lr_schedule,
+    val_fraction: Fraction = DEFAULT.val_fraction,
+    test_fraction: Fraction = DEFAULT.test_fraction,
+    patience: Patience = DEFAULT.patience,
+    flip: Flip = DEFAULT.flip,
+    precision: Precision = DEFAULT.precision,
+    deterministic: Deterministic = None,
+    data_parallel: DataParallel = DEFAULT.data_parallel,
+    resume: Resume = None,
+    training: dict = None,
+):
+    """Train a classifier by transfer learning (two phases) and save model, labels, curves and metrics."""
+    if resume is not None:
+        from ..train import resume as resume_run
+
+        return _summary(resume_run(resume, console=err.get()))
+    if dataset is None:
+        from ..errors import OptionError
+
+        raise OptionError("missing DATASET (an image-folder dataset), or --resume OUT to continue a run")
+    # Every parameter but these is the TrainConfig field of the same name.
+    own = {k: v for k, v in locals().items() if k not in ("dataset", "out", "resume", "training")}
+    config = training_config({**training, **own})
+    folder_option("--out", out)
+    from ..train import train as run_train
+
+    _summary(run_train(dataset, out, config, console=err.get()))
+
+
+def _summary(result) -> None:
+    val, tr = result.metrics["val"], result.metrics["train"]
+    show.print(f"model:      {result.model_path}", markup=False)
+    show.print(f"accuracy:   validation {val['accuracy']:.4f}, train {tr['accuracy']:.4f}, macro F1 {val['macro']['f1']:.4f}")
+    show.print(f"curves:     {result.out_dir / 'training_curves.png'}", markup=False)
+    show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}", markup=False)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}")
+    from ..cv import small_split_note
+
+    note = small_split_note(val["accuracy"], int(val["count"]))
+    if note:
+        err.print(f"note: {note}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    command(app, train)

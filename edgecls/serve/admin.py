@@ -1,0 +1,110 @@
+"""Model updates over HTTP: PUT (or POST) a multipart form with the parts "artifact" and
+"manifest" (and "weights" for an OpenVINO .bin, "cam" for an explain artifact's .cam.npz);
+POST .../rollback serves the previous model again. The server names every file it writes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import ModelError
+from .api import named_model, service
+from .bodies import read_part, save_part
+from .images import RequestError
+from .models import SUFFIX_BY_FORMAT, UpdateBusy, UpdateRefused
+
+routes = web.RouteTableDef()
+PARTS = ("artifact", "manifest", "weights", "cam")
+
+
+@routes.put("/v2/models/{model}/artifact")
+@routes.post("/v2/models/{model}/artifact")
+async def update(request: web.Request) -> web.Response:
+    svc = service(request)
+    named_model(request)
+    if not request.content_type.startswith("multipart/"):
+        raise RequestError(415, "send a multipart/form-data body with the parts \"artifact\" and \"manifest\"")
+    limits = svc.cfg.limits
+    if request.content_length is not None and request.content_length > limits.max_model_bytes:
+        raise RequestError(413, f"the upload is larger than {limits.max_model_mb:g} MB (--max-model-mb)")
+    folder = svc.store.new_folder()
+    try:
+        await _receive(request, folder, limits)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return await _answer(svc, asyncio.to_thread(svc.store.accept, folder, "upload"), "upload")
+
+
+@routes.post("/v2/models/{model}/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    svc = service(request)
+    named_model(request)
+    return await _answer(svc, asyncio.to_thread(svc.store.rollback), "rollback")
+
+
+async def _answer(svc, work, kind: str) -> web.Response:
+    try:
+        result = await work
+    except UpdateBusy as exc:
+        raise RequestError(409, str(exc)) from None
+    except UpdateRefused as exc:
+        svc.metrics.updates.labels(f"{kind}_refused").inc()
+        current = svc.store.current
+        return web.json_response({"error": f"{kind} refused: {exc}; model v{current.version} keeps serving",
+                                  "checks": exc.checks, "model": current.describe()}, status=422)
+    svc.metrics.updates.labels(f"{kind}_accepted").inc()
+    return web.json_response(result)
+
+
+async def _receive(request: web.Request, folder: Path, limits) -> None:
+    """Store the parts under server-chosen names; the manifest decides the artifact's suffix."""
+    from ..manifest import Manifest
+
+    budget = [limits.max_model_bytes]
+    doc = None
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name not in PARTS:
+                raise RequestError(400, f"unknown part {part.name!r}; expected {', '.join(PARTS)}")
+            if part.name == "manifest":
+                try:
+                    doc = json.loads(await read_part(part, 4 << 20, "the manifest", "4 MB"))
+                    manifest = Manifest.from_dict(doc, "the uploaded manifest")
+                except (ValueError, RecursionError):
+                    raise RequestError(400, "the manifest part is not JSON") from None
+                except ModelError as exc:
+                    raise RequestError(400, str(exc)) from None
+            else:
+                await save_part(part, folder / f"{part.name}.part", budget, "--max-model-mb", limits.read_timeout)
+    except ValueError as exc:
+        raise RequestError(400, f"malformed multipart body: {exc}") from None
+    if doc is None or not (folder / "artifact.part").is_file():
+        raise RequestError(400, "the upload needs both an \"artifact\" and a \"manifest\" part")
+    suffix = SUFFIX_BY_FORMAT.get(manifest.format)
+    if suffix is None:
+        raise RequestError(400, f"manifest format {manifest.format!r}: expected one of {', '.join(SUFFIX_BY_FORMAT)}")
+    _place(folder, suffix, doc)
+
+
+def _place(folder: Path, suffix: str, doc: dict) -> None:
+    from ..files import atomic_write_text
+
+    weights = folder / "weights.part"
+    if suffix == ".xml":
+        companions = doc.get("companions") or {}
+        if len(companions) != 1 or not weights.is_file():
+            raise RequestError(400, "an OpenVINO model needs its weights as the part \"weights\", and a manifest "
+                                    "that lists exactly one companion (the .bin) with its checksum")
+        doc["companions"] = {"model.bin": next(iter(companions.values()))}
+        weights.rename(folder / "model.bin")
+    elif weights.exists():
+        raise RequestError(400, "a \"weights\" part belongs only to an OpenVINO model")
+    (folder / "artifact.part").rename(folder / f"model{suffix}")
+    if (folder / "cam.part").exists():
+        (folder / "cam.part").rename(folder / f"model{suffix}.cam.npz")
+    atomic_write_text(folder / f"model{suffix}.json", json.dumps(doc, indent=2) + "\n")

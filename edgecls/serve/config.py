@@ -1,0 +1,147 @@
+"""Options of `edgecls serve`, checked before anything starts."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import checks
+from ..errors import OptionError
+
+DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edgecls" / "serve"
+
+
+@dataclass
+class Limits:
+    """What one request may cost the device."""
+
+    max_upload_mb: float = 20.0          # an image body
+    max_model_mb: float = 256.0          # a model update (artifact + manifest + companions)
+    max_pixels: int = 25_000_000         # decoded picture size (25 MP: a 24 MP camera photo fits)
+    read_timeout: float = 15.0           # seconds to receive a whole body (a slow client gets 408)
+    queue_size: int = 16                 # requests admitted at once (decoding, queued, running); more: 503
+    decode_threads: int = 2              # threads that decode and prepare request images
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * (1 << 20))
+
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mb * (1 << 20))
+
+
+@dataclass
+class LearnOptions:
+    """Frames to learn from: uncertain stream frames kept as an `edgecls train` image folder."""
+
+    folder: Path | None = None
+    margin: float = 0.15                 # top-1 minus top-2 probability below this: uncertain
+    entropy: float = 0.0                 # normalised entropy above this: uncertain (0: off)
+    per_minute: int = 6
+    max_mb: float = 500.0
+    quality: int = 90
+
+
+@dataclass
+class ServeConfig:
+    artifact: Path
+    source: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    name: str = ""                       # the model's name in URLs (default: the artifact's stem)
+    token: str | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    labels: Path | None = None           # a label file, for a model without a manifest
+    top_k: int = 5
+    fps: float = 0.0                     # pace an image-folder source
+    view_fps: float = 10.0               # most frames per second encoded for viewers
+    view_width: int = 640                # frames wider than this are scaled down for viewers
+    view_quality: int = 80
+    state_dir: Path = DEFAULT_STATE_DIR
+    watch: Path | None = None
+    check_images: Path | None = None
+    min_agreement: float = 0.5           # a new model must agree this often with the current one
+    stale_after: float = 5.0             # no stream result for this long: not ready
+    limits: Limits = field(default_factory=Limits)
+    learn: LearnOptions = field(default_factory=LearnOptions)
+    resume: bool = True                  # serve the last accepted update from state_dir after a restart
+
+    def __post_init__(self) -> None:
+        self.name = model_name(self.name or Path(self.artifact).stem)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def model_name(text: str) -> str:
+    """A model name safe in a URL path segment."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "model"
+    return name[:64]
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The access token from --token, a token file, or $EDGECLS_TOKEN (in that order)."""
+    if token and token_file:
+        raise OptionError("give --token or --token-file, not both")
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise OptionError(f"--token-file {token_file}: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise OptionError(f"--token-file {token_file}: not UTF-8 text") from None
+        if not token:
+            raise OptionError(f"--token-file {token_file}: the file is empty")
+    token = token or os.environ.get("EDGECLS_TOKEN") or None
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise OptionError("the token must be at least 16 printable characters without spaces "
+                          "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    return token
+
+
+def check_config(cfg: ServeConfig) -> None:
+    """Refuse settings that would expose the device or cannot work, before anything opens (an
+    OptionError names the parameter, `queue_size`; the command line shows it as `--queue-size`)."""
+    if not Path(cfg.artifact).is_file():
+        raise OptionError(f"{cfg.artifact}: model file not found")
+    src = cfg.source
+    if src and not (src.isdigit() or "://" in src or "!" in src or src.startswith("picamera2")) and not Path(src).exists():
+        # A camera may come and go (the server waits for it); a file or folder named wrongly will not appear.
+        raise OptionError(f"{src}: no such file or folder (a source is a camera index, video file, URL, "
+                          "GStreamer pipeline, picamera2[:N] or image folder)")
+    if not cfg.loopback and not cfg.token:
+        raise OptionError(f"--host {cfg.host} reaches beyond this machine: give --token-file (or --token, or "
+                          "$EDGECLS_TOKEN); every route but health and the page will require it")
+    checks.within("port", cfg.port, 0, 65535)
+    lim, learn = cfg.limits, cfg.learn
+    for option, value, low in (("max_upload_mb", lim.max_upload_mb, 0.01), ("max_model_mb", lim.max_model_mb, 0.01),
+                               ("max_pixels", lim.max_pixels, 1), ("read_timeout", lim.read_timeout, 0.1),
+                               ("queue_size", lim.queue_size, 1), ("decode_threads", lim.decode_threads, 1),
+                               ("view_fps", cfg.view_fps, 0.1), ("view_width", cfg.view_width, 16),
+                               ("stale_after", cfg.stale_after, 0.1), ("top_k", cfg.top_k, 1),
+                               ("learn_per_minute", learn.per_minute, 1), ("learn_max_mb", learn.max_mb, 0.1)):
+        checks.at_least(option, value, low)
+    for option, value in (("view_quality", cfg.view_quality), ("learn_quality", learn.quality)):
+        checks.within(option, value, 1, 100)
+    for option, value in (("learn_margin", learn.margin), ("learn_entropy", learn.entropy),
+                          ("min_agreement", cfg.min_agreement)):
+        checks.within(option, value, 0, 1)
+    if cfg.watch is not None and not cfg.watch.is_dir():
+        raise OptionError(f"--watch {cfg.watch}: not a folder")
+    if cfg.check_images is not None and not cfg.check_images.is_dir():
+        raise OptionError(f"--check-images {cfg.check_images}: not a folder")

@@ -1,0 +1,120 @@
+"""What a training run is asked to do (`TrainConfig`, checked before any work) and what it returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .. import checks
+from ..errors import OptionError
+from ..models import Recipe, get_recipe, resolve_weights
+
+# --precision values -> Keras dtype policies. `auto` is resolved per phase by `device.phase_policy`.
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+LR_SCHEDULES = ("constant", "cosine")
+
+# Below this many training images the default skips fine-tuning: on flowers-small (160 training
+# images) gradient-trained heads scored below the frozen linear probe by 5-fold CV over three fold
+# seeds (0.845-0.848 vs 0.857; the feature head with crop views 0.868:
+# bench/results/feature_head_cv_224px.md), and issue 10 reports the same on a 244-photo 2-class
+# set (held-out 0.915 vs 0.967).
+FINE_TUNE_MIN_IMAGES = 2000
+DEFAULT_FINE_TUNE_EPOCHS = 5
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None          # imagenet | none | PATH; default: the recipe's
+    input_size: tuple[int, int] | None = None
+    epochs: int = 10                    # phase 1 (head) epochs
+    fine_tune_epochs: int | None = None  # phase 2 epochs; 0 skips; None: by data size (FINE_TUNE_MIN_IMAGES)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    dropout: float = 0.2
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+    patience: int = 3                   # early stopping on validation loss
+    class_weights: bool = False
+    augment: bool = True
+    flip: bool = True                   # horizontal flips (wrong for digits and text)
+    precision: str = "auto"             # auto | fp32 | bf16 | fp16 (the saved model is float32 either way)
+    deterministic: bool | None = None   # None: on for CPU training, off on an accelerator
+    data_parallel: bool = False         # keras.distribution.DataParallel over all local devices (JAX)
+    workers: int = 0                    # processes decoding the cache; 0: all cores
+    cache_dir: str | None = None        # default: edgecls.cache.cache_root()
+    fold: list[int] | None = None       # [k, i]: validate on fold i of a stratified k-fold split (edgecls cv)
+    oversample: bool = False            # draw minority-class training images again, up to the largest class
+    feature_head: bool = True           # phase 1: logistic regression on backbone features computed once
+    feature_crops: float = 0.8          # feature head: also learn from 4 corner crops of this side fraction; 0: none
+    head_c: float | None = None         # feature head's inverse L2 strength; None: chosen by inner CV
+    # Gradient-trained phases (a --gradient-head, fine-tuning):
+    label_smoothing: float = 0.0        # cross-entropy against (1 - e) * one-hot + e / classes
+    weight_decay: float = 0.0           # > 0: AdamW with this decoupled weight decay instead of Adam
+    lr_schedule: str = "constant"       # constant | cosine (one warm-up epoch, then cosine decay to 0)
+
+    def validate(self) -> Recipe:
+        """Check every setting before any work (OptionError names the first one at fault, by its
+        field name); returns the backbone's recipe."""
+        recipe = get_recipe(self.backbone)
+        checks.at_least("epochs", self.epochs, 1)
+        checks.at_least("fine_tune_epochs", self.fine_tune_epochs, 0)
+        checks.at_least("batch_size", self.batch_size, 1)
+        checks.within("learning_rate", self.learning_rate, 0, 10, low_open=True)
+        checks.within("fine_tune_learning_rate", self.fine_tune_learning_rate, 0, 10, low_open=True)
+        checks.within("dropout", self.dropout, 0, 1, high_open=True)
+        checks.within("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        checks.within("weight_decay", self.weight_decay, 0, 1, high_open=True)
+        checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.within("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        checks.within("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise OptionError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} leave no "
+                              "training images", "val_fraction", "test_fraction")
+        checks.at_least("seed", self.seed, 0)
+        checks.at_least("patience", self.patience, 0)
+        checks.one_of("precision", self.precision, PRECISION_CHOICES)
+        checks.at_least("workers", self.workers, 0)
+        if self.input_size is not None and (len(self.input_size) != 2 or not all(1 <= s <= 4096 for s in self.input_size)):
+            raise OptionError(f"input_size must be (height, width) with sizes from 1 to 4096, got {self.input_size}",
+                              "input_size")
+        if self.feature_crops and not 0.5 <= self.feature_crops < 1:
+            raise OptionError(f"feature_crops must be 0 (no crops) or in [0.5, 1), got {self.feature_crops}",
+                              "feature_crops")
+        if self.head_c is not None and not 0 < self.head_c <= 1e6:
+            raise OptionError(f"head_c must be positive (at most 1e6), got {self.head_c}", "head_c")
+        resolve_weights(self.weights or recipe.weights)
+        return recipe
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config recorded in a checkpoint or manifest (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if kwargs.get("input_size") is not None:
+            kwargs["input_size"] = tuple(kwargs["input_size"])
+        return cls(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    out_dir: Path
+    labels: list[str]
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def planned_fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool = False) -> int:
+    """The configured fine-tuning epochs, or by data size when not configured (none for a
+    network trained whole from the start)."""
+    if config.fine_tune_epochs is not None:
+        return config.fine_tune_epochs
+    if whole:
+        return 0
+    return DEFAULT_FINE_TUNE_EPOCHS if train_count >= FINE_TUNE_MIN_IMAGES else 0

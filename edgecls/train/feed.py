@@ -1,0 +1,152 @@
+"""The data side of training: the dataset scanned, split and cached once, then fed as uint8
+batches of the memory-mapped cache, prefetched by worker threads that also apply the geometric
+augmentation. Every random draw follows (seed, epoch, batch), so a resumed run sees the same
+batches as an uninterrupted one whatever thread computed them."""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import data as data_mod
+from ..augment import Augmentation
+from ..cache import ImageCache, cached_images
+from ..errors import EdgeclsError, OptionError
+from ..keras_model import keras as _keras
+from ..preprocess import Preprocessing
+from .config import TrainConfig
+
+
+@dataclass
+class TrainingData:
+    """A dataset ready to feed: its files, the split, and the decoded pixels (cache)."""
+
+    folder: data_mod.ImageFolder
+    split: dict[str, np.ndarray]        # indices into folder.files, as split
+    cache: ImageCache
+    train: np.ndarray                   # the readable ones
+    val: np.ndarray
+    skipped: list[tuple[Path, str]]
+
+
+def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preprocessing, console) -> TrainingData:
+    """Scan and split the dataset and open (or build) its decoded-image cache."""
+    folder = data_mod.scan(dataset)
+    if config.fold:
+        split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)
+    else:
+        split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
+    if len(split["val"]) == 0:
+        raise OptionError("the validation split is empty; raise --val-fraction or add images")
+    cache = cached_images(folder, preprocessing, console, config.cache_dir, config.workers or None)
+    what = f"decoded {len(cache)} images in {cache.seconds:.1f} s into" if cache.built else "reusing"
+    console.print(f"image cache: {what} {cache.path}")
+    used = np.zeros(len(folder.files), dtype=bool)
+    used[split["train"]] = used[split["val"]] = True
+    skipped = [(folder.files[i], reason) for i, reason in
+               ((folder.files.index(p), r) for p, r in cache.skipped) if used[i]]
+    if skipped:
+        console.print(data_mod.skipped_summary(skipped), markup=False)
+    train_idx, val_idx = split["train"][cache.ok[split["train"]]], split["val"][cache.ok[split["val"]]]
+    for index, name in enumerate(folder.classes):
+        if not np.any(folder.targets[train_idx] == index):
+            raise EdgeclsError(f"{folder.root / name}: no readable training images for class '{name}'")
+    from ..imbalance import report_class_counts
+
+    report_class_counts(folder.classes, folder.targets[train_idx], console)
+    if len(val_idx) == 0:
+        raise EdgeclsError(f"{folder.root}: no readable images in the validation split")
+    return TrainingData(folder, split, cache, train_idx, val_idx, skipped)
+
+
+def reader(images):
+    """rows -> uint8 pictures, from an ImageCache (pread, nothing stays mapped) or an array."""
+    return images.read if isinstance(images, ImageCache) else (lambda rows: np.asarray(images[rows]))
+
+
+class BatchPlan:
+    """Which pictures batch i of epoch e holds, read and geometrically augmented.
+
+    The order of epoch e is a permutation seeded by (seed, e), and the warps of batch i by
+    (seed, e, i). Within a batch rows are read in file order (sequential reads from the cache).
+    `multiple`: batch sizes are cut to multiples of the device count."""
+
+    def __init__(self, images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.ndarray, batch_size: int,
+                 shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1):
+        self.read, self.targets, self.indices = reader(images), targets, indices
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.augmentation, self.multiple = augmentation, multiple
+        count = len(indices)
+        self.batches = count // batch_size + (1 if count % batch_size >= multiple else 0)
+        self._order: tuple[int, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def order(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if self._order is None or self._order[0] != epoch:
+                count = len(self.indices)
+                perm = np.random.default_rng([self.seed, epoch]).permutation(count) if self.shuffle else np.arange(count)
+                self._order = (epoch, self.indices[perm])
+            return self._order[1]
+
+    def batch(self, i: int, epoch: int, warp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        rows = np.sort(rows[: len(rows) - len(rows) % self.multiple])
+        x = self.read(rows)
+        if warp and self.augmentation is not None and self.augmentation.geometric:
+            x = self.augmentation.warp_batch(x, np.random.default_rng([self.seed, epoch, i]))
+        return x, self.targets[rows]
+
+
+@functools.cache
+def _feed_class():
+    """keras.utils.PyDataset over a BatchPlan; a subclass made on first use, so that importing
+    the trainer does not import Keras."""
+
+    class Feed(_keras().utils.PyDataset):
+        def __init__(self, plan: BatchPlan, workers: int):
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
+            self.plan = plan
+            self.epoch = 0              # set by the training callback when an epoch begins
+            self.augmentation_off = False
+
+        def __len__(self):
+            return self.plan.batches
+
+        def __getitem__(self, i):
+            return self.plan.batch(i, self.epoch, warp=not self.augmentation_off)
+
+    return Feed
+
+
+def feeder(images: np.ndarray | ImageCache, targets: np.ndarray, indices: np.ndarray, batch_size: int, *,
+           shuffle: bool, seed: int, augmentation: Augmentation | None = None, multiple: int = 1, workers: int = 0):
+    """uint8 batches (and targets) from the cache as a Keras PyDataset, prefetched by worker
+    threads (see `BatchPlan` for the order); `feed.epoch` selects the epoch's order."""
+    workers = workers or max(2, min(8, os.cpu_count() or 2))  # >1 makes Keras prefetch in threads
+    plan = BatchPlan(images, targets, indices, batch_size, shuffle, seed, augmentation, multiple)
+    return _feed_class()(plan, workers)
+
+
+def unwarped(feed):
+    """The same feeder without its host-side warps (features are computed once, unaugmented)."""
+    clone = copy.copy(feed)
+    clone.augmentation_off = True
+    return clone
+
+
+def batches(images: np.ndarray, targets: np.ndarray, preprocessing: Preprocessing, batch_size: int,
+            augmentation: Augmentation | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What the inference model receives in training: the feeder's uint8 batches through the
+    training wrapper's normalisation layer (without the random in-model augmentation)."""
+    from .network import normalize_layer
+
+    feed = feeder(images, targets, np.arange(len(images)), batch_size, shuffle=False, seed=seed,
+                  augmentation=augmentation)
+    normalize = normalize_layer(preprocessing)
+    return [(np.asarray(normalize(x)), y) for x, y in (feed[i] for i in range(len(feed)))]

@@ -1,0 +1,52 @@
+"""The phases of a run in order: phase 1 trains a head over the frozen backbone (a logistic
+regression on features computed once by default, or by gradient descent), phase 2 fine-tunes
+the backbone's top layers from the recipe's `fine_tune_from` at a lower learning rate."""
+from __future__ import annotations
+
+from .checkpoint import Checkpoint
+from .config import FINE_TUNE_MIN_IMAGES, TrainConfig, planned_fine_tune_epochs
+from .feature_head import fit_feature_head
+from .gradient import fit_phase
+
+
+def fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool, console) -> int:
+    """`planned_fine_tune_epochs`, saying so when the data size ruled fine-tuning out."""
+    epochs = planned_fine_tune_epochs(config, train_count, whole)
+    if config.fine_tune_epochs is None and not whole and not epochs:
+        console.print(f"no fine-tuning phase: {train_count} training images (fewer than {FINE_TUNE_MIN_IMAGES}), "
+                      "where fine-tuning overfits; --fine-tune-epochs N asks for it")
+    return epochs
+
+
+def fit_phases(build, phases, policies: dict, feeds: tuple, config: TrainConfig, checkpoint: Checkpoint,
+               resumed: dict | None, class_weight: dict | None, console, fine_tune_from: str):
+    """Run the phases in order (from the resumed one), each on a net built under its dtype policy
+    and starting from the previous phase's weights; returns (net, history, phase boundary)."""
+    start_phase = resumed["phase"] if resumed else 1
+    history: dict[str, list[float]] = {k: list(v) for k, v in (resumed or {}).get("earlier_history", {}).items()}
+    phase_boundary = (resumed or {}).get("phase_boundary", 0)
+    net = None
+    for phase, epochs, lr in phases:
+        if phase < start_phase:
+            continue
+        previous, net = net, build(policies[phase], phase == 2)
+        if previous is not None:
+            net.wrapper.set_weights(previous.wrapper.get_weights())
+        if phase == 2:
+            console.print(f"phase 2: fine-tuning the backbone from '{fine_tune_from}'")
+        this = resumed if resumed and resumed["phase"] == phase else None
+        # Written into every checkpoint of the phase, so a resume knows what came before.
+        extra = checkpoint.with_fields({"earlier_history": history, "phase_boundary": phase_boundary})
+        if phase == 1 and config.feature_head and this is None and not net.backbone.trainable:
+            # Crop views only pay when this head is the final one; before fine-tuning it is a start.
+            final = not any(p == 2 and e > 0 for p, e, _ in phases)
+            phase_history = fit_feature_head(net, feeds, config, class_weight, console, crops=final)
+            extra.save({"epoch": len(phase_history["loss"]), "best": 0.0, "wait": 0, "done": True, "phase": 1,
+                        "phase_history": phase_history}, net.wrapper.variables, [], None)
+        else:
+            phase_history = fit_phase(net, phase, epochs, lr, feeds, config, extra, this, class_weight, console)
+        if phase == 1:
+            phase_boundary = len(phase_history.get("loss", []))
+        for k, v in phase_history.items():
+            history.setdefault(k, []).extend(v)
+    return net, history, phase_boundary
