@@ -67,6 +67,9 @@ TRAINING = {
              "no fine-tuning follows).")], _DEFAULT.feature_crops),
     "head_c": (Annotated[Optional[float], typer.Option(
         help="Feature head's inverse L2 strength C (default: chosen by 3-fold CV on the training split).")], None),
+    "resize": (Annotated[Optional[str], typer.Option(
+        help=f"{' | '.join(RESIZE_MODES)}: how photos become the input square (default: the backbone recipe's; "
+             "recorded in the manifest, so export, evaluation and the device use it too).")], None),
     "recipe": (Annotated[Optional[Path], typer.Option(
         help="Training recipe TOML (`edgecls tune` writes one); options given here win over it.")], None),
 }

@@ -90,12 +90,12 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     recipe = config.validate()
     weights = resolve_weights(config.weights or recipe.weights)
     input_size = tuple(config.input_size or recipe.input_size)
-    preprocessing = recipe.preprocessing(input_size)
+    preprocessing = recipe.preprocessing(input_size, config.resize)
+    whole = trains_whole(recipe, weights)
     loaded = load_data(dataset, config, preprocessing, console)
     labels = list(loaded.folder.classes)
     device, deterministic = _backend(config)
     devices = set_distribution(config)
-    whole = trains_whole(recipe, weights)
     phases = _phases(config, recipe, loaded, whole, console)
     policies = {phase: phase_policy(config.precision, phase, device, whole) for phase, _, _ in phases}
 
@@ -106,6 +106,10 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     try:
         net, history, phase_boundary = fit_phases(build, phases, policies, _feeds(config, loaded, devices), config,
                                                   checkpoint, resumed, class_weight, console, recipe.fine_tune_from)
+        cv_estimate = net.cv_estimate
+        if config.refit_all and cv_estimate is None:  # a resume after the head was fitted: the estimate is gone
+            raise EdgeclsError(f"{out_dir}: this --refit-all run was resumed after its head was fitted and its CV "
+                               "estimate was not kept; run it again without --resume")
         if net.policy != "float32" or config.data_parallel:
             # What is saved and exported: the float32 inference model on one device.
             clear_distribution(config)
@@ -118,6 +122,6 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                 "precision": {f"phase {p}": v for p, v in policies.items()}, "deterministic": deterministic,
                 "resumed": resumed is not None, "cache": str(loaded.cache.path)}
     result = write_outputs(net.inference, out_dir, dataset, config, recipe, loaded, preprocessing, history,
-                           phase_boundary, training)
+                           phase_boundary, training, cv_estimate)
     checkpoint.remove()
     return result
