@@ -13,11 +13,7 @@ from .options import training_options
 DEFAULT = TrainConfig()
 
 # The options only `train` has (those it shares with cv and tune are in options.TRAINING).
-DatasetOrRefitAll = Annotated[bool, typer.Option(
-    help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
-         "the same recipe, recorded as such. Feature head without fine-tuning only.")]
-CvFolds = Annotated[int, typer.Option(help="Folds of --refit-all's CV estimate.")]
-Resume = Annotated[Optional[Path], typer.Argument(help="Image-folder dataset: one sub-folder per class.")]
+DatasetOrResume = Annotated[Optional[Path], typer.Argument(help="Image-folder dataset: one sub-folder per class.")]
 Out = Annotated[Path, typer.Option(help="Output folder.")]
 FeatureHead = Annotated[bool, typer.Option(
     "--feature-head/--gradient-head", help="Phase 1 as a logistic regression on backbone features computed once "
@@ -35,6 +31,10 @@ Precision = Annotated[str, typer.Option(help=f"{' | '.join(PRECISION_CHOICES)} (
 Deterministic = Annotated[Optional[bool], typer.Option(
     "--deterministic/--no-deterministic", help="Reproducible kernels (default: on for CPU, off on a GPU).")]
 DataParallel = Annotated[bool, typer.Option(help="Data parallel over all local devices (KERAS_BACKEND=jax).")]
+RefitAll = Annotated[bool, typer.Option(
+    help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
+         "the same recipe, recorded as such. Feature head without fine-tuning only.")]
+CvFolds = Annotated[int, typer.Option(help="Folds of --refit-all's CV estimate.")]
 RefitAll = Annotated[bool, typer.Option(
     help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
          "the same recipe, recorded as such. Feature head without fine-tuning only.")]
