@@ -206,7 +206,7 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             tables["output"]["activation"] = "none"
         elif activation is not None and activation not in ACTIVATIONS:
             _fail("output.activation", f"null or one of {', '.join(ACTIVATIONS)}", activation)
-        for key in ("accuracy", "top1_agreement", "val_accuracy", "train_accuracy", "reference_accuracy"):
+        for key in ("accuracy", "top1_agreement", "val_accuracy", "cv_accuracy", "train_accuracy", "reference_accuracy"):
             v = tables["verification"].get(key)
             if v is not None and (not _is_number(v) or not 0 <= v <= 1):
                 _fail(f"verification.{key}", "null or a number from 0 to 1", v)
