@@ -110,7 +110,7 @@ def main() -> int:
     fp32 = {r["variant"]: r["right"] for r in rows if "fp32" in r["artifact"]}
     for r in rows:
         if "int8" in r["artifact"] and r["variant"] in fp32:
-            print(f"\n{r['variant']}: int8 - fp32 {paired(r['right'], fp32[r['variant']])}", end="")
+            print(f"\n- {r['variant']}: int8 - fp32 {paired(r['right'], fp32[r['variant']])}", end="")
     print()
     return 0
 
