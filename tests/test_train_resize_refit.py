@@ -90,6 +90,7 @@ def test_refit_all_trains_on_every_photo_and_records_the_cv_estimate(refit):
     recorded = manifest.verification
     assert recorded["cv_accuracy"] == pytest.approx(estimate["accuracy"]) and "val_accuracy" not in recorded
     assert "cross-validation" in recorded["accuracy_estimate"]
+    assert "C=1, the refit's, given" in recorded["accuracy_estimate"]  # every fold reuses the refit's C
     assert json.loads((result.out_dir / "metrics.json").read_text())["cv_estimate"]["folds"] == 3
 
 

@@ -56,14 +56,14 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
     tx, ty = np.concatenate(per_view), np.tile(targets, len(per_view))
     pictures = np.tile(np.arange(len(targets)), len(per_view))  # views of one picture share an inner fold
     head = net.inference.get_layer("probabilities")
+    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)
+    head.set_weights([kernel, bias])
     if config.refit_all:
         from .refit import cv_estimate
 
-        with status(console, f"--refit-all: {config.cv_folds}-fold CV estimate of the head"):
-            net.cv_estimate = cv_estimate(per_view, targets, head.units, config, class_weight)
+        with status(console, f"--refit-all: {config.cv_folds}-fold CV estimate of the head (C={c:g})"):
+            net.cv_estimate = cv_estimate(per_view, targets, head.units, config, class_weight, c)
         vx, vy = per_view[0], targets  # history's val_* are the out-of-fold figures below
-    kernel, bias, c = logistic_head(tx, ty, head.units, config.seed, class_weight, groups=pictures, c=config.head_c)
-    head.set_weights([kernel, bias])
     labels = list(range(head.units))
 
     def probs(x):
