@@ -53,7 +53,7 @@ def test_train_resize_overrides_the_recipe_and_is_recorded(flowers, tmp_path):
 
 @pytest.fixture(scope="module")
 def refit(flowers, mobilenet_weights, tmp_path_factory):
-    """MobileNetV2 (64 px, the recipe's center_crop) refitted on all 200 photos, exported int8."""
+    """MobileNetV2 (64 px, the recipe's center_crop) refitted on all 200 photos, exported fp32 and int8."""
     import io
 
     from rich.console import Console
@@ -67,7 +67,7 @@ def refit(flowers, mobilenet_weights, tmp_path_factory):
     config = TrainConfig(weights=str(mobilenet_weights), input_size=(64, 64), augment=False, refit_all=True,
                          cv_folds=3, head_c=1.0, seed=0)
     result = train(flowers, out, config, console=console)
-    reports = export_model(result.model_path, "tflite", "int8", out_dir=out / "export", calibration_count=32)
+    reports = export_model(result.model_path, "tflite", "fp32,int8", out_dir=out / "export", calibration_count=32)
     return result, console.file.getvalue(), reports
 
 
@@ -99,20 +99,24 @@ def test_refit_model_exports_and_predict_uses_the_recorded_resize(refit, flowers
     from edgecls.preprocess import read_rgb
     from edgecls.runtime import Classifier
 
-    result, _, reports = refit
-    (report,) = reports
-    assert report.passed and report.error is None, report  # int8 calibration and the gate work with no validation split
-    artifact = report.path
-    assert load_manifest(artifact).preprocessing.resize == "center_crop"
-    photo = next(p for p in sorted((flowers / "daisy").iterdir())
-                 if (lambda s: abs(s[0] - s[1]) > 50)(read_rgb(p).shape))  # a clearly non-square photo
+    _, _, reports = refit
+    for report in reports:  # int8 calibration and the gate work with no validation split
+        assert report.passed and report.error is None, report
+        assert load_manifest(report.path).preprocessing.resize == "center_crop"
+    # fp32: its probabilities show a change of input that int8's 1/256 output steps may round away.
+    artifact = next(r.path for r in reports if r.quant == "fp32")
+    # The three least square photos: there a center crop and a stretch see different pixels.
+    shapes = {p: read_rgb(p).shape[:2] for p in sorted(flowers.rglob("*.jpg"))}
+    photos = sorted(shapes, key=lambda p: -max(shapes[p]) / min(shapes[p]))[:3]
     recorded, stretched = Classifier.from_artifact(artifact), Classifier.from_artifact(artifact, resize="stretch")
     assert recorded.preprocessing.resize == "center_crop"
-    rgb = read_rgb(photo)
-    assert not np.array_equal(recorded.prepare(rgb), stretched.prepare(rgb))
-    proc = run_cli("predict", artifact, photo, "--json", "-k", "5")
+    proc = run_cli("predict", artifact, *photos, "--json", "-k", "5")
     assert proc.returncode == 0, proc.stderr
-    printed = dict(json.loads(proc.stdout)["top_k"])
-    by_manifest, by_stretch = dict(recorded.predict(photo, 5)), dict(stretched.predict(photo, 5))
-    assert all(printed[k] == pytest.approx(by_manifest[k], abs=1e-6) for k in by_manifest)
-    assert any(abs(printed[k] - by_stretch.get(k, -1.0)) > 1e-4 for k in printed)
+    differs = False
+    for photo, line in zip(photos, proc.stdout.splitlines()):
+        printed = dict(json.loads(line)["top_k"])
+        by_manifest, by_stretch = dict(recorded.predict(photo, 5)), dict(stretched.predict(photo, 5))
+        assert all(printed[k] == pytest.approx(by_manifest[k], abs=1e-6) for k in by_manifest), photo
+        assert not np.array_equal(recorded.prepare(read_rgb(photo)), stretched.prepare(read_rgb(photo)))
+        differs |= any(abs(printed[k] - by_stretch.get(k, -1.0)) > 1e-4 for k in printed)
+    assert differs  # the check above can tell the two resize modes apart
