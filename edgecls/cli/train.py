@@ -35,10 +35,6 @@ RefitAll = Annotated[bool, typer.Option(
     help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
          "the same recipe, recorded as such. Feature head without fine-tuning only.")]
 CvFolds = Annotated[int, typer.Option(help="Folds of --refit-all's CV estimate.")]
-RefitAll = Annotated[bool, typer.Option(
-    help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
-         "the same recipe, recorded as such. Feature head without fine-tuning only.")]
-CvFolds = Annotated[int, typer.Option(help="Folds of --refit-all's CV estimate.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue the killed run in this output folder from its last epoch.")]
 
 
