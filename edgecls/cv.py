@@ -88,14 +88,14 @@ def cross_validate(dataset: str | Path, out_dir: str | Path, config, folds: int 
 
 
 def probe_features(dataset: str | Path, backbone: str = "mobilenet_v2", weights: str | None = None,
-                   input_size: tuple[int, int] | None = None, batch_size: int = 32):
+                   input_size: tuple[int, int] | None = None, batch_size: int = 32, resize: str | None = None):
     """Globally pooled backbone features of every readable image, computed once: (features, targets, labels)."""
     from . import data as data_mod
     from .models import build_feature_extractor, get_recipe, resolve_weights
 
     recipe = get_recipe(backbone)
     size = tuple(input_size or recipe.input_size)
-    pre = recipe.preprocessing(size)
+    pre = recipe.preprocessing(size, resize)
     folder = data_mod.scan(dataset)
     loaded = data_mod.load_images(folder, np.arange(len(folder)), pre)
     extractor = build_feature_extractor(recipe, size, resolve_weights(weights or recipe.weights))

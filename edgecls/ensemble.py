@@ -49,15 +49,16 @@ def _member_manifests(paths: Sequence[Path]) -> list[Manifest]:
 def ensemble_preprocessing(members: Sequence[Preprocessing]) -> Preprocessing:
     """The preprocessing the ensemble's input gets: the members' own when they all agree on
     normalisation, else raw pixels (0..255); the largest input size; their common resize mode."""
-    modes = {(p.resize, round(p.crop_fraction, 6)) for p in members}
+    modes = {(p.resize, round(p.crop_fraction, 6), p.interpolation) for p in members}
     if len(modes) > 1:
-        raise OptionError(f"members crop differently ({sorted(modes)}); one resize mode is needed for one input")
+        raise OptionError(f"members resize differently ({sorted(modes)}); one resize mode and interpolation "
+                          "is needed for one input")
     size = max((p.size for p in members), key=lambda s: s[0] * s[1])
     first = members[0]
     same_norm = all((p.channel_order, p.scale, p.mean, p.std) == (first.channel_order, first.scale, first.mean, first.std)
                     for p in members)
     if not same_norm:
-        return Preprocessing.named("raw", size, first.resize, first.crop_fraction)
+        return Preprocessing.named("raw", size, first.resize, first.crop_fraction, first.interpolation)
     return dataclasses.replace(first, size=tuple(size))
 
 

@@ -165,7 +165,7 @@ def _tensor(t: dict[str, Any], name: str) -> None:
 
 
 def _preprocessing(v: Any) -> Preprocessing:
-    from .preprocess import RESIZE_MODES
+    from .preprocess import INTERPOLATIONS, RESIZE_MODES
 
     if not isinstance(v, dict):
         _fail("preprocessing", "a JSON object", v)
@@ -179,6 +179,8 @@ def _preprocessing(v: Any) -> Preprocessing:
     _numbers(v.get("std"), "preprocessing.std", 3, positive=True)
     _str(v, "normalization", "preprocessing.normalization", default="custom")
     _str(v, "resize", "preprocessing.resize", default="stretch", allowed=RESIZE_MODES)
+    # Manifests written before the field existed were made with an anti-aliased shrink: "area".
+    _str(v, "interpolation", "preprocessing.interpolation", default="area", allowed=INTERPOLATIONS)
     _str(v, "channel_order", "preprocessing.channel_order", default="RGB", allowed=("RGB", "BGR"))
     crop = v.get("crop_fraction", 0.875)
     if not _is_number(crop) or not 0 < crop <= 1:
@@ -207,7 +209,7 @@ def _parse_manifest(d: Any, where: str) -> Manifest:
             tables["output"]["activation"] = "none"
         elif activation is not None and activation not in ACTIVATIONS:
             _fail("output.activation", f"null or one of {', '.join(ACTIVATIONS)}", activation)
-        for key in ("accuracy", "top1_agreement", "val_accuracy", "train_accuracy", "reference_accuracy"):
+        for key in ("accuracy", "top1_agreement", "val_accuracy", "cv_accuracy", "train_accuracy", "reference_accuracy"):
             v = tables["verification"].get(key)
             if v is not None and (not _is_number(v) or not 0 <= v <= 1):
                 _fail(f"verification.{key}", "null or a number from 0 to 1", v)

@@ -27,8 +27,9 @@ class Recipe:
     weights: str
     description: str = ""
 
-    def preprocessing(self, input_size: tuple[int, int] | None = None) -> Preprocessing:
-        return Preprocessing.named(self.normalization, input_size or self.input_size, self.resize)
+    def preprocessing(self, input_size: tuple[int, int] | None = None, resize: str | None = None) -> Preprocessing:
+        """The recipe's preprocessing, at `input_size` and with `resize` where given."""
+        return Preprocessing.named(self.normalization, input_size or self.input_size, resize or self.resize)
 
 
 def recipes() -> dict[str, Recipe]:

@@ -15,6 +15,11 @@ import numpy as np
 from .errors import ImageError, OptionError
 
 RESIZE_MODES = ("stretch", "center_crop")
+# How pixels are resampled. "area": the box filter (cv2.INTER_AREA), anti-aliased when shrinking,
+# the default and what a manifest without the field means (edgecls always low-passed before a
+# shrink); "linear" / "cubic": one cv2.INTER_LINEAR / INTER_CUBIC step with no low-pass, like
+# tf.image.resize (antialias=False) and TF-slim's bilinear evaluation, for models trained that way.
+INTERPOLATIONS = ("area", "linear", "cubic")
 
 # Named normalisations: value = (pixel * scale - mean) / std, per channel, after channel ordering.
 NORMALIZATIONS: dict[str, dict[str, Any]] = {
@@ -48,17 +53,18 @@ class Preprocessing:
     scale: float = 1 / 127.5
     mean: tuple[float, float, float] = (1.0, 1.0, 1.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "area"
 
     @classmethod
     def named(cls, normalization: str, size: Sequence[int], resize: str = "stretch",
-              crop_fraction: float = 0.875) -> "Preprocessing":
+              crop_fraction: float = 0.875, interpolation: str = "area") -> "Preprocessing":
         """A preprocessing from a named normalisation (tf, torch, caffe, unit, raw)."""
         if normalization not in NORMALIZATIONS:
             raise OptionError(
                 f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}"
             )
-        if resize not in RESIZE_MODES:
-            raise OptionError(f"unknown resize mode {resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+        check_resize(resize)
+        check_interpolation(interpolation)
         if not 0 < crop_fraction <= 1:
             raise OptionError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
         if len(size) != 2 or min(size) < 1:
@@ -73,6 +79,7 @@ class Preprocessing:
             scale=float(spec["scale"]),
             mean=tuple(float(v) for v in spec["mean"]),
             std=tuple(float(v) for v in spec["std"]),
+            interpolation=interpolation,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +101,7 @@ class Preprocessing:
                 scale=float(d["scale"]),
                 mean=tuple(float(v) for v in d["mean"]),
                 std=tuple(float(v) for v in d["std"]),
+                interpolation=str(d.get("interpolation", "area")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise OptionError(f"invalid preprocessing description {d!r}: {exc}") from None
@@ -101,7 +109,7 @@ class Preprocessing:
     # --- the pipeline -------------------------------------------------------------------
     def resize_image(self, rgb: np.ndarray) -> np.ndarray:
         """Resize an RGB uint8 picture to the model's input size (uint8 out)."""
-        return resize_image(rgb, self.size, self.resize, self.crop_fraction)
+        return resize_image(rgb, self.size, self.resize, self.crop_fraction, self.interpolation)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Map resized RGB pixels (uint8 or float 0..255, ...xHxWx3) to float32 model inputs."""
@@ -127,8 +135,22 @@ def _cv2():
     return cv2
 
 
+def check_resize(mode: str) -> str:
+    """`mode` if it is one of RESIZE_MODES, else an OptionError naming them."""
+    if mode not in RESIZE_MODES:
+        raise OptionError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    return mode
+
+
+def check_interpolation(interpolation: str) -> str:
+    """`interpolation` if it is one of INTERPOLATIONS, else an OptionError naming them."""
+    if interpolation not in INTERPOLATIONS:
+        raise OptionError(f"unknown interpolation {interpolation!r}; expected one of {', '.join(INTERPOLATIONS)}")
+    return interpolation
+
+
 def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
-                 crop_fraction: float = 0.875) -> np.ndarray:
+                 crop_fraction: float = 0.875, interpolation: str = "area") -> np.ndarray:
     """Resize (stretch) or center-crop-then-resize an RGB picture to (height, width).
 
     A picture already at the target size is returned unchanged in either mode, so applying this
@@ -136,8 +158,8 @@ def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
     """
     cv2 = _cv2()
     h, w = int(size[0]), int(size[1])
-    if mode not in RESIZE_MODES:
-        raise OptionError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    check_resize(mode)
+    check_interpolation(interpolation)
     if rgb.shape[0] == h and rgb.shape[1] == w:
         return rgb
     flipped = rgb[..., ::-1]
@@ -145,10 +167,10 @@ def resize_image(rgb: np.ndarray, size: Sequence[int], mode: str = "stretch",
         # A channel-reversed view (an OpenCV BGR frame flipped without a copy): copying it whole
         # costs more than the resize. Resizing treats each channel alike, so resize the original
         # and swap the channels of the small result: the same pixels.
-        return cv2.cvtColor(resize_image(flipped, size, mode, crop_fraction), cv2.COLOR_RGB2BGR)
+        return cv2.cvtColor(resize_image(flipped, size, mode, crop_fraction, interpolation), cv2.COLOR_RGB2BGR)
     if mode == "center_crop":
         rgb = center_window(rgb, h / w, crop_fraction)
-    return _resize(cv2, rgb, h, w)
+    return _resize(cv2, rgb, h, w, interpolation)
 
 
 def center_window(rgb: np.ndarray, aspect: float, crop_fraction: float) -> np.ndarray:
@@ -161,23 +183,30 @@ def center_window(rgb: np.ndarray, aspect: float, crop_fraction: float) -> np.nd
     return rgb[top : top + win_h, left : left + win_w]
 
 
-def _resize(cv2, rgb: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Anti-aliased shrink (or bilinear enlargement) to exactly (h, w).
+def _resize(cv2, rgb: np.ndarray, h: int, w: int, interpolation: str = "area") -> np.ndarray:
+    """Resample to exactly (h, w) with the named interpolation (see INTERPOLATIONS).
 
-    Shrinking must low-pass first or fine texture aliases. cv2.INTER_AREA does that but costs
-    ~1-3 ms on a 640x480 frame; halving with cv2.pyrDown (a 5x5 Gaussian, ~0.2 ms) while the
-    picture is at least twice the target, then a bilinear step of less than 2x, keeps the
-    anti-aliasing at a fraction of the cost. Training, calibration and the runtime all call this.
+    "area" shrinks with one cv2.INTER_AREA step, the exact box filter: ~0.2-0.8 ms CPU for a
+    640x480 frame to 128-224 px, ~4 ms for 1920x1080. The cheaper paths measured against it all
+    cost accuracy or fidelity (bench/results/preprocess_accuracy.md): pyrDown halvings then a
+    bilinear step of up to 2x aliased (top-1 fell 1-4 points, issue 15); pyrDown or whole-block
+    averaging down to 2-4x before INTER_AREA drifted 2-5 grey levels on average from it on the
+    shared photos, for at most halving the time on frames above 640x480.
     """
     if rgb.shape[0] == h and rgb.shape[1] == w:
         return np.ascontiguousarray(rgb)
-    while rgb.shape[0] >= 2 * h and rgb.shape[1] >= 2 * w:
-        rgb = cv2.pyrDown(rgb)
-    # Left 2x or more too big in one direction only (a very wide or tall picture): INTER_AREA,
-    # the exact box filter, for the rare case the pyramid cannot take.
-    one_sided = rgb.shape[0] >= 2 * h or rgb.shape[1] >= 2 * w
-    return cv2.resize(np.ascontiguousarray(rgb), (w, h),
-                      interpolation=cv2.INTER_AREA if one_sided else cv2.INTER_LINEAR)
+    rgb = np.ascontiguousarray(rgb)
+    if interpolation != "area":
+        flag = cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_CUBIC
+        return cv2.resize(rgb, (w, h), interpolation=flag)
+    src_h, src_w = rgb.shape[:2]
+    if src_h < h or src_w < w:
+        # OpenCV's INTER_AREA box-filters only when both directions shrink; otherwise it is close
+        # to nearest-neighbour. So shrink the direction that shrinks with it, enlarge bilinearly.
+        if src_h > h or src_w > w:
+            rgb = cv2.resize(rgb, (min(w, src_w), min(h, src_h)), interpolation=cv2.INTER_AREA)
+        return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def decode_rgb(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
@@ -324,6 +353,9 @@ __all__ = [
     "Preprocessing",
     "NORMALIZATIONS",
     "RESIZE_MODES",
+    "INTERPOLATIONS",
+    "check_interpolation",
+    "check_resize",
     "decode_rgb",
     "read_rgb",
     "resize_image",

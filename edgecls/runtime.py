@@ -4,6 +4,7 @@ Never imports TensorFlow or Keras (a test proves it).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -13,7 +14,7 @@ from . import checks
 from .engines import Engine, open_engine
 from .errors import ModelError, OptionError
 from .manifest import ACTIVATIONS, Manifest, load_manifest, read_labels, verify_checksums
-from .preprocess import Preprocessing, read_rgb
+from .preprocess import Preprocessing, check_interpolation, check_resize, read_rgb
 
 Prediction = list[tuple[str, float]]
 
@@ -134,12 +135,14 @@ class Classifier:
     def from_artifact(cls, path: str | Path, labels: Sequence[str] | str | Path | None = None,
                       preprocessing: Preprocessing | None = None, normalization: str | None = None,
                       resize: str | None = None, verify_checksum: bool = True, activation: str | None = None,
-                      **engine_options: Any) -> "Classifier":
+                      interpolation: str | None = None, **engine_options: Any) -> "Classifier":
         """Open an artifact; its manifest (or embedded metadata) supplies labels and preprocessing.
 
         For a model without a manifest pass `labels` (a list or a label file) and, for a float
         input, `normalization` (tf, torch, caffe, unit or raw); `activation` (softmax or none)
-        when its graph does not show whether it outputs probabilities.
+        when its graph does not show whether it outputs probabilities. `resize` and
+        `interpolation` override the manifest's (or the default stretch / area) for a model
+        trained with another recipe, e.g. interpolation="linear" for TF-slim's bilinear resize.
         """
         path = Path(path)
         engine, manifest = open_artifact(path, verify_checksum, **engine_options)
@@ -150,10 +153,10 @@ class Classifier:
                 raise ModelError(f"{path}: no manifest ({path.name}.json) beside the model; pass a label file")
             labels = manifest.labels
         if preprocessing is None:
-            if manifest is not None and normalization is None and resize is None:
+            if manifest is not None and normalization is None and resize is None and interpolation is None:
                 preprocessing = manifest.preprocessing
             else:
-                preprocessing = _default_preprocessing(engine, path, manifest, normalization, resize)
+                preprocessing = _default_preprocessing(engine, path, manifest, normalization, resize, interpolation)
         clf = cls(engine, labels, preprocessing, manifest, path, activation)
         if clf.output_activation is None:
             raise ModelError(f"{path}: {_UNKNOWN_ACTIVATION}")
@@ -216,15 +219,18 @@ _UNKNOWN_ACTIVATION = ("cannot tell whether the model outputs probabilities (no 
                        "not be read); pass --activation softmax (it ends in a softmax) or none (it outputs logits)")
 
 
-def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None,
-                           normalization: str | None, resize: str | None) -> Preprocessing:
+def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None, normalization: str | None,
+                           resize: str | None, interpolation: str | None = None) -> Preprocessing:
     shape = engine.input.shape
     nchw = shape[1] == 3 and shape[3] != 3
     size = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
     if manifest is not None:
         base = manifest.preprocessing
-        name = normalization or base.normalization
-        return Preprocessing.named(name, base.size, resize or base.resize, base.crop_fraction)
+        if normalization is None:  # keep the manifest's numbers, also a custom normalisation's
+            return replace(base, resize=check_resize(resize or base.resize),
+                           interpolation=check_interpolation(interpolation or base.interpolation))
+        return Preprocessing.named(normalization, base.size, resize or base.resize, base.crop_fraction,
+                                   interpolation or base.interpolation)
     if min(size) <= 0:
         raise ModelError(f"{path}: the model input has a dynamic size {list(shape)}; cannot infer the image size")
     if normalization is None:
@@ -232,16 +238,14 @@ def _default_preprocessing(engine: Engine, path: Path, manifest: Manifest | None
         if info.quantized and info.dtype == np.uint8:
             # Quantized uint8 input: feed raw pixels, as pycoral does; the model's own
             # input quantization (scale, zero point) then is its normalisation.
-            spec = Preprocessing.named("raw", size, resize or "stretch")
+            spec = Preprocessing.named("raw", size, resize or "stretch", interpolation=interpolation or "area")
             mean = info.zero_point * info.scale
-            return Preprocessing(size=spec.size, normalization="quantized-input", resize=spec.resize,
-                                 crop_fraction=spec.crop_fraction, channel_order="RGB",
-                                 scale=info.scale, mean=(mean, mean, mean), std=(1.0, 1.0, 1.0))
+            return replace(spec, normalization="quantized-input", scale=info.scale, mean=(mean, mean, mean))
         raise OptionError(
             f"{path}: no manifest and a float input; pass a normalization "
             "(tf: [-1,1], torch: ImageNet mean/std, caffe: BGR mean, unit: [0,1], raw: 0..255)"
         )
-    return Preprocessing.named(normalization, size, resize or "stretch")
+    return Preprocessing.named(normalization, size, resize or "stretch", interpolation=interpolation or "area")
 
 
 def _embedded_manifest(engine: Engine, path: Path) -> Manifest | None:

@@ -16,12 +16,18 @@ from .outputs import refuse_overlaps
 
 
 def _scorer(model: Path, **engine_options: Any):
-    """A function RGB uint8 (resized) images -> probabilities, plus labels and preprocessing."""
+    """A function RGB uint8 (resized) images -> probabilities, plus labels and preprocessing.
+    `resize` and `interpolation` among the options override the model's (see Classifier.from_artifact)."""
     if model.suffix == ".keras":
+        from dataclasses import replace
+
         from .keras_model import KerasScorer
 
         keras_scorer = KerasScorer(model)
-        return keras_scorer.scores_resized, keras_scorer.labels, keras_scorer.preprocessing, keras_scorer.manifest
+        overrides = {k: engine_options[k] for k in ("resize", "interpolation") if engine_options.get(k)}
+        preprocessing = replace(keras_scorer.preprocessing, **overrides)
+        keras_scorer.preprocessing = preprocessing
+        return keras_scorer.scores_resized, keras_scorer.labels, preprocessing, keras_scorer.manifest
     from .runtime import Classifier
 
     clf = Classifier.from_artifact(model, **engine_options)

@@ -93,7 +93,8 @@ def test_user_text_is_printed_as_it_is_never_as_markup(coral, assets, tmp_path):
 
 def test_fast_and_full_predict_print_the_same(coral, assets, tmp_path):
     photo, labels = _escaped_setup(coral, assets, tmp_path)
-    args = ["predict", coral / "mobilenet_v2_1.0_224_quant.tflite", photo, tmp_path / "gone.jpg", "--labels", labels, "-k", "2"]
+    args = ["predict", coral / "mobilenet_v2_1.0_224_quant.tflite", photo, tmp_path / "gone.jpg", "--labels", labels, "-k", "2",
+            "--interpolation", "linear", "--resize", "center_crop"]
     fast, full = run_cli(*args), run_cli(*args, env={"EDGECLS_NO_FAST_PATH": "1"})
     assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr) == \
         (1, full.stdout, f"skipped {tmp_path / 'gone.jpg'}: no such file\n")
@@ -113,6 +114,9 @@ BAD_OPTIONS = [
     (["predict", "{model}", "{photo}", "--labels", "{labels}", "--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["predict", "{model}", "{photo}", "--labels", "{labels}", "--threads", "0"], "--threads must be from 1 to 1024, got 0"),
     (["predict", "{model}", "{photo}", "--labels", "{labels}", "--threads", "99999999999"], "--threads must be from 1 to 1024"),
+    (["predict", "{model}", "{photo}", "--labels", "{labels}", "--interpolation", "bicubic"],
+     "--interpolation 'bicubic': expected one of area, linear, cubic"),
+    (["predict", "{model}", "{photo}", "--labels", "{labels}", "--resize", "crop"], "--resize 'crop': expected one of stretch"),
     (["export", "{tmp}/m.keras", "--format", ""], "--format '': expected a name or a comma list"),
     (["export", "{tmp}/m.keras", "--format", "tflite,"], "--format 'tflite,'"),
     (["export", "{tmp}/m.keras", "--max-accuracy-drop", "-1"], "--max-accuracy-drop must be in [0, 100], got -1.0"),
@@ -124,8 +128,10 @@ BAD_OPTIONS = [
     (["stream", "{model}", "{tmp}", "--fps", "-1"], "--fps must be at least 0, got -1.0"),
     (["stream", "{model}", "{tmp}", "--max-frames", "-1"], "--max-frames must be at least 0, got -1"),
     (["stream", "{model}", "{tmp}", "--top-k", "0"], "--top-k must be at least 1"),
+    (["stream", "{model}", "{tmp}", "--interpolation", "nearest"], "--interpolation 'nearest': expected one of"),
     (["evaluate", "{model}", "{flowers}", "--threads", "0"], "--threads must be from 1 to 1024"),
     (["evaluate", "{model}", "{flowers}", "--split", "valid"], "--split 'valid': expected one of train, val"),
+    (["evaluate", "{model}", "{flowers}", "--resize", "fill"], "--resize 'fill': expected one of stretch, center_crop"),
     (["quickstart", "--epochs", "0", "--out", "{tmp}/q"], "--epochs must be at least 1"),
     (["report", "compare", "{tmp}/list.json", "{tmp}/list.json"], "a JSON list, expected an object"),
     (["bench", "{model}", "--out", "{tmp}/list.json"], "--out {tmp}/list.json: is a file, expected a folder"),
@@ -203,8 +209,10 @@ def test_fast_predict_parser_hands_anything_unusual_to_the_full_command_line():
 
     from edgecls.cli.plain_predict import NotPlain, parse_plain_predict
 
-    args = parse_plain_predict(["m.tflite", "a[1].jpg", "b.png", "--labels=l.txt", "-k", "2", "--json", "--threads", "3"])
+    args = parse_plain_predict(["m.tflite", "a[1].jpg", "b.png", "--labels=l.txt", "-k", "2", "--json", "--threads", "3",
+                           "--interpolation", "cubic"])
     assert args["artifact"] == Path("m.tflite") and args["images"] == [Path("a[1].jpg"), Path("b.png")]
+    assert args["interpolation"] == "cubic"
     assert (args["labels"], args["top_k"], args["threads"], args["as_json"]) == (Path("l.txt"), 2, 3, True)
     for argv in (["m.tflite", "a.jpg", "--explain"], ["m.tflite", "a.jpg", "-k"], ["m.tflite", "a.jpg", "-k", "x"],
                  ["m.tflite"], ["m.tflite", "a.jpg", "--help"], ["m.tflite", "--", "-a.jpg"], ["m.tflite", "a.jpg", "-k2"]):

@@ -11,8 +11,9 @@ from .options import Dataset, training_options
 from .train import training_config
 
 
-@training_options("backbone", "weights", "input_size", "epochs", "fine_tune_epochs", "batch_size", "learning_rate",
-                  "dropout", "seed", "augment", "oversample", "class_weights", "feature_crops", "head_c", "recipe")
+@training_options("backbone", "weights", "input_size", "resize", "epochs", "fine_tune_epochs", "batch_size",
+                  "learning_rate", "dropout", "seed", "augment", "oversample", "class_weights", "feature_crops", "head_c",
+                  "recipe")
 def cross_validation(
     dataset: Dataset,
     folds: Annotated[int, typer.Option(help="Number of stratified folds (at least 2).")] = 5,
@@ -30,7 +31,8 @@ def cross_validation(
     if probe:
         from ..cv import probe_cv, probe_features
 
-        feats, targets, labels = probe_features(dataset, config.backbone, config.weights, config.input_size)
+        feats, targets, labels = probe_features(dataset, config.backbone, config.weights, config.input_size,
+                                                resize=config.resize)
         result = probe_cv(feats, targets, labels, folds, training["seed"], out,
                           "balanced" if training["class_weights"] else None)
     else:

@@ -8,7 +8,8 @@ import typer
 
 from ..data import SPLITS
 from .common import command, err, escape, folder_option, show
-from .options import Activation, Threads
+from .options import Activation, Interpolation, Resize, Threads
+from .plain_predict import check_preprocessing_options
 
 
 def evaluate(
@@ -20,12 +21,16 @@ def evaluate(
     = None,
     threads: Threads = None,
     activation: Activation = None,
+    resize: Resize = None,
+    interpolation: Interpolation = None,
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrix, overfitting check."""
     folder_option("--out", out)
+    check_preprocessing_options(resize, interpolation)
     from ..workflows import evaluate_model
 
-    options = {k: v for k, v in (("num_threads", threads), ("activation", activation)) if v is not None}
+    options = {k: v for k, v in (("num_threads", threads), ("activation", activation), ("resize", resize),
+                                 ("interpolation", interpolation)) if v is not None}
     result = evaluate_model(model, dataset, split, out, console=err.get(), **options)
     show.print(result["table"], markup=False, highlight=False)
     if "train_accuracy" in result:

@@ -12,6 +12,7 @@ from typing import Annotated, Callable, List, Optional
 
 import typer
 
+from ..preprocess import INTERPOLATIONS, RESIZE_MODES
 from ..runtime import DECLARED_ACTIVATIONS
 from ..train.config import TrainConfig
 
@@ -29,6 +30,12 @@ TopK = Annotated[int, typer.Option("--top-k", "-k", help="How many labels to pri
 Threads = Annotated[Optional[int], typer.Option(help="Engine threads (default: the target's where one is "
                                                      "given, else the engine's).")]
 Activation = Annotated[Optional[str], typer.Option(help=ACTIVATION_HELP)]
+Resize = Annotated[Optional[str], typer.Option(help=f"{' | '.join(RESIZE_MODES)} (default: the manifest's, else "
+                                                    "stretch).")]
+Interpolation = Annotated[Optional[str], typer.Option(help=(
+    f"{' | '.join(INTERPOLATIONS)}: how pixels are resampled (default: the manifest's, else area, the anti-aliased "
+    "box filter). For a model trained with another resize, e.g. linear for TF-slim or tf.image.resize bilinear "
+    "(no anti-aliasing)."))]
 
 # --- training (train, cv, tune) ------------------------------------------------------------------
 Dataset = Annotated[Path, typer.Argument(help="Image-folder dataset: one sub-folder per class.")]
@@ -60,6 +67,9 @@ TRAINING = {
              "no fine-tuning follows).")], _DEFAULT.feature_crops),
     "head_c": (Annotated[Optional[float], typer.Option(
         help="Feature head's inverse L2 strength C (default: chosen by 3-fold CV on the training split).")], None),
+    "resize": (Annotated[Optional[str], typer.Option(
+        help=f"{' | '.join(RESIZE_MODES)}: how photos become the input square (default: the backbone recipe's; "
+             "recorded in the manifest, so export, evaluation and the device use it too).")], None),
     "recipe": (Annotated[Optional[Path], typer.Option(
         help="Training recipe TOML (`edgecls tune` writes one); options given here win over it.")], None),
 }

@@ -17,7 +17,8 @@ from .exits import (describe_os_error, install_sigterm, interrupted_exit_code, l
                     raw_file_names, stdout_closed)
 
 
-def check_predict_options(top_k: int, threads: int | None, activation: str | None) -> None:
+def check_predict_options(top_k: int, threads: int | None, activation: str | None, resize: str | None = None,
+                          interpolation: str | None = None) -> None:
     """The ranges of predict's options, checked before the model is opened."""
     from .. import checks
     from ..runtime import check_activation
@@ -25,15 +26,25 @@ def check_predict_options(top_k: int, threads: int | None, activation: str | Non
     checks.at_least("top_k", top_k, 1)
     checks.threads("threads", threads)
     check_activation(activation)
+    check_preprocessing_options(resize, interpolation)
+
+
+def check_preprocessing_options(resize: str | None, interpolation: str | None) -> None:
+    """--resize and --interpolation name known modes (checked before a model is opened)."""
+    from .. import checks
+    from ..preprocess import INTERPOLATIONS, RESIZE_MODES
+
+    checks.one_of("resize", resize, RESIZE_MODES)
+    checks.one_of("interpolation", interpolation, INTERPOLATIONS)
 
 
 def open_classifier(artifact: Path, labels: Path | None, normalization: str | None, resize: str | None,
-                    threads: int | None, activation: str | None):
+                    threads: int | None, activation: str | None, interpolation: str | None = None):
     """The Classifier for predict's options."""
     from ..runtime import Classifier
 
     return Classifier.from_artifact(artifact, labels=labels, normalization=normalization, resize=resize,
-                                    activation=activation, num_threads=threads)
+                                    interpolation=interpolation, activation=activation, num_threads=threads)
 
 
 def run_predict(clf, images: Sequence[Path], top_k: int, as_json: bool, out: Callable[[str], None],
@@ -65,8 +76,9 @@ class NotPlain(Exception):
     """The command line is not a plain predict call: the full command line handles it."""
 
 
-_VALUED = {"--labels": "labels", "--normalization": "normalization", "--resize": "resize", "--top-k": "top_k",
-           "-k": "top_k", "--threads": "threads", "--activation": "activation"}
+_VALUED = {"--labels": "labels", "--normalization": "normalization", "--resize": "resize",
+           "--interpolation": "interpolation", "--top-k": "top_k", "-k": "top_k", "--threads": "threads",
+           "--activation": "activation"}
 _CONVERT = {"labels": Path, "top_k": int, "threads": int}
 
 
@@ -74,8 +86,8 @@ def parse_plain_predict(argv: list[str]) -> dict[str, Any]:
     """The options of a plain predict call (argparse and its imports cost more than this whole
     parser). Anything unusual raises NotPlain and the full command line parses it, help and
     errors included."""
-    args: dict[str, Any] = {"labels": None, "normalization": None, "resize": None, "top_k": 3, "threads": None,
-                            "activation": None, "as_json": False}
+    args: dict[str, Any] = {"labels": None, "normalization": None, "resize": None, "interpolation": None, "top_k": 3,
+                            "threads": None, "activation": None, "as_json": False}
     positional: list[str] = []
     i = 0
     while i < len(argv):
@@ -122,9 +134,10 @@ def run_plain_predict(argv: list[str]) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        check_predict_options(args["top_k"], args["threads"], args["activation"])
+        check_predict_options(args["top_k"], args["threads"], args["activation"], args["resize"],
+                              args["interpolation"])
         clf = open_classifier(args["artifact"], args["labels"], args["normalization"], args["resize"],
-                              args["threads"], args["activation"])
+                              args["threads"], args["activation"], args["interpolation"])
         failed = run_predict(clf, args["images"], args["top_k"], args["as_json"],
                              lambda line: print(line, flush=True), warn)
     except EdgeclsError as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import command
-from .options import Activation, Artifact, Images, Labels, Normalization, Threads, TopK
+from .options import Activation, Artifact, Images, Interpolation, Labels, Normalization, Resize, Threads, TopK
 from .plain_predict import check_predict_options, open_classifier, run_predict
 
 
@@ -17,7 +17,8 @@ def predict(
     images: Images,
     labels: Labels = None,
     normalization: Normalization = None,
-    resize: Annotated[Optional[str], typer.Option(help="stretch | center_crop.")] = None,
+    resize: Resize = None,
+    interpolation: Interpolation = None,
     top_k: TopK = 3,
     threads: Threads = None,
     activation: Activation = None,
@@ -29,8 +30,8 @@ def predict(
     """Classify images with an exported artifact through the light runtime."""
     # A plain call never gets here: plain_predict runs it without Typer and Rich. Both share the
     # option checks and the predict loop.
-    check_predict_options(top_k, threads, activation)
-    clf = open_classifier(artifact, labels, normalization, resize, threads, activation)
+    check_predict_options(top_k, threads, activation, resize, interpolation)
+    clf = open_classifier(artifact, labels, normalization, resize, threads, activation, interpolation)
 
     def overlay(image: Path) -> Optional[dict]:
         from ..cam import explain_artifact

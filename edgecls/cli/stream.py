@@ -10,7 +10,8 @@ import typer
 
 from .. import checks
 from .common import command, err, escape
-from .options import Activation, Artifact, Labels, Normalization, Threads, TopK
+from .options import Activation, Artifact, Interpolation, Labels, Normalization, Resize, Threads, TopK
+from .plain_predict import check_preprocessing_options
 
 
 def _check(top_k: int, max_frames: int, fps: float, retries: int, retry_interval: float, stats_interval: float,
@@ -44,6 +45,8 @@ def stream(
                                           "picamera2[:N] or image folder.")],
     labels: Labels = None,
     normalization: Normalization = None,
+    resize: Resize = None,
+    interpolation: Interpolation = None,
     target: Annotated[Optional[str], typer.Option(help="Engine options from a target profile (threads, XNNPACK, "
                                                   "delegate, OpenVINO hint).")] = None,
     threads: Threads = None,
@@ -65,6 +68,7 @@ def stream(
 ):
     """Classify a camera or video stream, pipelined, with live statistics."""
     _check(top_k, max_frames, fps, retries, retry_interval, stats_interval, threads, activation)
+    check_preprocessing_options(resize, interpolation)
     from ..outputs import refuse_overlaps
 
     refuse_overlaps({"model": artifact, "source": source}, files={"--save": save})
@@ -77,7 +81,7 @@ def stream(
     for note in notes:
         err.print(f"note: {note}", markup=False, highlight=False)
     clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, activation=activation,
-                                   **options)
+                                   resize=resize, interpolation=interpolation, **options)
     src = open_source(source, fps=fps)
     runner = Stream(clf, src, _sinks(src, json_lines, save, show, fps),
                     StreamOptions(top_k=top_k, max_frames=max_frames, drop_frames=drop, retries=retries,

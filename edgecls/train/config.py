@@ -8,6 +8,7 @@ from typing import Any
 from .. import checks
 from ..errors import OptionError
 from ..models import Recipe, get_recipe, resolve_weights
+from ..preprocess import RESIZE_MODES
 
 # --precision values -> Keras dtype policies. `auto` is resolved per phase by `device.phase_policy`.
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -57,6 +58,9 @@ class TrainConfig:
     feature_head: bool = True           # phase 1: logistic regression on backbone features computed once
     feature_crops: float = 0.8          # feature head: also learn from 4 corner crops of this side fraction; 0: none
     head_c: float | None = None         # feature head's inverse L2 strength; None: chosen by inner CV
+    resize: str | None = None           # preprocess.RESIZE_MODES; None: the backbone recipe's
+    refit_all: bool = False             # fit on every photo (no validation hold-back); estimate by CV
+    cv_folds: int = 5                   # folds of refit_all's estimate
     # Gradient-trained phases (a --gradient-head, fine-tuning):
     label_smoothing: float = 0.0        # cross-entropy against (1 - e) * one-hot + e / classes
     weight_decay: float = 0.0           # > 0: AdamW with this decoupled weight decay instead of Adam
@@ -93,7 +97,8 @@ class TrainConfig:
                               "feature_crops")
         if self.head_c is not None and not 0 < self.head_c <= 1e6:
             raise OptionError(f"head_c must be positive (at most 1e6), got {self.head_c}", "head_c")
-        resolve_weights(self.weights or recipe.weights)
+        checks.one_of("resize", self.resize, RESIZE_MODES)
+        self._check_refit_all(recipe, resolve_weights(self.weights or recipe.weights))
         return recipe
 
     def _check_types(self) -> None:
@@ -109,6 +114,25 @@ class TrainConfig:
                     checks.of_type(f.name, item, int)
             else:
                 checks.of_type(f.name, value, kind, optional)
+
+    def _check_refit_all(self, recipe: Recipe, weights: str | None) -> None:
+        """--refit-all's estimate is k-fold CV of the feature head on features computed once, so
+        it needs that head, on a frozen pretrained backbone, with no gradient phase after it."""
+        checks.at_least("cv_folds", self.cv_folds, 2)
+        if not self.refit_all:
+            return
+        if weights is None or not recipe.application:  # network.trains_whole: no frozen features
+            raise OptionError(f"refit_all needs a pretrained backbone kept frozen (its CV estimate reuses features "
+                              f"computed once); {recipe.name} without pretrained weights trains whole", "refit_all")
+        if not self.feature_head:
+            raise OptionError("refit_all needs the feature head (its CV estimate reuses features computed once); "
+                              "use `edgecls cv` to estimate a gradient-trained head", "refit_all")
+        if self.fine_tune_epochs:
+            raise OptionError("refit_all cannot fine-tune (fine-tuning early-stops on the validation split it "
+                              "removes); use --fine-tune-epochs 0, or train with a validation split",
+                              "refit_all", "fine_tune_epochs")
+        if self.fold:
+            raise OptionError("refit_all and fold exclude each other (a fold holds photos back)", "refit_all")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -133,9 +157,9 @@ class TrainResult:
 
 def planned_fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool = False) -> int:
     """The configured fine-tuning epochs, or by data size when not configured (none for a
-    network trained whole from the start)."""
+    network trained whole from the start, or refitted on every photo)."""
     if config.fine_tune_epochs is not None:
         return config.fine_tune_epochs
-    if whole:
+    if whole or config.refit_all:
         return 0
     return DEFAULT_FINE_TUNE_EPOCHS if train_count >= FINE_TUNE_MIN_IMAGES else 0

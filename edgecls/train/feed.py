@@ -46,10 +46,13 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     elif config.fold:
         folder = data_mod.scan(dataset)
         split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)
+    elif config.refit_all:  # every photo trains; the estimate comes from CV (feature_head.cv_estimate)
+        empty = np.zeros(0, dtype=np.int64)
+        split = {"train": np.arange(len(folder.files)), "val": empty, "test": empty}
     else:
         folder = data_mod.scan(dataset)
         split = data_mod.split_indices(folder.targets, config.val_fraction, config.test_fraction, config.seed)
-    if len(split["val"]) == 0:
+    if len(split["val"]) == 0 and not config.refit_all:
         raise OptionError("the validation split is empty; raise --val-fraction or add images")
     cache = cached_images(folder, preprocessing, console, config.cache_dir, config.workers or None)
     what = f"decoded {len(cache)} images in {cache.seconds:.1f} s into" if cache.built else "reusing"
@@ -67,7 +70,7 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     from ..imbalance import report_class_counts
 
     report_class_counts(folder.classes, folder.targets[train_idx], console)
-    if len(val_idx) == 0:
+    if len(val_idx) == 0 and not config.refit_all:
         raise EdgeclsError(f"{folder.root}: no readable images in the validation split")
     return TrainingData(folder, split, cache, train_idx, val_idx, skipped)
 

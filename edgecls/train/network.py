@@ -85,6 +85,7 @@ class Net:
     wrapper: Any
     policy: str
     extractor: Any = None   # inputs -> the head's input features (built on first use)
+    cv_estimate: dict | None = None  # --refit-all: the CV estimate of the head (train.refit)
 
 
 def build_net(recipe: Recipe, labels: list[str], input_size: tuple[int, int], weights: str | None,

@@ -18,6 +18,7 @@ from ..runtime import finite_scores
 from .config import TrainConfig, TrainResult
 from .feed import TrainingData, reader
 from .plots import plot_history
+from .refit import estimate_metrics, estimate_record
 
 OUTPUTS = ("model.keras.json", "model.keras", "metrics.json", "history.json", "labels.txt",
            "training_curves.png", "confusion_matrix.png")
@@ -54,8 +55,11 @@ def _source(dataset: Path, config: TrainConfig, recipe: Recipe, loaded: Training
 
 
 def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, recipe: Recipe, loaded: TrainingData,
-                  preprocessing: Preprocessing, history: dict, phase_boundary: int, training: dict) -> TrainResult:
-    """Save the model, evaluate it, write history, plots and metrics, and the manifest last."""
+                  preprocessing: Preprocessing, history: dict, phase_boundary: int, training: dict,
+                  cv_estimate: dict | None = None) -> TrainResult:
+    """Save the model, evaluate it, write history, plots and metrics, and the manifest last.
+    With `cv_estimate` (--refit-all: no photo held out) the "val" figures are its out-of-fold
+    predictions, labelled as such in metrics.json and the manifest."""
     labels = list(loaded.folder.classes)
     model_path = save_keras_model(model, out_dir / "model.keras")
     atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
@@ -63,13 +67,22 @@ def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, reci
     plot_history(history, phase_boundary, out_dir / "training_curves.png")
     images, targets = loaded.cache, loaded.folder.targets
     train_metrics = evaluate_split(model, images, loaded.train, targets, preprocessing, labels)
-    val_metrics = evaluate_split(model, images, loaded.val, targets, preprocessing, labels)
-    plot_confusion(val_metrics, out_dir / "confusion_matrix.png", "Validation confusion matrix")
+    if cv_estimate is None:
+        val_metrics = evaluate_split(model, images, loaded.val, targets, preprocessing, labels)
+        title, scores = "Validation confusion matrix", {"val_accuracy": val_metrics.accuracy,
+                                                        "val_count": val_metrics.count}
+    else:
+        val_metrics = estimate_metrics(cv_estimate, labels)
+        title = f"Cross-validated confusion matrix ({cv_estimate['folds']} folds, out-of-fold)"
+        scores = {"cv_accuracy": cv_estimate["accuracy"], "cv_ci95": cv_estimate["ci95"],
+                  "cv_count": cv_estimate["count"], "accuracy_estimate": cv_estimate["method"]}
+    plot_confusion(val_metrics, out_dir / "confusion_matrix.png", title)
     warnings = [w for w in [overfit_warning(train_metrics.accuracy, val_metrics.accuracy)] if w]
     metrics = {"train": train_metrics.to_dict(), "val": val_metrics.to_dict(), "warnings": warnings}
+    if cv_estimate is not None:
+        metrics["val"]["estimate"] = metrics["cv_estimate"] = estimate_record(cv_estimate)
     atomic_write_json(out_dir / "metrics.json", metrics)
     manifest = keras_manifest(model_path, labels, preprocessing, _source(dataset, config, recipe, loaded, training),
-                              {"val_accuracy": val_metrics.accuracy, "train_accuracy": train_metrics.accuracy,
-                               "val_count": val_metrics.count})
+                              {**scores, "train_accuracy": train_metrics.accuracy})
     manifest.save(model_path)
     return TrainResult(model_path, out_dir, labels, metrics, history, loaded.skipped, warnings)

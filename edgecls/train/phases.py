@@ -15,7 +15,10 @@ from .gradient import fit_phase
 def fine_tune_epochs(config: TrainConfig, train_count: int, whole: bool, console) -> int:
     """`planned_fine_tune_epochs`, saying so when the data size ruled fine-tuning out."""
     epochs = planned_fine_tune_epochs(config, train_count, whole)
-    if config.fine_tune_epochs is None and not whole and not epochs:
+    if config.fine_tune_epochs is None and config.refit_all:
+        console.print("no fine-tuning phase: --refit-all fits the feature head alone (fine-tuning would need the "
+                      "validation split it removes)")
+    elif config.fine_tune_epochs is None and not whole and not epochs:
         console.print(f"no fine-tuning phase: {train_count} training images (fewer than {FINE_TUNE_MIN_IMAGES}), "
                       "where fine-tuning overfits; --fine-tune-epochs N asks for it")
     return epochs

@@ -171,7 +171,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     recipe = config.validate()
     weights = resolve_weights(config.weights or recipe.weights)
     input_size = tuple(config.input_size or recipe.input_size)
-    preprocessing = recipe.preprocessing(input_size)
+    preprocessing = recipe.preprocessing(input_size, config.resize)
     loaded = load_data(dataset, config, preprocessing, console, record)
     if record is None and session.is_writer:  # what a resume must find again
         write_record(checkpoint.dir, loaded.folder, loaded.split)
@@ -194,6 +194,10 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     try:
         net, history, phase_boundary = fit_phases(build, phases, policies, feeds, config, checkpoint, resumed,
                                                   class_weight, console, recipe.fine_tune_from, whole, session)
+        cv_estimate = net.cv_estimate
+        if config.refit_all and cv_estimate is None:  # a resume after the head was fitted: the estimate is gone
+            raise EdgeclsError(f"{out_dir}: this --refit-all run was resumed after its head was fitted and its CV "
+                               "estimate was not kept; run it again without --resume")
         if session.is_writer and (net.policy != "float32" or config.data_parallel):
             # What is saved and exported: the float32 inference model on one device.
             clear_distribution(config)
@@ -209,7 +213,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                 "precision": {f"phase {p}": v for p, v in policies.items()}, "deterministic": deterministic,
                 "resumed": resumed is not None, "cache": str(loaded.cache.path)}
     result = write_outputs(net.inference, out_dir, dataset, config, recipe, loaded, preprocessing, history,
-                           phase_boundary, training)
+                           phase_boundary, training, cv_estimate)
     checkpoint.remove()
     if session.distributed:
         # The summary only: a confusion matrix of many classes would outgrow the coordination
