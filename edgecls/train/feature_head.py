@@ -61,7 +61,7 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
         if not config.refit_all:
             (vx,), vy = frozen_features(net, val_feed, session=session)
     tx, ty = np.concatenate(per_view), np.tile(targets, len(per_view))
-    broken = int((~np.isfinite(tx).all(axis=1)).sum() + (~np.isfinite(vx).all(axis=1)).sum())
+    broken = sum(int((~np.isfinite(x).all(axis=1)).sum()) for x in ([tx] if config.refit_all else [tx, vx]))
     if broken:
         raise EdgeclsError(f"phase 1 (head): the backbone's features are not finite numbers (NaN or infinity) for "
                            f"{broken} picture(s): its weights are broken (check --weights) or it overflows; no model "

@@ -47,6 +47,7 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
         folder = data_mod.scan(dataset)
         split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)
     elif config.refit_all:  # every photo trains; the estimate comes from CV (feature_head.cv_estimate)
+        folder = data_mod.scan(dataset)
         empty = np.zeros(0, dtype=np.int64)
         split = {"train": np.arange(len(folder.files)), "val": empty, "test": empty}
     else:
