@@ -155,7 +155,7 @@ def test_a_share_of_a_batch_gets_the_warps_it_gets_in_the_whole_batch():
 
 # --- real processes -----------------------------------------------------------------------------
 def test_the_feature_head_of_two_processes_is_that_of_one(tmp_path, procs):
-    """The default phase 1: backbone features of each process's share of every batch (six views),
+    """The default phase 1: backbone features of each process's share of every batch (as is and mirrored),
     gathered into the order one process computes them in, and process 0's regression everywhere."""
     procs.append(_worker(tmp_path, "single", "head", _env(), str(tmp_path / "single")))
     launcher = Proc(tmp_path, "launch", [sys.executable, "-m", "edgecls.distributed.launch", "--nproc", "2",

@@ -19,7 +19,7 @@ def test_tune_cli_small_budget(flowers, mobilenet_weights, tmp_path):
     assert len(trials) == 2
     # Trial 0 is the untuned configuration, exactly, and holds only the settings that act on it:
     # the default head is a logistic regression, which no learning rate or dropout changes.
-    assert trials[0]["params"] == {"feature_head": True, "augment": True, "feature_crops": 0.8, "head_c": None}
+    assert trials[0]["params"] == {"feature_head": True, "augment": True, "feature_crops": 0.0, "head_c": None}
     assert trials[1]["params"] != trials[0]["params"]
     for t in trials:
         assert ("learning_rate" in t["params"]) == (not t["params"]["feature_head"])
