@@ -121,7 +121,25 @@ def test_deploy_errors(coral, tmp_path):
     inside = run_cli("deploy", coral / MODEL, "--target", "raspberrypi4", "--out", coral,
                      "--labels", coral / "imagenet_labels.txt")
     assert inside.returncode == 2 and "never replaces its inputs" in inside.stderr
+    pi = ["deploy", coral / MODEL, "--target", "raspberrypi4", "--out", tmp_path / "b", "--labels",
+          coral / "imagenet_labels.txt"]
+    open_host = run_cli(*pi, "--service", "serve", "--host", "0.0.0.0")
+    assert open_host.returncode == 2 and "needs --token-file PATH" in open_host.stderr
+    relative = run_cli(*pi, "--service", "serve", "--host", "0.0.0.0", "--token-file", "token.txt")
+    assert relative.returncode == 2 and "expected an absolute path on the device" in relative.stderr
+    no_service = run_cli(*pi, "--host", "0.0.0.0", "--token-file", "/etc/edgecls/token")
+    assert no_service.returncode == 2 and "add --service serve" in no_service.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_serve_service_on_the_network_reads_its_token_from_a_device_file(coral, assets, tmp_path):
+    out = tmp_path / "b"
+    built = run_cli(*deploy_args(coral, assets, out, "--target", "raspberrypi4", "--service", "serve", "--source", "0",
+                                 "--host", "0.0.0.0", "--token-file", "/etc/edgecls/token"))
+    assert built.returncode == 0, built.stderr
+    args = json.loads((out / "bundle.json").read_text())["service"]["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--token-file") + 1] == "/etc/edgecls/token"
+    assert not any("token" in p.name for p in out.rglob("*") if p.is_file())  # the token itself never travels
 
 
 def _install(bundle: Path, *args: str) -> subprocess.CompletedProcess:

@@ -25,6 +25,10 @@ def deploy(
     service: str = typer.Option("none", help="The systemd service the installer writes: serve, stream or none."),
     source: Optional[str] = typer.Option(None, help="The service's source: camera index, picamera2, URL, folder."),
     port: int = typer.Option(8080, help="Port of the serve service."),
+    host: str = typer.Option("127.0.0.1", help="Address the serve service binds (0.0.0.0: every interface; "
+                             "beyond loopback it needs --token-file)."),
+    token_file: Optional[str] = typer.Option(None, help="Absolute path ON THE DEVICE of the file holding the serve "
+                                             "service's access token (not bundled; create it there, mode 600)."),
     python_version: Optional[str] = typer.Option(None, help="The device's Python as X.Y (default: the target's)."),
     platform: Optional[List[str]] = typer.Option(None, "--platform", help="pip platform tag of the device, such as "
                                                  "manylinux_2_36_aarch64 (default: the target's); repeatable."),
@@ -39,7 +43,7 @@ def deploy(
 
     kind = None if service == "none" else service
     request = BundleRequest(list(artifacts), target, out, labels, list(check_image or []), kind, source, port,
-                            python_version, list(platform or []), find_links, edgecls_wheel)
+                            host, token_file, python_version, list(platform or []), find_links, edgecls_wheel)
     with err.status("building the bundle") as status:
         doc = build_bundle(request, progress=lambda message: status.update(escape(message)))
     for artifact in doc["artifacts"]:

@@ -40,6 +40,8 @@ class BundleRequest:
     service: str | None = None            # serve | stream | None
     source: str | None = None             # the stream's (or server's) source
     port: int = 8080
+    host: str = "127.0.0.1"               # the serve service's address; beyond loopback it needs token_file
+    token_file: str | None = None         # the token's path ON THE DEVICE (never bundled, never on a command line)
     python: str | None = None             # overrides the target's Python (X.Y)
     platforms: list[str] = field(default_factory=list)  # override the target's pip platform tags
     find_links: Path | None = None        # fetch wheels from this folder only (an offline workstation)
@@ -102,6 +104,7 @@ def check_request(request: BundleRequest) -> None:
     if request.service == "stream" and not request.source:
         raise OptionError("--service stream needs --source (a camera index, picamera2, a URL or a folder)")
     checks.within("port", request.port, 1, 65535)
+    _check_access(request)
     out = request.out.resolve()
     for path in request.artifacts:
         if out == path.resolve().parent or out in path.resolve().parents:
@@ -150,12 +153,31 @@ def build_bundle(request: BundleRequest, progress=lambda message: None) -> dict[
     return doc
 
 
+def _check_access(request: BundleRequest) -> None:
+    """The serve service's address and token file, checked on the workstation: the device would
+    only refuse to start (serve requires a token beyond loopback) after the bundle was installed."""
+    from ..serve.config import is_loopback
+
+    if request.service != "serve":
+        if request.host != "127.0.0.1" or request.token_file:
+            raise OptionError("--host and --token-file configure the serve service; add --service serve")
+        return
+    if request.token_file is not None and not request.token_file.startswith("/"):
+        raise OptionError(f"--token-file {request.token_file!r}: expected an absolute path on the device "
+                          "(for example /etc/edgecls/token), readable only by the service user")
+    if not is_loopback(request.host) and not request.token_file:
+        raise OptionError(f"--host {request.host}: serving beyond this device needs --token-file PATH (a file on the "
+                          "device holding the access token; it is not put in the bundle)")
+
+
 def _service(request: BundleRequest, artifact: str) -> dict[str, Any]:
     if not request.service:
         return {"kind": None, "artifact": artifact, "args": [], "camera": None}
     args = [request.source] if request.source else []
     if request.service == "serve":
-        args += ["--port", str(request.port)]
+        args += ["--port", str(request.port), "--host", request.host]
+        if request.token_file:
+            args += ["--token-file", request.token_file]
     args += ["--target", request.target]
     camera = request.source if request.source and _CAMERA.match(request.source) else None
     return {"kind": request.service, "artifact": artifact, "args": args, "camera": camera}
