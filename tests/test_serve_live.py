@@ -118,10 +118,13 @@ async def _load(port: int, body: bytes, stop: asyncio.Event, results: list, work
         await asyncio.gather(*(client(session) for _ in range(workers)))
 
 
-async def _upload(port: int, artifact: Path, manifest: bytes | None = None, data: bytes | None = None):
+async def _upload(port: int, artifact: Path, manifest: bytes | None = None, data: bytes | None = None,
+                  checks: tuple[tuple[str, bytes], ...] = ()):
     import aiohttp
 
     form = aiohttp.FormData()
+    for name, image in checks:
+        form.add_field("check", image, filename=name)
     form.add_field("artifact", data if data is not None else artifact.read_bytes(), filename="whatever/../../x")
     form.add_field("manifest", manifest if manifest is not None else artifact.with_name(artifact.name + ".json").read_bytes(),
                    filename="m.json")
@@ -172,6 +175,7 @@ def test_model_swap_under_load_loses_no_request(served, coral, assets):
         assert status == 422 and words in out["error"] and out["model"]["version"] == "1", (bad, out)
     status, out = outcomes["good"]
     assert status == 200 and out["model"]["version"] == "2" and out["model"]["format"] == "onnx", out
+    assert out["checks"]["stored"].startswith("none")  # an upload brings no check images
     assert out["checks"]["agreement"] >= 0.5 and out["checks"]["compared"] >= 1  # recent frames: one reference a second is kept, so a fast run has few
     assert outcomes["rollback"][0] == 200 and outcomes["rollback"][1]["model"]["version"] == "1"
     assert len(results) <= 600
@@ -235,6 +239,77 @@ def test_readiness_follows_the_source(served):
     finally:
         away.rename(served.photos)
     assert s.wait_ready(True, timeout=20) < 20
+
+
+def _with_check_images(served, coral, assets, name: str) -> Path:
+    """The Coral model with check images and their manifest entries, as `edgecls export` stores them
+    (write_checks is the export's own code), in a folder of its own."""
+    from edgecls.check_images import write_checks
+    from edgecls.manifest import load_manifest
+    from edgecls.preprocess import read_rgb
+    from edgecls.runtime import Classifier
+
+    artifact = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", served.labels,
+                              served.tmp / "exports" / name, name)
+    clf = Classifier.from_artifact(artifact)
+    pictures = [read_rgb(assets / "images/imagenet-photos" / p) for p in ("parrot.jpg", "bird.bmp", "hot_dog.jpg")]
+    entries, _ = write_checks(artifact, clf, pictures, select=False)
+    manifest = load_manifest(artifact)
+    manifest.checks = entries
+    manifest.save(artifact)
+    return artifact
+
+
+def _drop(artifact: Path, watched: Path) -> None:
+    """Into the watched folder: check images first, the manifest last (as `cp -r` of an export does)."""
+    shutil.copytree(artifact.with_name(artifact.name + ".checks"), watched / (artifact.name + ".checks"))
+    shutil.copyfile(artifact, watched / artifact.name)
+    shutil.copyfile(artifact.with_name(artifact.name + ".json"), watched / (artifact.name + ".json"))
+
+
+def _wait_log(served, text: str, timeout: float = 20.0) -> str:
+    poll(lambda: any(text in line for line in served.server.log), timeout)
+    return next(line for line in served.server.log if text in line)
+
+
+def test_a_watched_update_runs_its_stored_check_images(served, coral, assets):
+    before = served.server.json("GET", "/v2/models/model")[1]["versions"][0]
+    artifact = _with_check_images(served, coral, assets, "checked.tflite")
+    _drop(artifact, served.watched)
+    line = _wait_log(served, "--watch: checked.tflite accepted")
+    assert "(stored check images: 3/3 answered as at export)" in line, line
+    meta = served.server.json("GET", "/v2/models/model")[1]
+    assert meta["versions"] == [str(int(before) + 1)] and meta["parameters"]["edgecls"]["origin"] == "watch"
+    stored = sorted(p.name for p in (served.tmp / "state/models").glob("v*/model.tflite.checks/*"))
+    assert stored == ["0.png", "1.png", "2.png"]
+    # An upload brings them as "check" parts named as the manifest lists them.
+    images = sorted(artifact.with_name("checked.tflite.checks").iterdir())
+    checks = tuple((p.name, p.read_bytes()) for p in images)
+    status, out = asyncio.run(_upload(served.server.port, artifact, checks=checks[:1] + (("9.png", b"x"),)))
+    assert status == 400 and "9.png" in out["error"], out
+    status, out = asyncio.run(_upload(served.server.port, artifact, checks=checks))
+    assert status == 200 and out["checks"]["stored"] == "3/3 answered as at export", out
+    status, out = asyncio.run(_upload(served.server.port, artifact))  # without them: not refused, said so
+    assert status == 200 and out["checks"]["stored"].startswith("not available: the manifest lists 3"), out
+    assert "checked instead against the current model on" in out["checks"]["stored"], out
+
+
+def test_a_watched_update_whose_check_image_answers_differently_is_refused(served, coral, assets):
+    """Only the expected answer differs (checksums all match): refused, the image named, the model
+    before keeps serving, nothing of the update left in the state folder."""
+    models = served.tmp / "state/models"
+    before = served.server.json("GET", "/v2/models/model")[1]["versions"]
+    kept = sorted(p.relative_to(models) for p in models.rglob("*"))
+    artifact = _with_check_images(served, coral, assets, "relabelled.tflite")
+    doc = json.loads(artifact.with_name("relabelled.tflite.json").read_text())
+    assert doc["checks"][1]["top1"] == "chickadee"
+    doc["checks"][1]["top1"] = "toucan"
+    artifact.with_name("relabelled.tflite.json").write_text(json.dumps(doc))
+    _drop(artifact, served.watched)
+    line = _wait_log(served, "--watch: relabelled.tflite refused")
+    assert "relabelled.tflite.checks/1.png: expected toucan, got chickadee" in line, line
+    assert served.server.json("GET", "/v2/models/model")[1]["versions"] == before
+    assert sorted(p.relative_to(models) for p in models.rglob("*")) == kept
 
 
 def test_a_restart_serves_the_last_accepted_update(coral, assets, tmp_path):

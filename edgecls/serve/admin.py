@@ -1,5 +1,6 @@
 """Model updates over HTTP: PUT (or POST) a multipart form with the parts "artifact" and
-"manifest" (and "weights" for an OpenVINO .bin, "cam" for an explain artifact's .cam.npz);
+"manifest" (and "weights" for an OpenVINO .bin, "cam" for an explain artifact's .cam.npz, one
+"check" part per check image the manifest lists, its file name the image's name there);
 POST .../rollback serves the previous model again. The server names every file it writes."""
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from .api import named_model, service
 from .bodies import read_part, save_part
 from .images import RequestError
 from .models import SUFFIX_BY_FORMAT, UpdateBusy, UpdateRefused
+from .update_check import MAX_CHECK_IMAGES, staged_check_image
 
 routes = web.RouteTableDef()
-PARTS = ("artifact", "manifest", "weights", "cam")
+PARTS = ("artifact", "manifest", "weights", "cam", "check")
 
 
 @routes.put("/v2/models/{model}/artifact")
@@ -65,7 +67,7 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
     from ..manifest import Manifest
 
     budget = [limits.max_model_bytes]
-    doc = None
+    doc, checks = None, []
     try:
         reader = await request.multipart()
         async for part in reader:
@@ -79,6 +81,12 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
                     raise RequestError(400, "the manifest part is not JSON") from None
                 except ModelError as exc:
                     raise RequestError(400, str(exc)) from None
+            elif part.name == "check":  # its file name is only compared with the manifest's, never a path
+                if len(checks) >= MAX_CHECK_IMAGES:
+                    raise RequestError(400, f"more than {MAX_CHECK_IMAGES} \"check\" parts")
+                checks.append(part.filename or "")
+                await save_part(part, folder / f"check-{len(checks)}.part", budget, "--max-model-mb",
+                                limits.read_timeout)
             else:
                 await save_part(part, folder / f"{part.name}.part", budget, "--max-model-mb", limits.read_timeout)
     except ValueError as exc:
@@ -89,6 +97,20 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
     if suffix is None:
         raise RequestError(400, f"manifest format {manifest.format!r}: expected one of {', '.join(SUFFIX_BY_FORMAT)}")
     _place(folder, suffix, doc)
+    _place_checks(folder / f"model{suffix}", manifest, checks)
+
+
+def _place_checks(artifact: Path, manifest, names: list[str]) -> None:
+    """Each received "check" part to the server's name for the manifest entry its file name matches."""
+    for n, name in enumerate(names, 1):
+        index = next((k for k, c in enumerate(manifest.checks) if name in (c["image"], Path(c["image"]).name)
+                      and not staged_check_image(artifact, k, c["image"]).exists()), None)
+        if index is None:
+            raise RequestError(400, f"the \"check\" part {name!r} is no check image of the manifest (or came twice); "
+                                    "name each part as the manifest's checks list its image")
+        target = staged_check_image(artifact, index, manifest.checks[index]["image"])
+        target.parent.mkdir(exist_ok=True)
+        (artifact.parent / f"check-{n}.part").rename(target)
 
 
 def _place(folder: Path, suffix: str, doc: dict) -> None:

@@ -1,4 +1,5 @@
-"""Model updates: stage, checksum, open, check, swap — or refuse and keep serving — and rollback.
+"""Model updates: stage, checksum, open, run the check images the update brought, check against
+the current model, swap — or refuse and keep serving — and rollback.
 
 Files live under STATE_DIR/models/v<N>/ with names the server chose (model.tflite, model.tflite.json,
 ...): nothing a request says becomes a path. `active.json` records the current and previous
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import EdgeclsError
-from .update_check import check_model, load_check_images
+from .update_check import check_model, load_check_images, run_stored_checks
 from .config import ServeConfig
 from .engine import EngineWorker, LoadedModel, open_model
 
@@ -151,7 +152,21 @@ class ModelStore:
         except Exception as exc:  # noqa: BLE001 - whatever the engine says, the model is refused
             shutil.rmtree(final, ignore_errors=True)
             raise UpdateRefused(f"it does not open: {exc}") from None
+        try:
+            stored, failed = run_stored_checks(model.path, manifest, model.clf)
+        except Exception as exc:  # noqa: BLE001 - an engine failure on a check image refuses the model
+            stored, failed = {"stored": "failed to run"}, f"it failed to run: {type(exc).__name__}: {exc}"
+        if failed:
+            shutil.rmtree(final, ignore_errors=True)
+            self.log(f"model update ({origin}) refused: its stored check images answer differently than at "
+                     f"export: {failed}")
+            raise UpdateRefused(f"its stored check images answer differently than at export: {failed}",
+                                {"ok": False, **stored})
         report = self._check(model)
+        if stored["stored"].startswith("not available"):
+            stored["stored"] += (f"; checked instead against the current model on {report.references} reference "
+                                 f"pictures ({report.details.get('source', 'none')})")
+        report.details.update(stored)
         if not report.ok:
             shutil.rmtree(final, ignore_errors=True)
             raise UpdateRefused(f"its answers are not sane: {report.reason}", report.to_dict())

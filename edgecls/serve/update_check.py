@@ -103,3 +103,41 @@ def check_model(new: Any, current: Any, references: list[np.ndarray],
                                   f"{len(pairs)} reference pictures, below --min-agreement {min_agreement:.0%}",
                            len(references), agreement, details)
     return CheckReport(True, "", len(references), agreement, details)
+
+
+def staged_check_image(artifact: Path, index: int, image: str) -> Path:
+    """Where the server keeps an update's `index`-th check image: a name it chose (the manifest's
+    path only lends its suffix), in the folder beside the staged artifact."""
+    from ..check_images import checks_dir
+
+    return checks_dir(artifact) / f"{index}{Path(image).suffix.lower()}"
+
+
+def run_stored_checks(artifact: Path, manifest: Any, classifier: Any) -> tuple[dict[str, Any], str]:
+    """Run the check images an update brought (see `staged_check_image`) on its opened model.
+
+    Returns (report, refusal reason or ""). Images that did not come along are reported, not
+    refused: the caller's reference pictures then stand in for them."""
+    from types import SimpleNamespace
+
+    from ..check_images import checks_dir, run_checks
+
+    listed = len(manifest.checks)
+    if not listed:
+        return {"stored": "none: the manifest lists no check images"}, ""
+    if not checks_dir(artifact).is_dir():
+        return {"stored": f"not available: the manifest lists {listed} check images but they did not come with "
+                          "the update"}, ""
+    staged = SimpleNamespace(checks=[{**c, "image": staged_check_image(artifact, k, c["image"]).relative_to(
+        artifact.parent).as_posix()} for k, c in enumerate(manifest.checks)])
+    failed = []
+    for check, result in zip(manifest.checks, run_checks(artifact, staged, classifier)):
+        if not result["ok"]:
+            got = (f"{result['got']} ({result['probability']:.3f})" if "got" in result
+                   else result["problem"].split(": ", 1)[-1])
+            failed.append({"image": check["image"], "expected": check["top1"], "got": got})
+    report = {"stored": f"{listed - len(failed)}/{listed} answered as at export"}
+    if not failed:
+        return report, ""
+    report["stored_failed"] = failed
+    return report, "; ".join(f"{f['image']}: expected {f['expected']}, got {f['got']}" for f in failed)
