@@ -175,7 +175,9 @@ def _service(request: BundleRequest, artifact: str) -> dict[str, Any]:
         return {"kind": None, "artifact": artifact, "args": [], "camera": None}
     args = [request.source] if request.source else []
     if request.service == "serve":
-        args += ["--port", str(request.port), "--host", request.host]
+        args += ["--port", str(request.port)]
+        if request.host != "127.0.0.1":  # serve's own default
+            args += ["--host", request.host]
         if request.token_file:
             args += ["--token-file", request.token_file]
     args += ["--target", request.target]
