@@ -58,19 +58,26 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = _open_temp(path)
-    try:
+    with _removed_on_failure(tmp, path):
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Remove the temporary `tmp` when the block fails or is interrupted; an OSError then names `path`."""
+    try:
+        yield
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise _named(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def _named(exc: OSError, path: Path) -> OSError:
@@ -87,15 +94,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.urandom(6).hex()}.tmp{path.suffix}")  # Keras wants the suffix
-    try:
+    with _removed_on_failure(tmp, path):
         yield tmp
         commit_file(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _named(exc, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
