@@ -7,7 +7,16 @@ without a network) never acts on SIGTERM and its parent waits for it at exit (`m
 once hung there); asyncio's handler in a child would even pass the signal to the parent's event
 loop through the inherited wake-up socket. Handlers installed with `install` (or claimed with
 `own`) are put back to Python's defaults in every forked child, and act as the default if one
-runs in another process all the same. Standard library only.
+runs in another process all the same.
+
+A signal that starts ignored (SIG_IGN: `nohup`, a background job of a non-interactive shell,
+many CI runners and service managers) stays ignored: `install` leaves it alone and says so by
+returning None, since whoever started the process decided it must not stop on that signal.
+
+An exception raised by a handler lands on whatever bytecode runs when the signal arrives; in a
+`__del__` method or a garbage-collector callback Python prints "Exception ignored in ..." and
+swallows it, so the stop would be lost. `redeliver_swallowed_stops` catches that case and
+raises the stop again at the next bytecode of ordinary code. Standard library only.
 """
 from __future__ import annotations
 
@@ -43,9 +52,16 @@ def own(sig: int) -> None:
     _OWNED[sig] = signal.getsignal(sig)
 
 
+def ignored(sig: int) -> bool:
+    """Whether `sig` was set to be ignored (by this process's parent, most often)."""
+    return signal.getsignal(sig) is signal.SIG_IGN
+
+
 def install(sig: int, handler: Callable[[int, Any], Any]) -> Any:
     """`signal.signal(sig, handler)` for this process only (see the module's note); returns the
-    handler it replaces."""
+    handler it replaces, or None where `sig` is ignored and was left so."""
+    if ignored(sig):
+        return None
     pid = os.getpid()
 
     def in_this_process(signum: int, frame: Any) -> Any:
@@ -60,3 +76,49 @@ def install(sig: int, handler: Callable[[int, Any], Any]) -> Any:
     previous = signal.signal(sig, in_this_process)
     own(sig)
     return previous
+
+
+
+_REDELIVERING = [False]
+
+
+def redeliver_swallowed_stops(stop_signal: Callable[[], int | None]) -> None:
+    """Where a KeyboardInterrupt raised by a stop handler is swallowed (it landed in a `__del__` or
+    a gc callback, where Python can only report it), deliver the stop again, to be raised at the
+    next bytecode of ordinary code, instead of printing a traceback. `stop_signal()` names the
+    signal that asked the process to stop (whose handler raises), or None: then the exception was
+    not a stop and goes to the previous hook as before. Installed once per process."""
+    import sys
+
+    if _REDELIVERING[0]:
+        return
+    _REDELIVERING[0] = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        signum = stop_signal() if isinstance(unraisable.exc_value, KeyboardInterrupt) else None
+        if signum is None:
+            previous(unraisable)
+            return
+        try:
+            _deliver_soon(signum)
+        except KeyboardInterrupt:  # another stop arrived inside this hook: deliver that one too
+            _deliver_soon(signum)
+
+    sys.unraisablehook = hook
+
+
+def _deliver_soon(signum: int) -> None:
+    """Run `signum`'s Python handler in the main thread once the current hook has returned: from a
+    short-lived thread, as if the signal had arrived again (delivered from here, it would run at
+    the hook's next bytecode and be swallowed with it). A redelivery that lands in such a place
+    again comes back to the hook and is delivered again."""
+    import _thread
+    import threading
+    import time
+
+    def later() -> None:
+        time.sleep(0.01)
+        _thread.interrupt_main(signum)
+
+    threading.Thread(target=later, name="edgecls-stop-redelivery", daemon=True).start()

@@ -39,14 +39,14 @@ def evaluate_model(model: str | Path, dataset: str | Path, split: str = "auto", 
     """Accuracy, per-class precision/recall/F1 and a confusion-matrix PNG for a Keras model or any
     exported artifact; with the training split at hand, also the train-vs-validation gap.
     `engine_options` apply to an exported artifact (a Keras model takes none)."""
-    from rich.console import Console
+    from .console import make_console
 
     from .runtime import check_activation
 
     checks.one_of("split", split, (*data_mod.SPLITS, "auto"))  # before the model is loaded
     checks.threads("num_threads", engine_options.get("num_threads"))
     check_activation(engine_options.get("activation"))
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     model = Path(model)
     out_dir = Path(out_dir) if out_dir else model.parent / "eval" / model.name
     refuse_overlaps({"model": model, "dataset": dataset}, folders={"--out": out_dir})
@@ -105,7 +105,7 @@ def write_digits_dataset(root: str | Path, size: int = 32) -> Path:
 
 def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, console=None) -> dict[str, Any]:
     """Digits dataset -> train simple_cnn -> export every format -> evaluate -> bench -> report."""
-    from rich.console import Console
+    from .console import make_console
     from rich.markup import escape
 
     from .bench import bench, markdown_table, write_reports
@@ -113,7 +113,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", epochs: int = 15, consol
     from .train import TrainConfig, train
 
     checks.at_least("epochs", epochs, 1)  # before anything is written
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     dataset = write_digits_dataset(out_dir / "digits")

@@ -86,6 +86,9 @@ def flowers_exports(flowers_model):
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `edgecls` command line in a subprocess."""
+    """Run the real `edgecls` command line in a subprocess, its output to pipes as in CI: no
+    terminal and no COLUMNS (whatever the shell running the suite has), so a message's lines
+    do not depend on the terminal's width or the checkout's path."""
+    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run([sys.executable, "-m", "edgecls.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout, cwd=ROOT)
+                          env={**base, **(env or {})}, timeout=timeout, cwd=ROOT)

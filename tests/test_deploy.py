@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -130,6 +131,19 @@ def test_deploy_errors(coral, tmp_path):
     no_service = run_cli(*pi, "--host", "0.0.0.0", "--token-file", "/etc/edgecls/token")
     assert no_service.returncode == 2 and "add --service serve" in no_service.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_errors_are_one_line_off_a_terminal(coral, tmp_path):
+    """Written to a pipe or a log, an error is one line however long its paths (Rich would
+    hard-wrap it at 80 columns, and where the break falls would move with the checkout's path)."""
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 6) / ("and-another-one-" * 6)
+    deep.mkdir(parents=True)
+    shutil.copy(coral / MODEL, deep / MODEL)
+    inside = run_cli("deploy", deep / MODEL, "--target", "raspberrypi4", "--out", deep,
+                     "--labels", coral / "imagenet_labels.txt")
+    assert inside.returncode == 2 and len(str(deep)) > 200
+    lines = [line for line in inside.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "a bundle never replaces its inputs" in lines[0], lines
 
 
 def test_serve_service_on_the_network_reads_its_token_from_a_device_file(coral, assets, tmp_path):

@@ -24,9 +24,9 @@ class LazyConsole:
     def get(self):
         """The Rich console itself (for progress bars and the layers below)."""
         if self._console is None:
-            from rich.console import Console
+            from ..console import make_console
 
-            self._console = Console(stderr=self._stderr)
+            self._console = make_console(stderr=self._stderr)
         return self._console
 
     def __getattr__(self, name: str) -> Any:

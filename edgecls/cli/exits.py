@@ -36,16 +36,21 @@ def install_sigterm() -> None:
     """SIGTERM (a service stop, `timeout`, a container shutdown) unwinds like Ctrl-C: the same
     clean-up runs (finally blocks, temporary folders) and the command says it was stopped. Both
     record the request, so that code catching broad exceptions can tell an interrupt apart."""
-    from ..errors import request_stop
-    from ..signals import install
+    from ..errors import request_stop, stop_requested
+    from ..signals import install, redeliver_swallowed_stops
 
     def handler(signum, frame):
         request_stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
         raise KeyboardInterrupt
 
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # An ignored signal (nohup, a background job) is not in this list: it stays ignored.
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
             install(sig, handler)  # not in forked children (edgecls.signals)
+    # The KeyboardInterrupt lands wherever the signal finds the interpreter; where Python swallows
+    # it (a __del__, a gc callback such as JAX's) the stop is delivered again, never lost.
+    redeliver_swallowed_stops(
+        lambda: {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}.get(stop_requested() or ""))
 
 
 # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`yes | head -1`).

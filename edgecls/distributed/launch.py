@@ -84,7 +84,7 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
                 p.send_signal(signum)
         stopping_since = stopping_since or time.monotonic()
 
-    previous = {s: install(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := install(s, forward)) is not None}  # None: ignored
     try:
         running = dict(procs)
         while running:

@@ -69,10 +69,10 @@ def _calibration_from_dir(path: Path, preprocessing, count: int, console=None) -
     unreadable files are skipped and listed."""
     loaded = data_mod.load_calibration_folder(path, preprocessing, count, seed=1)
     if loaded.skipped:
-        from rich.console import Console
+        from ..console import make_console
         from rich.markup import escape
 
-        (console or Console(stderr=True)).print(escape("calibration: " + data_mod.skipped_summary(loaded.skipped)))
+        (console or make_console(stderr=True)).print(escape("calibration: " + data_mod.skipped_summary(loaded.skipped)))
     return loaded.images
 
 
@@ -113,10 +113,10 @@ def export_model(model_path: str | Path, formats: str | list[str] | None = None,
     class int8 artifacts are made for (`edgecls.cpu.INT8_CPU_CLASSES`; default: the target's,
     else "portable", correct on every CPU). `explain` adds the last feature map as a second
     output (TFLite and ONNX), so the device runtime can draw class activation maps."""
-    from rich.console import Console
+    from ..console import make_console
     from rich.markup import escape
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     request = check_request(formats, quants, target, calibration_count, max_accuracy_drop, io_dtype, int8_cpu,
                             min_agreement, explain)
     if request.profile is not None:

@@ -33,9 +33,11 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         await site.start()
         stop = asyncio.Event()
-        from ..signals import own
+        from ..signals import ignored, own
 
         for sig in (signal.SIGTERM, signal.SIGINT):
+            if ignored(sig):  # started with it ignored (nohup, a background job): it stays so
+                continue
             loop.add_signal_handler(sig, stop.set)
             own(sig)  # a forked child (OpenVINO's telemetry) must not wake this loop with its SIGTERM
         bound = runner.addresses[0]

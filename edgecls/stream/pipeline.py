@@ -275,7 +275,8 @@ class Stream:
 
 
 def install_signal_handlers(stream: Stream) -> None:
-    """Ctrl-C and SIGTERM stop the stream cleanly, flushing every sink."""
+    """Ctrl-C and SIGTERM stop the stream cleanly, flushing every sink (one that starts ignored
+    stays ignored)."""
     from ..signals import install
 
     for sig in (signal.SIGINT, signal.SIGTERM):

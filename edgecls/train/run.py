@@ -48,10 +48,10 @@ def resume(out_dir: str | Path, console=None, on_recorded_files: bool = False) -
     a new class) is a DatasetError; with `on_recorded_files` the run goes on reading only the
     recorded files, as long as all of them are still there. In a multi-process run on every
     process, from process 0's checkpoint."""
-    from rich.console import Console
+    from ..console import make_console
 
     session = _join(None)
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     out_dir = Path(out_dir)
     checkpoint = Checkpoint(out_dir, writes=session.is_writer)
     dataset, config = checkpoint.shared_run(session)
@@ -164,10 +164,10 @@ def _feeds(config: TrainConfig, loaded: TrainingData, devices: int, session) -> 
 
 def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoint, resumed: dict | None,
          console, session, record: dict | None = None) -> TrainResult:
-    from rich.console import Console
+    from ..console import make_console
 
     # The other processes of a run keep quiet: process 0 speaks for the run (errors still show).
-    console = (console or Console(stderr=True)) if session.is_writer else Console(stderr=True, quiet=True)
+    console = (console or make_console(stderr=True)) if session.is_writer else make_console(stderr=True, quiet=True)
     recipe = config.validate()
     weights = resolve_weights(config.weights or recipe.weights)
     input_size = tuple(config.input_size or recipe.input_size)
