@@ -97,6 +97,9 @@ def test_tar_gz_and_offline_workstation(pi_bundle, coral, assets, tmp_path):
     assert "edgecls-bundle-raspberrypi4/install.sh" in members and members["edgecls-bundle-raspberrypi4/install.sh"].mode & 0o111
     assert f"edgecls-bundle-raspberrypi4/artifacts/{MODEL}.checks/0.png" in members
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pi.tar.gz"]  # no staging folder left
+    from edgecls.deploy.owned import not_ours
+
+    assert not_ours(archive, "edgecls.bundle/1", archive=True) is None  # a later build may replace it
     folder = tmp_path / "folder"
     assert run_cli(*deploy_args(coral, assets, folder, *offline)).returncode == 0
     again = run_cli(*deploy_args(coral, assets, folder, *offline, "--service", "stream", "--source", "0"))
@@ -108,7 +111,46 @@ def test_tar_gz_and_offline_workstation(pi_bundle, coral, assets, tmp_path):
     assert refused.returncode == 2 and "not an edgecls bundle" in refused.stderr
 
 
+def test_out_replaces_only_a_bundle_deploy_wrote(pi_bundle, coral, assets, tmp_path):
+    """--out names an existing folder or archive: replaced only when it holds exactly what deploy
+    wrote there (its SHA256SUMS, unchanged); a bundle.json beside the user's files is not enough."""
+    bundle, _ = pi_bundle
+    offline = ["--target", "raspberrypi4", "--find-links", bundle / "wheels", "--edgecls-wheel",
+               next((bundle / "wheels").glob("edgecls-*.whl"))]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "bundle.json").write_text('{"schema": "edgecls.bundle/1"}')
+    (mine / "notes.txt").write_text("my notes")
+    refused = run_cli(*deploy_args(coral, assets, mine, *offline))
+    assert refused.returncode == 2 and "not an edgecls bundle" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["bundle.json", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "my notes"
+    # A bundle deploy wrote (a copy of one: hard links), with a file of the user's added, or one of
+    # its files changed: kept.
+    built = tmp_path / "built"
+    shutil.copytree(bundle, built, copy_function=os.link)
+    (built / "notes.txt").write_text("my notes")
+    refused = run_cli(*deploy_args(coral, assets, built, *offline))
+    assert refused.returncode == 2 and "did not write there (notes.txt)" in refused.stderr, refused.stderr
+    assert (built / "notes.txt").read_text() == "my notes"
+    (built / "notes.txt").unlink()
+    (built / "README.txt").unlink()  # not through the link: the module's bundle stays as built
+    (built / "README.txt").write_text("edited")
+    refused = run_cli(*deploy_args(coral, assets, built, *offline))
+    assert refused.returncode == 2 and "changed or removed since" in refused.stderr and "README.txt" in refused.stderr
+    assert (built / "README.txt").read_text() == "edited"
+    # A file named like an archive that deploy did not write is not overwritten either.
+    archive = tmp_path / "old.tar.gz"
+    archive.write_bytes(b"my backup")
+    refused = run_cli(*deploy_args(coral, assets, archive, *offline))
+    assert refused.returncode == 2 and "not a .tar.gz that edgecls deploy wrote" in refused.stderr
+    assert archive.read_bytes() == b"my backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "mine", "old.tar.gz"]  # no staging left
+
+
 def test_deploy_errors(coral, tmp_path):
+    folder = run_cli("deploy", coral, "--target", "raspberrypi4", "--out", tmp_path / "b")
+    assert folder.returncode == 2 and f"{coral}: is a folder, expected a model file" in folder.stderr
     bare = run_cli("deploy", coral / MODEL, "--target", "raspberrypi4", "--out", tmp_path / "b")
     assert bare.returncode == 2 and "no manifest" in bare.stderr and "--labels FILE" in bare.stderr
     laptop = run_cli("deploy", coral / MODEL, "--target", "laptop-cpu", "--out", tmp_path / "b",

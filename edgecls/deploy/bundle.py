@@ -115,11 +115,18 @@ def check_request(request: BundleRequest) -> None:
 
     written = {"folders" if not archive_mode(request.out) else "files": {"--out": request.out}}
     refuse_overlaps({"labels": request.labels, "check image": request.check_images}, **written)
-    if request.out.exists() and not archive_mode(request.out):
-        if request.out.is_file():
-            raise OptionError(f"--out {request.out}: is a file, expected a folder (or a name ending in .tar.gz)")
-        if any(request.out.iterdir()) and not (request.out / "bundle.json").is_file():
-            raise OptionError(f"--out {request.out}: a folder that is not an edgecls bundle; choose a new or empty one")
+    _check_replaceable(request.out)
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing --out is replaced only when it is a bundle deploy wrote, unchanged since."""
+    from .owned import not_ours
+
+    if out.exists() or out.is_symlink():
+        why = not_ours(out, SCHEMA, archive_mode(out))
+        if why:
+            raise OptionError(f"--out {out}: {why}; it is not an edgecls bundle as deploy wrote it, and is left as it "
+                              "is: choose a new or empty folder (or remove it yourself)")
 
 
 def build_bundle(request: BundleRequest, progress=lambda message: None) -> dict[str, Any]:
@@ -249,11 +256,13 @@ def _finish(staging: Path, root: Path, out: Path) -> int:
         partial = staging / "bundle.tar.gz"
         with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
             tar.add(root, arcname=root.name)
+        _check_replaceable(out)  # again: it may have changed while the bundle was built
         partial.replace(out)
         shutil.rmtree(staging)
         return out.stat().st_size
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     old = None
+    _check_replaceable(out)
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.urandom(4).hex()}")
         out.replace(old)
