@@ -271,6 +271,14 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (the kernel's SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
 def test_no_process_outlives_the_launcher(tmp_path, procs, sig):
     """The launcher killed outright, or hung up on (its terminal or SSH session closed): no
@@ -284,6 +292,9 @@ def test_no_process_outlives_the_launcher(tmp_path, procs, sig):
                     preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     procs.append(launcher)
     pids = launcher.ready(2, timeout=60)
+    deadline = time.monotonic() + 30
+    while not _catches(launcher.popen.pid, signal.SIGHUP) and time.monotonic() < deadline:
+        time.sleep(0.02)  # its handlers go in just after the processes start
     launcher.popen.send_signal(sig)
     deadline = time.monotonic() + 10
     while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
