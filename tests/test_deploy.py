@@ -1,19 +1,15 @@
 """`edgecls deploy`: a Raspberry Pi 4 bundle built on this host holds aarch64 wheels for Python 3.11,
-the artifact with its manifest and check images, and checksums; a bundle for this host installs
-from its own wheels (pip --no-index), runs the doctor, keeps the previous release and rolls back.
-The end-to-end run on an emulated Raspberry Pi is `make test-device` (tests/device/)."""
+the artifact with its manifest and check images, and checksums; an existing --out is replaced only
+when it is a bundle deploy wrote. The installer is tests/test_install.py; the end-to-end run on an
+emulated Raspberry Pi is `make test-device` (tests/device/)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -72,8 +68,10 @@ def test_bundle_checksums_cover_every_file(pi_bundle):
     for name, digest in listed.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
     assert os.access(out / "install.sh", os.X_OK)
-    env = (out / "bundle.env").read_text()
-    assert "MACHINE=aarch64" in env and "PYTHON_VERSION=3.11" in env and f"ARTIFACTS={MODEL}" in env
+    doc = json.loads((out / "bundle.json").read_text())
+    assert (doc["device"]["machine"], doc["device"]["python"]) == ("aarch64", "3.11")
+    assert [a["name"] for a in doc["artifacts"]] == [MODEL]
+    assert not (out / "bundle.env").exists()  # install.sh reads bundle.json as data: no shell file to source
 
 
 def test_foreign_model_gets_a_manifest_and_check_images(pi_bundle, coral):
@@ -99,10 +97,13 @@ def test_tar_gz_and_offline_workstation(pi_bundle, coral, assets, tmp_path):
     assert "edgecls-bundle-raspberrypi4/install.sh" in members and members["edgecls-bundle-raspberrypi4/install.sh"].mode & 0o111
     assert f"edgecls-bundle-raspberrypi4/artifacts/{MODEL}.checks/0.png" in members
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pi.tar.gz"]  # no staging folder left
+    from edgecls.deploy.owned import not_ours
+
+    assert not_ours(archive, "edgecls.bundle/1", archive=True) is None  # a later build may replace it
     folder = tmp_path / "folder"
     assert run_cli(*deploy_args(coral, assets, folder, *offline)).returncode == 0
     again = run_cli(*deploy_args(coral, assets, folder, *offline, "--service", "stream", "--source", "0"))
-    assert again.returncode == 0 and "SERVICE_KIND=stream" in (folder / "bundle.env").read_text()
+    assert again.returncode == 0 and json.loads((folder / "bundle.json").read_text())["service"]["kind"] == "stream"
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -110,7 +111,46 @@ def test_tar_gz_and_offline_workstation(pi_bundle, coral, assets, tmp_path):
     assert refused.returncode == 2 and "not an edgecls bundle" in refused.stderr
 
 
+def test_out_replaces_only_a_bundle_deploy_wrote(pi_bundle, coral, assets, tmp_path):
+    """--out names an existing folder or archive: replaced only when it holds exactly what deploy
+    wrote there (its SHA256SUMS, unchanged); a bundle.json beside the user's files is not enough."""
+    bundle, _ = pi_bundle
+    offline = ["--target", "raspberrypi4", "--find-links", bundle / "wheels", "--edgecls-wheel",
+               next((bundle / "wheels").glob("edgecls-*.whl"))]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "bundle.json").write_text('{"schema": "edgecls.bundle/1"}')
+    (mine / "notes.txt").write_text("my notes")
+    refused = run_cli(*deploy_args(coral, assets, mine, *offline))
+    assert refused.returncode == 2 and "not an edgecls bundle" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["bundle.json", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "my notes"
+    # A bundle deploy wrote (a copy of one: hard links), with a file of the user's added, or one of
+    # its files changed: kept.
+    built = tmp_path / "built"
+    shutil.copytree(bundle, built, copy_function=os.link)
+    (built / "notes.txt").write_text("my notes")
+    refused = run_cli(*deploy_args(coral, assets, built, *offline))
+    assert refused.returncode == 2 and "did not write there (notes.txt)" in refused.stderr, refused.stderr
+    assert (built / "notes.txt").read_text() == "my notes"
+    (built / "notes.txt").unlink()
+    (built / "README.txt").unlink()  # not through the link: the module's bundle stays as built
+    (built / "README.txt").write_text("edited")
+    refused = run_cli(*deploy_args(coral, assets, built, *offline))
+    assert refused.returncode == 2 and "changed or removed since" in refused.stderr and "README.txt" in refused.stderr
+    assert (built / "README.txt").read_text() == "edited"
+    # A file named like an archive that deploy did not write is not overwritten either.
+    archive = tmp_path / "old.tar.gz"
+    archive.write_bytes(b"my backup")
+    refused = run_cli(*deploy_args(coral, assets, archive, *offline))
+    assert refused.returncode == 2 and "not a .tar.gz that edgecls deploy wrote" in refused.stderr
+    assert archive.read_bytes() == b"my backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "mine", "old.tar.gz"]  # no staging left
+
+
 def test_deploy_errors(coral, tmp_path):
+    folder = run_cli("deploy", coral, "--target", "raspberrypi4", "--out", tmp_path / "b")
+    assert folder.returncode == 2 and f"{coral}: is a folder, expected a model file" in folder.stderr
     bare = run_cli("deploy", coral / MODEL, "--target", "raspberrypi4", "--out", tmp_path / "b")
     assert bare.returncode == 2 and "no manifest" in bare.stderr and "--labels FILE" in bare.stderr
     laptop = run_cli("deploy", coral / MODEL, "--target", "laptop-cpu", "--out", tmp_path / "b",
@@ -154,79 +194,3 @@ def test_serve_service_on_the_network_reads_its_token_from_a_device_file(coral, 
     args = json.loads((out / "bundle.json").read_text())["service"]["args"]
     assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--token-file") + 1] == "/etc/edgecls/token"
     assert not any("token" in p.name for p in out.rglob("*") if p.is_file())  # the token itself never travels
-
-
-def _install(bundle: Path, *args: str) -> subprocess.CompletedProcess:
-    # The installer looks for python3.X on PATH: this interpreter's, whose wheels the bundle holds.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
-    env.pop("PYTHONPATH", None)
-    return subprocess.run([str(bundle / "install.sh"), *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-@pytest.mark.slow  # builds two fresh virtual environments (pip install from the bundles), as runtime_venv does
-def test_install_offline_keep_previous_and_roll_back(pi_bundle, coral, assets, tmp_path):
-    """Two bundles for this machine installed one after the other (the second with a serve service,
-    whose unit is run as written), then a rollback; a damaged bundle refused."""
-    machine, python = platform.machine().lower(), f"{sys.version_info.major}.{sys.version_info.minor}"
-    glibc = platform.libc_ver()[1] or "2.31"
-    # One tag: deploy widens manylinux_2_N to every older level, as the machine's glibc runs them all.
-    host = ["--target", "laptop-cpu", "--python-version", python, "--platform", f"manylinux_{glibc.replace('.', '_')}_{machine}",
-            "--edgecls-wheel", next((pi_bundle[0] / "wheels").glob("edgecls-*.whl"))]
-    photos = assets / "images/imagenet-photos"
-    first, second = tmp_path / "b1", tmp_path / "b2"
-    assert run_cli(*deploy_args(coral, assets, first, *host)).returncode == 0
-    built = run_cli(*deploy_args(coral, assets, second, *host, "--service", "serve", "--source", photos))
-    assert built.returncode == 0, built.stderr
-    assert "serve" in json.loads((second / "bundle.json").read_text())["extras"]  # aiohttp & co. on the device
-    prefix, units = tmp_path / "opt", tmp_path / "units"
-    ids = [json.loads((b / "bundle.json").read_text())["id"] for b in (first, second)]
-
-    done = _install(first, "--prefix", str(prefix), "--unit-dir", str(units))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "ready: every needed check passed" in done.stdout and "3/3 check images" in done.stdout
-    assert os.readlink(prefix / "current") == f"releases/{ids[0]}" and not (units / "edgecls.service").exists()
-    answer = subprocess.run([str(prefix / "current/venv/bin/edgecls"), "predict", str(prefix / "current/artifacts" / MODEL),
-                             str(photos / "parrot.jpg"), "-k", "1"], capture_output=True, text=True, timeout=120)
-    assert answer.returncode == 0 and "macaw" in answer.stdout, answer.stderr
-
-    done = _install(second, "--prefix", str(prefix), "--unit-dir", str(units))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert os.readlink(prefix / "current") == f"releases/{ids[1]}"
-    assert os.readlink(prefix / "previous") == f"releases/{ids[0]}"
-    _serve_as_the_unit_says(units / "edgecls.service", prefix, photos, tmp_path)
-
-    back = _install(prefix / "current", "--rollback", "--prefix", str(prefix), "--unit-dir", str(units))
-    assert back.returncode == 0, back.stderr
-    assert os.readlink(prefix / "current") == f"releases/{ids[0]}"
-    assert os.readlink(prefix / "previous") == f"releases/{ids[1]}"
-
-    wheel = next((first / "wheels").glob("numpy-*.whl"))
-    wheel.write_bytes(wheel.read_bytes()[:-10])
-    damaged = _install(first, "--prefix", str(prefix), "--unit-dir", str(units))
-    assert damaged.returncode != 0 and "the bundle is damaged" in damaged.stderr and wheel.name in damaged.stderr
-
-
-def _serve_as_the_unit_says(unit: Path, prefix: Path, photos: Path, tmp_path: Path) -> None:
-    """The installer's unit (written by the release's own `edgecls serve-unit`) runs `edgecls serve`
-    of the current release; its command line, started as written (only the port and the state
-    folder moved to this test's), serves the bundled model from the installed environment."""
-    import shlex
-
-    from serve_util import Server
-
-    text = unit.read_text()
-    python = f"{prefix}/current/venv/bin/python"
-    args = [f"{prefix}/current/artifacts/{MODEL}", str(photos), "--port", "8080", "--target", "laptop-cpu",
-            "--state-dir", "/var/lib/edgecls"]
-    assert f"ExecStart={shlex.join([python, '-m', 'edgecls.cli', 'serve', *args])}\n" in text
-    assert "SuccessExitStatus=143" in text and "User=" in text and f"WorkingDirectory={prefix}\n" in text
-    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert verified.returncode == 0, verified.stderr  # systemd's own reading of the unit
-    server = Server(*args, "--state-dir", tmp_path / "state", "--fps", "5", token=None, python=python, cwd=prefix)
-    try:
-        server.wait_ready(True, timeout=60)
-        status, _, body = server.request("POST", "/classify?k=1", (photos / "parrot.jpg").read_bytes(),
-                                         headers={"Content-Type": "image/jpeg"})
-        assert status == 200 and json.loads(body)["top_k"][0][0] == "macaw", body
-    finally:
-        assert server.stop() == 0, "".join(server.log)

@@ -163,6 +163,34 @@ def test_unknown_target_is_a_usage_error():
     assert result.returncode == 2 and "unknown target 'toaster'" in result.stderr
 
 
+def test_json_reports_a_bad_request_on_stdout():
+    """--json: a machine reading stdout gets a document for a refused request too (exit 2)."""
+    result = run_cli("doctor", "--target", "nosuch", "--json", "--no-sweep")
+    assert result.returncode == 2 and "unknown target 'nosuch'" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and "unknown target 'nosuch'" in doc["error"] and doc["schema"] == "edgecls.doctor/1"
+
+
+def test_a_folder_is_not_a_model(artifact):
+    result = run_cli("doctor", artifact.parent, "--json", "--no-sweep")
+    assert result.returncode == 1
+    [bad] = failed(result)
+    assert bad["name"] == "file" and f"{artifact.parent}: is a folder, expected a model file" in bad["detail"]
+
+
+def test_an_artifact_without_a_manifest_fails(artifact, tmp_path):
+    """Without its manifest neither the checksum nor the answers can be verified: a needed check
+    fails (so install.sh does not activate such a release unless --force), and the engine is
+    still tried, so the report says whether the model would run."""
+    bare = tmp_path / artifact.name
+    shutil.copy(artifact, bare)
+    result = run_cli("doctor", bare, "--json", "--no-sweep")
+    assert result.returncode == 1
+    [bad] = failed(result)
+    assert bad["name"] == "manifest" and "cannot be verified" in bad["detail"] and "install.sh --force" in bad["fix"]
+    assert findings(result)[(bare.name, "opens")]["status"] == "ok"
+
+
 def test_throttling_flags_decoded():
     from edgecls.provenance import decode_throttled, throttled_during
 

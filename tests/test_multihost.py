@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,10 +45,10 @@ def _process_env(port: int, count: int, pid: int, peer_timeout: float = PEER_TIM
 class Proc:
     """A worker (or the launcher) with its output in files, so nothing blocks on a full pipe."""
 
-    def __init__(self, tmp: Path, name: str, argv: list[str], env: dict):
+    def __init__(self, tmp: Path, name: str, argv: list[str], env: dict, **popen):
         self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=err)
+            self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=err, **popen)
 
     def text(self) -> str:
         return self.out.read_text() + self.err.read_text()
@@ -258,6 +259,77 @@ def test_the_launcher_stops_every_process_when_one_dies(tmp_path, procs):
     for pid in pids:
         with pytest.raises(ProcessLookupError):  # both gone (reaped by the launcher)
             os.kill(pid, 0)
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie (its new parent, this container's init, may never reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (the kernel's SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_no_process_outlives_the_launcher(tmp_path, procs, sig):
+    """The launcher killed outright, or hung up on (its terminal or SSH session closed): no
+    process of the run is left running (they have process groups of their own, so only the
+    launcher can stop them: a parent-death signal, and SIGHUP handled like SIGTERM)."""
+    child = "echo READY $KERAS_DISTRIBUTION_PROCESS_ID $$; exec sleep 60"
+    # SIGHUP at its default whatever this suite was started with (nohup would have it ignored,
+    # and an ignored signal stays ignored, in the launcher as in any edgecls command).
+    launcher = Proc(tmp_path, "launch", [sys.executable, "-m", "edgecls.cli", "launch", "--nproc", "2", "--",
+                                         "sh", "-c", child], _env(),
+                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    procs.append(launcher)
+    pids = launcher.ready(2, timeout=60)
+    deadline = time.monotonic() + 30
+    while not _catches(launcher.popen.pid, signal.SIGHUP) and time.monotonic() < deadline:
+        time.sleep(0.02)  # its handlers go in just after the processes start
+    launcher.popen.send_signal(sig)
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in pids if not _gone(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running 10 s after the launcher got {sig.name}: {left}"
+    code = launcher.wait(30)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGHUP), launcher.text()
+    if sig == signal.SIGHUP:
+        assert "received SIGHUP; stopping the 2 processes (SIGTERM)" in launcher.err.read_text()
+
+
+def test_a_coordinator_port_in_use_is_named(tmp_path):
+    """The launcher checks the port before it starts anything; process 0 started without it says
+    which port JAX could not listen on (JAX itself: "UNKNOWN: Failed to start RPC server")."""
+    started = tmp_path / "started"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "edgecls.distributed.launch", "--nproc", "2", "--coordinator",
+                               f"127.0.0.1:{port}", "--", "touch", str(started)], env=_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and f"--coordinator 127.0.0.1:{port}: port {port} is in use" in proc.stderr, \
+            proc.stderr
+        assert not started.exists()  # no process was started
+        alone = _worker(tmp_path, "p0", "idle", _process_env(port, 2, 0, join_timeout=30))
+        try:
+            code = alone.wait(60)
+        finally:
+            alone.kill()
+    assert code != 0 and (f"process 0 cannot serve the coordinator at 127.0.0.1:{port}: port {port} is in use"
+                          in alone.err.read_text()), (code, alone.text()[-3000:])
 
 
 def test_sigterm_stops_a_process_of_a_run(tmp_path, procs):

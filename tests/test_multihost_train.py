@@ -137,6 +137,28 @@ def test_a_killed_process_is_named_and_the_run_resumes_on_both(flowers, single, 
     _same_model(out, single)
 
 
+def test_processes_with_different_photos_refuse_and_leave_no_checkpoint(flowers, cache, tmp_path):
+    """Process 1's copy of the dataset lacks a photo: both refuse before training, and process 0's
+    output folder keeps nothing of the refused run (no checkpoint config or file record that a
+    --resume would pick up)."""
+    fewer = tmp_path / "fewer"
+    for photo in sorted(flowers.rglob("*.jpg"))[1:]:
+        (fewer / photo.relative_to(flowers)).parent.mkdir(parents=True, exist_ok=True)
+        (fewer / photo.relative_to(flowers)).symlink_to(photo)
+    port = free_port()
+    pair = [_process(tmp_path, f"p{i}", ["train", str(data), "--out", str(tmp_path / f"out{i}"), *TRAIN, "--data-parallel"],
+                     port, i, cache, peer_timeout=30) for i, data in enumerate((flowers, fewer))]
+    try:
+        codes = {p.wait() for p in pair}
+    finally:
+        for p in pair:
+            p.kill()
+    assert codes <= {2, EXIT_STOPPED} and 2 in codes, pair[0].text()[-2000:] + pair[1].text()[-2000:]
+    assert "the processes disagree on the dataset" in pair[0].err.read_text() + pair[1].err.read_text()
+    assert not (tmp_path / "out1").exists()
+    assert not list((tmp_path / "out0").rglob("*")), sorted((tmp_path / "out0").rglob("*"))
+
+
 def test_several_processes_without_data_parallel_are_refused_before_joining(flowers, tmp_path, monkeypatch):
     from edgecls.errors import OptionError
     from edgecls.train import TrainConfig, train

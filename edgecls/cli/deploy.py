@@ -16,7 +16,8 @@ def deploy(
                                            "is the service's."),
     target: str = typer.Option(..., help="Target profile: the device's machine and Python, engine options "
                                "(see `edgecls targets`)."),
-    out: Path = typer.Option(..., help="Bundle folder, or a file name ending in .tar.gz."),
+    out: Path = typer.Option(..., help="Bundle folder, or a file name ending in .tar.gz (one that exists is "
+                             "replaced only when it is a bundle deploy wrote, unchanged)."),
     labels: Optional[Path] = typer.Option(None, help="Label file for an artifact without a manifest: deploy writes "
                                           "one into the bundle."),
     check_image: Optional[List[Path]] = typer.Option(None, "--check-image", help="A photo whose answer on this "

@@ -1,5 +1,6 @@
 """The `edgecls doctor` command: a table for people, `--json` for machines; exit 0 only when every
-needed check passed (1 otherwise, 2 for a bad request such as an unknown target)."""
+needed check passed (1 otherwise, 2 for a bad request such as an unknown target, which `--json`
+also reports on stdout: {"ok": false, "error": ...})."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +10,7 @@ from typing import Any, List, Optional
 import typer
 
 from .common import command, err, escape, show
+from .exits import message
 
 STYLE = {"ok": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
 
@@ -24,10 +26,17 @@ def doctor(
 ):
     """Check that this device can run the artifacts: Python, OS, CPU, engines, delegates, cameras, memory,
     disk, temperature, and each artifact's checksum and answers. Every problem says what to do."""
-    from ..doctor import diagnose, save_last
+    from ..doctor import SCHEMA, diagnose, save_last
+    from ..errors import EdgeclsError
     from ..files import strict_json
 
-    report = diagnose(artifacts or [], target, camera, sweep)
+    try:
+        report = diagnose(artifacts or [], target, camera, sweep)
+    except EdgeclsError as exc:
+        if as_json:  # a machine reading stdout gets a document there too (the error goes to stderr as well)
+            print(strict_json({"schema": SCHEMA, "ok": False, "error": message(exc), "findings": []}, "the doctor report",
+                              indent=2))
+        raise
     saved = save_last(report)
     if as_json:
         print(strict_json(report, "the doctor report", indent=2))

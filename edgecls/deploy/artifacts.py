@@ -32,6 +32,8 @@ def check_names(paths: Sequence[Path]) -> None:
     """Artifact names the installer can list, found before any work is done."""
     seen: dict[str, Path] = {}
     for path in paths:
+        if path.is_dir():
+            raise ModelError(f"{path}: is a folder, expected a model file (.tflite, .onnx, or an OpenVINO .xml)")
         if not path.is_file():
             raise ModelError(f"{path}: artifact not found")
         if not SAFE_NAME.match(path.name):

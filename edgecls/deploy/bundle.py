@@ -2,7 +2,7 @@
 folder or a .tar.gz (a failed or killed build leaves only a `.building-*` folder, never a bundle).
 
     BUNDLE/
-      install.sh   bundle.env   bundle.json   README.txt   SHA256SUMS
+      install.sh   bundle.json   README.txt   SHA256SUMS
       artifacts/   model_int8.tflite, .json, .checks/ ...
       wheels/      edgecls and its runtime dependencies for the device
 """
@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import tarfile
 from dataclasses import asdict, dataclass, field
@@ -104,6 +103,9 @@ def check_request(request: BundleRequest) -> None:
     if request.service == "stream" and not request.source:
         raise OptionError("--service stream needs --source (a camera index, picamera2, a URL or a folder)")
     checks.within("port", request.port, 1, 65535)
+    for option, value in (("--source", request.source), ("--host", request.host), ("--token-file", request.token_file)):
+        if value is not None and re.search(r"[\x00-\x1f\x7f]", value):
+            raise OptionError(f"{option} {value!r}: holds a control character (a line break?); expected one line")
     _check_access(request)
     out = request.out.resolve()
     for path in request.artifacts:
@@ -113,11 +115,18 @@ def check_request(request: BundleRequest) -> None:
 
     written = {"folders" if not archive_mode(request.out) else "files": {"--out": request.out}}
     refuse_overlaps({"labels": request.labels, "check image": request.check_images}, **written)
-    if request.out.exists() and not archive_mode(request.out):
-        if request.out.is_file():
-            raise OptionError(f"--out {request.out}: is a file, expected a folder (or a name ending in .tar.gz)")
-        if any(request.out.iterdir()) and not (request.out / "bundle.json").is_file():
-            raise OptionError(f"--out {request.out}: a folder that is not an edgecls bundle; choose a new or empty one")
+    _check_replaceable(request.out)
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing --out is replaced only when it is a bundle deploy wrote, unchanged since."""
+    from .owned import not_ours
+
+    if out.exists() or out.is_symlink():
+        why = not_ours(out, SCHEMA, archive_mode(out))
+        if why:
+            raise OptionError(f"--out {out}: {why}; it is not an edgecls bundle as deploy wrote it, and is left as it "
+                              "is: choose a new or empty folder (or remove it yourself)")
 
 
 def build_bundle(request: BundleRequest, progress=lambda message: None) -> dict[str, Any]:
@@ -212,16 +221,7 @@ def _tree_sums(root: Path) -> dict[str, str]:
 def _write_installer(root: Path, doc: dict[str, Any]) -> None:
     from ..files import atomic_write_json, atomic_write_text
 
-    service = doc["service"]
-    doctor_args = f"--camera {service['camera']}" if service["camera"] else ""
-    env = {"BUNDLE_ID": doc["id"], "EDGECLS_VERSION": doc["edgecls"], "TARGET": doc["target"],
-           "MACHINE": doc["device"]["machine"], "PYTHON_VERSION": doc["device"]["python"],
-           "REQUIREMENT": doc["requirement"], "ARTIFACTS": " ".join(a["name"] for a in doc["artifacts"]),
-           "SERVICE_KIND": service["kind"] or "", "SERVICE_ARTIFACT": service["artifact"],
-           # Shell words: install.sh passes them to `edgecls serve-unit`, which writes the unit.
-           "SERVICE_ARGS": shlex.join(service["args"]), "DOCTOR_ARGS": doctor_args}
-    lines = ["# Written by edgecls deploy; read by install.sh."] + [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-    atomic_write_text(root / "bundle.env", "\n".join(lines) + "\n")
+    # install.sh reads bundle.json as data, after checking SHA256SUMS: no shell file to source.
     shutil.copy2(Path(__file__).with_name("install.sh"), root / "install.sh")
     (root / "install.sh").chmod(0o755)
     atomic_write_json(root / "bundle.json", doc)
@@ -236,8 +236,10 @@ def _readme(doc: dict[str, Any]) -> str:
             f"Service: {('edgecls ' + service['kind'] + ' ' + ' '.join(service['args'])) if service['kind'] else 'none'}\n\n"
             "Install on the device (no network needed; Python's venv module must be there):\n"
             "    sudo ./install.sh                 # into /opt/edgecls; ./install.sh --help for options\n"
-            "It checks this bundle (SHA256SUMS), creates a virtual environment from wheels/, copies artifacts/,\n"
-            "runs `edgecls doctor`, and only then makes the release current; the previous one is kept:\n"
+            "It first checks this bundle (every file SHA256SUMS lists, and nothing it does not list: unpack\n"
+            "each bundle into a new, empty folder), creates a virtual environment from exactly the listed\n"
+            "wheels, copies artifacts/, runs `edgecls doctor`, and only then makes the release current; the\n"
+            "previous one is kept, and brought back with its service unit by:\n"
             "    sudo /opt/edgecls/current/install.sh --rollback\n")
 
 
@@ -254,11 +256,13 @@ def _finish(staging: Path, root: Path, out: Path) -> int:
         partial = staging / "bundle.tar.gz"
         with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
             tar.add(root, arcname=root.name)
+        _check_replaceable(out)  # again: it may have changed while the bundle was built
         partial.replace(out)
         shutil.rmtree(staging)
         return out.stat().st_size
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     old = None
+    _check_replaceable(out)
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.urandom(4).hex()}")
         out.replace(old)

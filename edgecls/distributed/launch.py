@@ -18,9 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from ..signals import install  # the forwarding handlers stay out of forked children
+from .ports import port_problem
 from .settings import ADDRESSES, JOIN_TIMEOUT, NUM_PROCESSES, PEER_TIMEOUT, PROCESS_ID
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_port() -> int:
@@ -56,20 +60,53 @@ def _status_text(code: int) -> str:
     return f"exited with status {code}"
 
 
-def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, say=None) -> int:
-    """Run the commands (process id, argv, env) until all end; when one fails, stop the others
-    (SIGTERM, then SIGKILL after `grace` s). Returns the exit status described in the module."""
-    say = say or (lambda text: print(f"edgecls launch: {text}", file=sys.stderr, flush=True))
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What each process runs between fork and exec on Linux: ask the kernel to stop it when the
+    launcher dies, however it dies (SIGKILL, the OOM killer), so no process of the run is left
+    behind (each has its own process group, which a terminal's SIGHUP does not reach). The signal
+    is SIGTERM, which edgecls's commands answer by cleaning up and stopping; SIGKILL where SIGTERM
+    is ignored (inherited from whoever started the launcher). None elsewhere (no prctl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: only the call runs in the child
+    except (OSError, AttributeError):
+        return None
+    sent = signal.SIGKILL if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN else signal.SIGTERM
+    launcher = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sent), 0, 0, 0)
+        if os.getppid() != launcher:  # the launcher died before the request took effect
+            os._exit(128 + int(sent))
+
+    return in_child
+
+
+def _start(commands: list[tuple[int, list[str], dict]]) -> dict[int, subprocess.Popen]:
     procs: dict[int, subprocess.Popen] = {}
+    preexec = _parent_death_signal()
     try:
         for pid, argv, env in commands:
             # Its own process group: a Ctrl-C reaches each process once, forwarded from here.
-            procs[pid] = subprocess.Popen(argv, env=env, process_group=0)
+            procs[pid] = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=preexec)
     except OSError:
         for p in procs.values():
             p.kill()
             p.wait()
         raise
+    return procs
+
+
+def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, say=None) -> int:
+    """Run the commands (process id, argv, env) until all end; when one fails, stop the others
+    (SIGTERM, then SIGKILL after `grace` s). SIGINT and SIGTERM are passed on; SIGHUP (the
+    terminal or SSH session closed) stops the processes with SIGTERM. Returns the exit status
+    described in the module."""
+    say = say or (lambda text: print(f"edgecls launch: {text}", file=sys.stderr, flush=True))
+    procs = _start(commands)
     first_failure: int | None = None
     received: int | None = None
     stopping_since: float | None = None
@@ -77,14 +114,16 @@ def supervise(commands: list[tuple[int, list[str], dict]], grace: float = 5.0, s
     def forward(signum, _frame):
         nonlocal received, stopping_since
         if received is None:
-            say(f"received {signal.Signals(signum).name}; passing it on to the {len(procs)} processes")
+            say(f"received {signal.Signals(signum).name}; passing it on to the {len(procs)} processes"
+                if signum != signal.SIGHUP else f"received SIGHUP; stopping the {len(procs)} processes (SIGTERM)")
             received = signum
         for p in procs.values():
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
         stopping_since = stopping_since or time.monotonic()
 
-    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := install(s, forward)) is not None}  # None: ignored
+    # A signal that starts ignored stays so (install returns None): under nohup SIGHUP stops nothing.
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if (h := install(s, forward)) is not None}
     try:
         running = dict(procs)
         while running:
@@ -148,6 +187,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m edgecls.distribut
     if problems:
         parser.error("; ".join(problems))
     coordinator = args.coordinator or f"127.0.0.1:{free_port()}"
+    if args.coordinator and args.node_rank == 0:  # this machine hosts it: a taken port, said before any start
+        problem = port_problem(args.coordinator)
+        if problem:
+            print(f"edgecls launch: error: --coordinator {args.coordinator}: {problem}", file=sys.stderr)
+            return 2
     count = args.nnodes * args.nproc
     commands = [(pid, command, child_env(dict(os.environ), coordinator, count, pid, i, args.gpu_per_process,
                                          args.join_timeout, args.peer_timeout))

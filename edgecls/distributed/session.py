@@ -70,6 +70,14 @@ def initialize(settings: Settings | None = None) -> Session:
     # JAX's preemption service catches SIGTERM (to checkpoint at a synchronised step, which
     # edgecls does not use): with it, SIGTERM from a launcher or scheduler would stop nothing.
     jax.config.update("jax_enable_preemption_service", False)
+    if settings.is_writer and settings.coordinator:
+        # Said before JAX tries: its own report names no port, and the process may crash after it.
+        from .ports import port_problem
+
+        problem = port_problem(settings.coordinator)
+        if problem:
+            raise EdgeclsError(f"could not join the {settings.num_processes}-process run: process 0 cannot serve the "
+                               f"coordinator at {settings.coordinator}: {problem} ({ADDRESSES})")
     host = (settings.coordinator or "").rpartition(":")[0].strip("[]")
     # A coordinator on a loopback address serves this machine only: bind there, not on every
     # interface (JAX's default, [::]:port).

@@ -21,6 +21,9 @@ def check(path: Path, request: Request) -> list[Finding]:
     from ..manifest import load_manifest, verify_checksums
 
     section = path.name
+    if path.is_dir():
+        return [Finding(section, "file", "fail", f"{path}: is a folder, expected a model file (.tflite, .onnx, or an "
+                        "OpenVINO .xml)", "name the model file itself, such as FOLDER/model_int8.tflite")]
     if not path.is_file():
         return [Finding(section, "file", "fail", f"{path}: not found",
                         "copy the artifact with its manifest (NAME.json) and check images (NAME.checks/)")]
@@ -30,9 +33,13 @@ def check(path: Path, request: Request) -> list[Finding]:
         return [Finding(section, "manifest", "fail", str(exc), "copy the manifest again, or re-export the model")]
     findings = []
     if manifest is None:
-        findings.append(Finding(section, "manifest", "warn", f"no manifest ({path.name}.json): checksum and answers "
-                                "cannot be checked", "copy the manifest beside the artifact (edgecls export writes "
-                                "it; `edgecls deploy --labels` writes one for a foreign model)"))
+        # Needed: without a manifest neither the file's checksum nor its answers can be verified,
+        # and the installer activates a release only when its doctor passes (install.sh --force
+        # is the explicit way to run an unverified model anyway).
+        findings.append(Finding(section, "manifest", "fail", f"no manifest ({path.name}.json): its checksum, labels "
+                                "and answers cannot be verified", "copy the manifest beside the artifact (edgecls "
+                                "export writes it; `edgecls deploy --labels` writes one for a foreign model); to "
+                                "install it unverified anyway: install.sh --force"))
     else:
         try:
             verify_checksums(path, manifest)

@@ -39,7 +39,7 @@ def train(dataset: str | Path, out_dir: str | Path, config: TrainConfig, console
         if session.is_writer:
             clear_outputs(out_dir)
             checkpoint.start(Path(dataset).resolve(), config)
-        return _run(Path(dataset), out_dir, config, checkpoint, None, console, session)
+        return _run(Path(dataset), out_dir, config, checkpoint, None, console, session, fresh=True)
 
 
 def resume(out_dir: str | Path, console=None, on_recorded_files: bool = False) -> TrainResult:
@@ -163,7 +163,7 @@ def _feeds(config: TrainConfig, loaded: TrainingData, devices: int, session) -> 
 
 
 def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoint, resumed: dict | None,
-         console, session, record: dict | None = None) -> TrainResult:
+         console, session, record: dict | None = None, fresh: bool = False) -> TrainResult:
     from ..console import make_console
 
     # The other processes of a run keep quiet: process 0 speaks for the run (errors still show).
@@ -176,7 +176,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     if record is None and session.is_writer:  # what a resume must find again
         write_record(checkpoint.dir, loaded.folder, loaded.split)
     if session.distributed:
-        _agree(session, config, loaded, out_dir, checkpoint)
+        _agree(session, config, loaded, out_dir, checkpoint, fresh)
     labels = list(loaded.folder.classes)
     device, deterministic = _backend(config)
     devices = set_distribution(config, session)
@@ -224,13 +224,20 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     return result
 
 
-def _agree(session, config: TrainConfig, loaded: TrainingData, out_dir: Path, checkpoint: Checkpoint) -> None:
+def _agree(session, config: TrainConfig, loaded: TrainingData, out_dir: Path, checkpoint: Checkpoint,
+           fresh: bool) -> None:
     """The processes of a run check that they hold the same data and options, and learn what
-    to remove if a lost peer ends this one in the middle of a write."""
+    to remove if a lost peer ends this one in the middle of a write. A new run refused here
+    leaves no checkpoint (its config and file record): there is nothing to resume."""
+    agreed: list[bool] = []
+    if session.is_writer and fresh:
+        # A cleanup, not an `except`: the other process's refusal ends this one from the watchdog.
+        session.add_cleanup(lambda: agreed or checkpoint.remove())
     session.check_same("the dataset", fingerprint(loaded))
     # The cache folder and decoding workers are each host's own business.
     options = {k: v for k, v in asdict(config).items() if k not in ("cache_dir", "workers")}
     session.check_same("the training options", json.dumps(options, sort_keys=True))
+    agreed.append(True)
     if session.is_writer:
         session.add_cleanup(checkpoint.remove_partial)
         session.add_cleanup(lambda: remove_partial_writes(out_dir))
