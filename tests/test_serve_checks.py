@@ -270,7 +270,7 @@ def test_an_update_with_nothing_to_compare_with_needs_check_images_or_force(cora
         assert fresh.json("GET", "/v2/models/model")[1]["versions"] == ["1"]
         status, out = upload(fresh.port, model, relabelled(model, labels[1:] + labels[:1]), query="?force=true")
         assert status == 200 and out["checks"]["forced"] is True and out["model"]["version"] == "2", out
-        assert any("swapped in unchecked: forced" in line for line in fresh.log)
+        poll(lambda: any("swapped in unchecked: forced" in line for line in fresh.log), 5)
         checked = with_check_images(coral, assets, labels, tmp_path / "checked", "checked.tflite")
         status, out = upload(fresh.port, checked, checks=check_parts(checked))  # its own check images vouch for it
         assert status == 200 and out["checks"]["stored"] == "3/3 answered as at export" and "forced" not in out["checks"]
