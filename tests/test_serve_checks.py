@@ -222,6 +222,11 @@ def test_malformed_inference_bodies_are_4xx_with_the_field_named(tiny, assets):
     answers = [infer(tiny, _set(base, p, v)) for p in paths for v in values]
     assert all(s == 200 or (400 <= s < 500 and out.get("error")) for s, out in answers), \
         [(p, v, a) for p in paths for v in values for a in [infer(tiny, _set(base, p, v))] if a[0] >= 500 or a[0] < 400][:3]
+    nested = np.full((1, 32, 32, 3), 0.5).tolist()  # row-major nested lists are data too
+    assert infer(tiny, tensor(nested))[0] == 200
+    nested[0][3][2][1] = "0.5"
+    status, out = infer(tiny, tensor(nested))
+    assert status == 400 and "inputs[0].data[0][3][2][1]: expected a number (FP32), got a string" in out["error"], out
     # Binary BYTES: a length prefix beyond the body is refused, not sliced.
     jpeg = photo(assets)
     head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from .images import RequestError
@@ -118,8 +119,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
 
 
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
-    """Validate a whole inference request (one input; outputs optional) by the schema above."""
-    doc, binary = split_body(body, header_length)
+    """Parse and validate a whole inference request body (one input; outputs optional)."""
+    return validate(*split_body(body, header_length))
+
+
+def validate(doc: dict, binary: bytes = b"") -> InferRequest:
+    """Validate a parsed request (`binary`: the bytes after its JSON) by the schema above."""
     _unknown(doc, _REQUEST_KEYS, "the request")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -183,8 +188,14 @@ def _data(data: Any, kind: str, where: str) -> list:
     if not isinstance(data, list):
         raise _bad(where, f"a list of {_element_check(kind)[1]} elements", data)
     allowed, expected = _element_check(kind)
-    flat: list = []
-    _flatten(data, allowed, expected, where, flat, 0)
+    flat, depth = data, 0
+    while flat and type(flat[0]) is list and all(type(v) is list for v in flat):  # one level of nesting at a time
+        if depth >= MAX_NESTING:
+            raise RequestError(400, f"{where}: nested deeper than {MAX_NESTING} lists")
+        flat, depth = list(chain.from_iterable(flat)), depth + 1
+    if not {type(v) for v in flat} <= set(allowed):  # irregular nesting or a wrong element: walked for its place
+        flat = []
+        _flatten(data, allowed, expected, where, flat, 0)
     if kind == "BYTES":
         for i, item in enumerate(flat):
             if isinstance(item, dict) and (set(item) != {"b64"} or not isinstance(item["b64"], str)):
