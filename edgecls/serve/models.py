@@ -125,8 +125,8 @@ class ModelStore:
         if kept is not None and self.history.stored(kept):  # a kept model again: its copy and its version
             shutil.rmtree(folder, ignore_errors=True)
             path, version, new = Path(kept["path"]), int(kept["version"]), False
-        else:
-            version, new = self.history.next_version, True
+        else:  # stored now; a model known only by a file outside (the command line's) keeps its version
+            version, new = (int(kept["version"]) if kept is not None else self.history.next_version), True
             final = self.root / f"v{version}-{time.time_ns()}"
             folder.rename(final)
             path = final / name
@@ -136,7 +136,7 @@ class ModelStore:
             if new:
                 shutil.rmtree(path.parent, ignore_errors=True)
             raise
-        if new:
+        if kept is None:
             self.history.take_version()
         before = self.current.version
         self._publish(model)
