@@ -286,7 +286,7 @@ def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
     token = tmp_path / "token"
     token.write_text(TOKEN)
     unit = tmp_path / "edgecls.service"
-    made = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "0", "--host", "0.0.0.0",
+    made = run(app, ["serve-unit", "--user", "nobody", "--out", str(unit), "--", str(model), "0", "--host", "0.0.0.0",
                      "--token-file", str(token)])
     assert made.exit_code == 0, made.output
     text = unit.read_text()
@@ -296,14 +296,15 @@ def test_command_line_refuses_exposure_and_writes_a_unit(coral, tmp_path):
 
     verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr  # systemd's own reading of the unit
-    leaked = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--token", TOKEN])
+    leaked = run(app, ["serve-unit", "--user", "nobody", "--out", str(unit), "--", str(model), "--token", TOKEN])
     assert leaked.exit_code == 2 and "--token-file" in leaked.output
-    typo = run(app, ["serve-unit", "--out", str(unit), "--", str(model), "--prot", "80"])
+    typo = run(app, ["serve-unit", "--user", "nobody", "--out", str(unit), "--", str(model), "--prot", "80"])
     assert typo.exit_code == 2 and "do not parse" in typo.output
     # The same unit runs `edgecls stream` for a deploy bundle's stream service, its arguments parsed by stream.
-    streamed = run(app, ["serve-unit", "--command", "stream", "--out", str(unit), "--python", "/opt/edgecls/py",
+    streamed = run(app, ["serve-unit", "--user", "nobody", "--command", "stream", "--out", str(unit), "--python", "/opt/edgecls/py",
                          "--", str(model), "0", "--target", "raspberrypi4"])
     assert streamed.exit_code == 0, streamed.output
     assert f"ExecStart=/opt/edgecls/py -m edgecls.cli stream {model} 0 --target raspberrypi4\n" in unit.read_text()
-    wrong = run(app, ["serve-unit", "--command", "stream", "--out", str(unit), "--", str(model), "0", "--queue-size", "4"])
+    wrong = run(app, ["serve-unit", "--user", "nobody", "--command", "stream", "--out", str(unit), "--", str(model), "0",
+                      "--queue-size", "4"])
     assert wrong.exit_code == 2 and "the stream arguments do not parse" in wrong.output

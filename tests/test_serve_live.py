@@ -207,9 +207,11 @@ def test_a_model_dropped_into_the_watched_folder_is_checked_and_served(served):
     while served.server.json("GET", "/v2/models/model")[1]["versions"] == ["1"]:
         assert time.time() < deadline, "".join(served.server.log[-10:])
         time.sleep(0.2)
+    # The same content as the swap test's upload (v2, rolled back since): that model again, under its
+    # version and from its kept copy, not a v3.
     meta = served.server.json("GET", "/v2/models/model")[1]
-    assert meta["versions"] == ["3"] and meta["parameters"]["edgecls"]["origin"] == "watch"
-    poll(lambda: any("--watch: zoo.onnx accepted as model v3" in line for line in served.server.log), 5)
+    assert meta["versions"] == ["2"] and meta["parameters"]["edgecls"]["origin"] == "watch"
+    poll(lambda: any("--watch: zoo.onnx accepted as model v2" in line for line in served.server.log), 5)
 
 
 def test_uncertain_frames_kept_for_training(served):
@@ -221,7 +223,7 @@ def test_uncertain_frames_kept_for_training(served):
     lines = [json.loads(line) for line in (served.learn / "predictions.jsonl").read_text().splitlines()]
     assert files and sorted(r["file"] for r in lines) == files
     assert sum((served.learn / f).stat().st_size for f in files) <= 0.25 * (1 << 20)
-    assert all(r["margin"] < 1.0 and r["model"]["version"] in ("1", "2", "3") and r["top_k"] for r in lines)
+    assert all(r["margin"] < 1.0 and r["model"]["version"] in ("1", "2") and r["top_k"] for r in lines)
     assert all(Path(r["file"]).parent.name.replace("_", "") for r in lines)
     names = {Path(f).parent.name for f in files}
     if len(names) >= 2:  # a training set needs two classes; the photos give several
@@ -241,9 +243,12 @@ def test_readiness_follows_the_source(served):
     assert s.wait_ready(True, timeout=20) < 20
 
 
-def _with_check_images(served, coral, assets, name: str) -> Path:
+def _with_check_images(served, coral, assets, name: str, interpolation: str = "area") -> Path:
     """The Coral model with check images and their manifest entries, as `edgecls export` stores them
-    (write_checks is the export's own code), in a folder of its own."""
+    (write_checks is the export's own code), in a folder of its own. Another `interpolation` makes it
+    another model by content (the server keeps one version per content)."""
+    from dataclasses import replace
+
     from edgecls.check_images import write_checks
     from edgecls.manifest import load_manifest
     from edgecls.preprocess import read_rgb
@@ -251,6 +256,9 @@ def _with_check_images(served, coral, assets, name: str) -> Path:
 
     artifact = coral_manifest(coral / "mobilenet_v2_1.0_224_quant.tflite", served.labels,
                               served.tmp / "exports" / name, name)
+    manifest = load_manifest(artifact)
+    manifest.preprocessing = replace(manifest.preprocessing, interpolation=interpolation)
+    manifest.save(artifact)
     clf = Classifier.from_artifact(artifact)
     pictures = [read_rgb(assets / "images/imagenet-photos" / p) for p in ("parrot.jpg", "bird.bmp", "hot_dog.jpg")]
     entries, _ = write_checks(artifact, clf, pictures, select=False)
@@ -283,13 +291,17 @@ def test_a_watched_update_runs_its_stored_check_images(served, coral, assets):
     stored = sorted(p.name for p in (served.tmp / "state/models").glob("v*/model.tflite.checks/*"))
     assert stored == ["0.png", "1.png", "2.png"]
     # An upload brings them as "check" parts named as the manifest lists them.
-    images = sorted(artifact.with_name("checked.tflite.checks").iterdir())
+    uploaded = _with_check_images(served, coral, assets, "uploaded.tflite", "linear")
+    images = sorted(uploaded.with_name("uploaded.tflite.checks").iterdir())
     checks = tuple((p.name, p.read_bytes()) for p in images)
-    status, out = asyncio.run(_upload(served.server.port, artifact, checks=checks[:1] + (("9.png", b"x"),)))
+    status, out = asyncio.run(_upload(served.server.port, uploaded, checks=checks[:1] + (("9.png", b"x"),)))
     assert status == 400 and "9.png" in out["error"], out
-    status, out = asyncio.run(_upload(served.server.port, artifact, checks=checks))
+    status, out = asyncio.run(_upload(served.server.port, uploaded, checks=checks))
     assert status == 200 and out["checks"]["stored"] == "3/3 answered as at export", out
-    status, out = asyncio.run(_upload(served.server.port, artifact))  # without them: not refused, said so
+    status, out = asyncio.run(_upload(served.server.port, uploaded, checks=checks))  # the same again: nothing new
+    assert status == 200 and out["swapped"] is False and "already serving" in out["note"], out
+    bare = _with_check_images(served, coral, assets, "bare.tflite", "cubic")
+    status, out = asyncio.run(_upload(served.server.port, bare))  # without them: not refused, said so
     assert status == 200 and out["checks"]["stored"].startswith("not available: the manifest lists 3"), out
     assert "checked instead against the current model on" in out["checks"]["stored"], out
 
@@ -321,6 +333,10 @@ def test_a_restart_serves_the_last_accepted_update(coral, assets, tmp_path):
     args = (model, "--state-dir", tmp_path / "state", "--min-agreement", "0")
     first = Server(*args)
     try:
+        # A picture seen first: with nothing to compare it with, an update without check images is refused.
+        assert first.json("POST", "/classify", (assets / "images/imagenet-photos/parrot.jpg").read_bytes(),
+                          headers={"Content-Type": "image/jpeg"})[0] == 200
+        time.sleep(0.3)
         assert asyncio.run(_upload(first.port, good))[0] == 200
     finally:
         assert first.stop() == 0

@@ -17,10 +17,13 @@ def flag(option: str) -> str:
 
 
 def message(exc: EdgeclsError) -> str:
-    """The error's text, with the options it names spelled as flags."""
+    """The error's text, with the options it names spelled as flags and the secrets a source URL
+    may carry redacted (`edgecls.console.redact`)."""
     import re
 
-    text = str(exc)
+    from ..console import redact
+
+    text = redact(exc)
     for option in getattr(exc, "options", ()) if isinstance(exc, OptionError) else ():
         text = re.sub(rf"(?<![\w-]){re.escape(option)}(?![\w-])", flag(option), text)
     return text

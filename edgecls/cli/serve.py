@@ -93,7 +93,8 @@ def _run(cfg, target: Optional[str], threads: Optional[int], shutdown_timeout: f
 def serve_unit(
     ctx: typer.Context,
     out: Path = typer.Option(Path("edgecls.service"), help="Where to write the unit file."),
-    user: Optional[str] = typer.Option(None, help="User the service runs as (default: the current user)."),
+    user: Optional[str] = typer.Option(None, help="User the service runs as (default: the current user, or the one "
+                                       "behind sudo; root only when named)."),
     description: str = typer.Option("edgecls model server", help="The unit's description."),
     run: str = typer.Option("serve", "--command", help="The edgecls command the unit runs: serve, or stream (what "
                             "the installer of an `edgecls deploy` bundle writes for --service stream)."),
@@ -113,13 +114,14 @@ def serve_unit(
     if not args:
         raise OptionError(f"give the {run} arguments after --, e.g. edgecls serve-unit -- model.tflite 0")
     path = write_unit(args, out, user, description, validate=lambda a: _validate_args(run, a), kind=run,
-                      python=python)
+                      python=python, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     print(f"wrote {path}\ninstall: sudo cp {path} /etc/systemd/system/ && sudo systemctl daemon-reload && "
           f"sudo systemctl enable --now {path.stem}\nlogs:    journalctl -u {path.stem} -f")
 
 
-def _validate_args(run: str, args: list[str]) -> None:
-    """Parse the arguments with the command the unit runs, so a unit never carries a typo."""
+def _validate_args(run: str, args: list[str]) -> dict:
+    """Parse the arguments with the command the unit runs, so a unit never carries a typo; returns
+    what they parsed to (for the unit's own checks: token, paths)."""
     import click
 
     from ..errors import OptionError
@@ -128,9 +130,11 @@ def _validate_args(run: str, args: list[str]) -> None:
     app = typer.Typer(add_completion=False)
     app.command()(serve if run == "serve" else stream)
     try:
-        typer.main.get_command(app).make_context(f"edgecls {run}", list(args), resilient_parsing=False)
+        ctx = typer.main.get_command(app).make_context(f"edgecls {run}", list(args), resilient_parsing=False)
+        paths = {p.name for p in ctx.command.params if isinstance(p.type, click.Path)}  # given as text here
+        return {k: Path(v) if k in paths and isinstance(v, str) else v for k, v in ctx.params.items()}
     except click.exceptions.Exit:
-        pass
+        return {}
     except click.ClickException as exc:
         raise OptionError(f"the {run} arguments do not parse: {exc.format_message()}") from None
 

@@ -82,17 +82,19 @@ def stream(
         err.print(f"note: {note}", markup=False, highlight=False)
     clf = Classifier.from_artifact(artifact, labels=labels, normalization=normalization, activation=activation,
                                    resize=resize, interpolation=interpolation, **options)
+    from ..console import redact
+
     src = open_source(source, fps=fps)
     runner = Stream(clf, src, _sinks(src, json_lines, save, show, fps),
                     StreamOptions(top_k=top_k, max_frames=max_frames, drop_frames=drop, retries=retries,
                                   retry_interval=retry_interval, stats_interval=stats_interval),
-                    log=lambda msg: err.print(msg, highlight=False, markup=False))
+                    log=lambda msg: err.print(redact(msg), highlight=False, markup=False))
     install_signal_handlers(runner)
     err.print(f"streaming {src.description} through {artifact.name} ({clf.engine.version})", markup=False)
     summary = runner.run()
     err.print("summary " + json.dumps(summary), markup=False, highlight=False)
     if runner.error:
-        err.print(f"[bold red]error:[/] {escape(runner.error)}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(redact(runner.error))}", highlight=False)
         raise typer.Exit(1)
 
 

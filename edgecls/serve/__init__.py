@@ -1,8 +1,10 @@
 """`edgecls serve`: the device as a service, on the light runtime (no TensorFlow, no Keras).
 
 Modules by job: `config` (options and limits), `images` and `bodies` (request bodies read with
-limits, pictures checked and decoded), `engine` (the one thread that runs models, with bounded
-admission), `models`, `update_check` and `watch` (updates: stage, check, swap or refuse, rollback),
+limits, pictures checked and decoded), `schema` (the KServe v2 inference body, validated strictly),
+`engine` (the one thread that runs models, with bounded admission), `models`, `history`,
+`update_check`, `references` and `watch` (updates: stage, check against kept reference pictures,
+swap or refuse, the history of models served by content, rollback),
 `live` (the stream inside the server and what viewers get), `learn` (uncertain frames kept for
 training), `metrics` (Prometheus), `api`, `admin` and `view` (HTTP routes), `app` (assembly,
 errors, authentication), `server` (process life: start, SIGTERM, drain) and `unit` (systemd). The

@@ -1,7 +1,8 @@
 """Model updates over HTTP: PUT (or POST) a multipart form with the parts "artifact" and
 "manifest" (and "weights" for an OpenVINO .bin, "cam" for an explain artifact's .cam.npz, one
 "check" part per check image the manifest lists, its file name the image's name there);
-POST .../rollback serves the previous model again. The server names every file it writes."""
+POST .../rollback serves the model before the current one again. ?force=true swaps a model in
+with nothing to compare it with (`models`). The server names every file it writes."""
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +29,7 @@ async def update(request: web.Request) -> web.Response:
     named_model(request)
     if not request.content_type.startswith("multipart/"):
         raise RequestError(415, "send a multipart/form-data body with the parts \"artifact\" and \"manifest\"")
+    force = _force(request)
     limits = svc.cfg.limits
     if request.content_length is not None and request.content_length > limits.max_model_bytes:
         raise RequestError(413, f"the upload is larger than {limits.max_model_mb:g} MB (--max-model-mb)")
@@ -37,7 +39,16 @@ async def update(request: web.Request) -> web.Response:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return await _answer(svc, asyncio.to_thread(svc.store.accept, folder, "upload"), "upload")
+    return await _answer(svc, asyncio.to_thread(svc.store.accept, folder, "upload", force), "upload")
+
+
+def _force(request: web.Request) -> bool:
+    """?force=true: swap the model in even when there is nothing to compare it with (no check images,
+    no recent pictures); a failed check still refuses it."""
+    value = request.query.get("force", "false")
+    if value not in ("true", "false", "1", "0"):
+        raise RequestError(400, f"query parameter force={value!r}: expected true or false")
+    return value in ("true", "1")
 
 
 @routes.post("/v2/models/{model}/rollback")
@@ -57,7 +68,7 @@ async def _answer(svc, work, kind: str) -> web.Response:
         current = svc.store.current
         return web.json_response({"error": f"{kind} refused: {exc}; model v{current.version} keeps serving",
                                   "checks": exc.checks, "model": current.describe()}, status=422)
-    svc.metrics.updates.labels(f"{kind}_accepted").inc()
+    svc.metrics.updates.labels(f"{kind}_{'accepted' if result.get('swapped') else 'unchanged'}").inc()
     return web.json_response(result)
 
 

@@ -3,9 +3,6 @@ extension and the binary tensor extension) and a plain POST /classify."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import time
 from typing import Any
 
@@ -137,123 +134,77 @@ def _ms(seconds: float) -> float:
 
 
 def _int_query(request: web.Request, key: str, default: int) -> int:
+    from .schema import ascii_int
+
     value = request.query.get(key)
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= 1000:
-        raise RequestError(400, f"query parameter {key}={value!r}: expected an integer from 1 to 1000")
-    return int(value)
+    number = ascii_int(value)
+    if number is None or not 1 <= number <= 1000:
+        raise RequestError(400, f"query parameter {key}={value!r}: expected an integer from 1 to 1000 (ASCII digits)")
+    return number
 
 
 @routes.post("/v2/models/{model}/infer")
 async def infer(request: web.Request) -> web.Response:
     from .bodies import read_body
+    from .schema import images, parse_infer
 
     svc = service(request)
     named_model(request)
     with svc.admission.slot():
         body = await read_body(request, svc.cfg.limits.max_upload_bytes, svc.cfg.limits.read_timeout)
-        doc, binary = _split_binary(request, body)
+        req = parse_infer(body, request.headers.get("Inference-Header-Content-Length"))
         model = svc.store.current
-        tensor = _one_input(doc)
-        if tensor.get("datatype") == "BYTES":
-            inputs, _ = await _prepared(svc, model, _image_list(tensor, binary))
-        else:
-            inputs = _tensor(tensor, binary, model.clf.engine.input)
-        job = await svc.worker.run(model, inputs)
+        if req.input.datatype == "BYTES":  # pictures this server decodes and prepares: known-good inputs
+            inputs, _ = await _prepared(svc, model, images(req.input, 16))
+            job = await svc.worker.run(model, inputs)
+        else:  # the client's own tensor: a failure on it is the input's fault unless the engine fails a known-good one
+            job = await svc.worker.run(model, _tensor(req.input, model.clf.engine.input), trusted=False)
     return web.json_response({"model_name": svc.cfg.name, "model_version": str(model.version),
-                              **({"id": doc["id"]} if isinstance(doc.get("id"), str) else {}),
-                              "outputs": [_output(doc, job.scores, model.labels)]})
+                              **({"id": req.id} if req.id is not None else {}),
+                              "outputs": [_output(req.classification, job.scores, model.labels)]})
 
 
-def _split_binary(request: web.Request, body: bytes) -> tuple[dict, bytes]:
-    """The JSON part and the binary part (KServe binary tensor extension)."""
-    header = request.headers.get("Inference-Header-Content-Length")
-    if header is not None and (not header.isdigit() or int(header) > len(body)):
-        raise RequestError(400, f"Inference-Header-Content-Length {header!r} does not fit the body ({len(body)} bytes)")
-    cut = int(header) if header is not None else len(body)
-    try:
-        doc = json.loads(body[:cut])
-    except (ValueError, RecursionError):
-        raise RequestError(400, "the body is not a JSON inference request ({\"inputs\": [...]})") from None
-    if not isinstance(doc, dict):
-        raise RequestError(400, "the inference request must be a JSON object with \"inputs\"")
-    return doc, body[cut:]
-
-
-def _one_input(doc: dict) -> dict:
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise RequestError(400, "\"inputs\" must be a list of exactly one input: the image tensor, or BYTES images")
-    return inputs[0]
-
-
-def _image_list(tensor: dict, binary: bytes) -> list[bytes]:
-    """BYTES elements: base64 strings (or {"b64": ...}) in JSON, or length-prefixed in the binary part."""
-    if tensor.get("parameters", {}).get("binary_data_size") is not None:
-        images, at = [], 0
-        while at + 4 <= len(binary):
-            n = int.from_bytes(binary[at : at + 4], "little")
-            images.append(binary[at + 4 : at + 4 + n])
-            at += 4 + n
-    else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise RequestError(400, "a BYTES input needs \"data\": a list of base64-encoded images")
-        images = []
-        for item in data:
-            text = item.get("b64") if isinstance(item, dict) else item
-            if not isinstance(text, str):
-                raise RequestError(400, "each BYTES element must be a base64 string (or {\"b64\": string})")
-            try:
-                images.append(base64.b64decode(text, validate=True))
-            except (binascii.Error, ValueError):
-                raise RequestError(400, "a BYTES element is not valid base64") from None
-    if not 1 <= len(images) <= 16:
-        raise RequestError(400, f"send 1 to 16 images in one request, got {len(images)}")
-    return images
-
-
-def _tensor(tensor: dict, binary: bytes, info) -> np.ndarray:
-    """A model-input tensor checked against the model: datatype, shape (any batch), finite values."""
+def _tensor(tensor, info) -> np.ndarray:
+    """A validated model-input tensor (`schema.TensorInput`) checked against the model: datatype,
+    shape (any batch of 1 to 16), values finite and within the datatype — after the conversion
+    too (3e38 fits FP32 and overflows FP16)."""
     expected = datatype(info.dtype)
-    kind, shape = tensor.get("datatype"), tensor.get("shape")
-    want = [-1, *info.shape[1:]]
-    if kind != expected:
-        raise RequestError(400, f"input datatype {kind!r}: this model takes {expected} (or BYTES images)")
-    if not isinstance(shape, list) or len(shape) != len(want) or not all(isinstance(d, int) and d > 0 for d in shape) \
-            or any(w not in (-1, d) for w, d in zip(want, shape)) or shape[0] > 16:
+    shape, want = tensor.shape, [-1, *info.shape[1:]]
+    if tensor.datatype != expected:
+        raise RequestError(400, f"input datatype {tensor.datatype!r}: this model takes {expected} (or BYTES images)")
+    if len(shape) != len(want) or any(d < 1 for d in shape) or any(w not in (-1, d) for w, d in zip(want, shape)) \
+            or shape[0] > 16:
         raise RequestError(400, f"input shape {shape!r}: this model takes {want} (batch 1 to 16)")
-    count = int(np.prod(shape))
-    if tensor.get("parameters", {}).get("binary_data_size") is not None:
-        if len(binary) != count * np.dtype(info.dtype).itemsize:
-            raise RequestError(400, f"binary tensor data has {len(binary)} bytes, expected {count} x {expected}")
-        values = np.frombuffer(binary, dtype=info.dtype)
+    if tensor.binary is not None:
+        if len(tensor.binary) != tensor.count * np.dtype(info.dtype).itemsize:
+            raise RequestError(400, f"binary tensor data has {len(tensor.binary)} bytes, expected {tensor.count} x "
+                                    f"{expected}")
+        values = np.frombuffer(tensor.binary, dtype=info.dtype)
     else:
-        try:
-            values = np.asarray(tensor.get("data"), dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise RequestError(400, "input \"data\" must be a (flat or nested) list of numbers") from None
-        if values.size != count:
-            raise RequestError(400, f"input \"data\" has {values.size} values, shape {shape} needs {count}")
-        if not np.all(np.isfinite(values)):
-            raise RequestError(400, "input \"data\" has non-finite values (NaN or infinity)")
+        try:  # numbers only (the schema refused strings and bools); an integer beyond any float overflows
+            values = np.asarray(tensor.data, dtype=np.float64)
+        except OverflowError:
+            raise RequestError(400, f"input \"data\" holds an integer beyond {expected}'s range") from None
         if np.issubdtype(info.dtype, np.integer):
             limits = np.iinfo(info.dtype)
-            if values.min() < limits.min or values.max() > limits.max or np.any(values != np.round(values)):
+            if not np.all(np.isfinite(values)) or values.min() < limits.min or values.max() > limits.max \
+                    or np.any(values != np.round(values)):
                 raise RequestError(400, f"input \"data\" must be integers in [{limits.min}, {limits.max}] for {expected}")
-    return np.ascontiguousarray(values.astype(info.dtype).reshape(shape))
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values.astype(info.dtype)
+    if np.issubdtype(info.dtype, np.floating) and not np.all(np.isfinite(values)):
+        raise RequestError(400, f"input data holds values that are not finite {expected} numbers (NaN, infinity, or "
+                                f"beyond {expected}'s range); send the values the model's preprocessing makes")
+    return np.ascontiguousarray(values.reshape(shape))
 
 
-def _output(doc: dict, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Probabilities, or the top classes as "score:index:label" strings when asked (classification extension)."""
-    outputs = doc.get("outputs") if isinstance(doc.get("outputs"), list) else []
-    k = next((o.get("parameters", {}).get("classification") for o in outputs if isinstance(o, dict)), None)
+def _output(k: int | None, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Probabilities, or the top `k` classes as "score:index:label" strings (classification extension)."""
     if k is None:
         return {"name": "probabilities", "datatype": "FP32", "shape": list(scores.shape),
                 "data": [round(float(v), 7) for v in scores.reshape(-1)]}
-    if not isinstance(k, int) or k < 1:
-        raise RequestError(400, "\"classification\" must be a positive integer (the number of classes to return)")
     k = min(k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     data = [f"{scores[n, i]:.6f}:{i}:{labels[i]}" for n in range(scores.shape[0]) for i in order[n]]

@@ -25,7 +25,10 @@ class Service:
         from .engine import Admission, EngineWorker
         from .metrics import Metrics
 
-        self.cfg, self.log = cfg, log
+        from ..console import redact
+
+        self.cfg = cfg
+        self.log = lambda message: log(redact(message))  # a source URL's password never reaches the log
         self.metrics = Metrics(self.state)
         self.worker = EngineWorker(observe=self.metrics.inference.observe)
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
@@ -64,21 +67,32 @@ class Service:
         self.worker.stop()
         self.decoder.shutdown(wait=True)
 
-    def live(self) -> tuple[bool, list[str]]:
+    def live(self, detailed: bool = False) -> tuple[bool, list[str]]:
+        """(live, reasons). Without `detailed`, what an anonymous caller may know (the open health
+        routes): no exception text, no path, no source; detailed reasons are redacted."""
+        from ..console import redact
+
         if self.worker.alive:
             return True, []
-        return False, ["the engine thread is hung or gone" + (f" ({self.worker.last_error})" if self.worker.last_error else "")]
+        error = self.worker.last_error
+        return False, ["the engine thread is hung or gone" + (f" ({redact(error)})" if detailed and error else "")]
 
-    def ready(self) -> tuple[bool, list[str]]:
+    def ready(self, detailed: bool = False) -> tuple[bool, list[str]]:
+        """(ready, reasons); `detailed` as for `live`."""
+        from ..console import redact
+
         reasons = []
         if self.stopping:
             reasons.append("shutting down")
         if not self.worker.healthy:
-            reasons.append(f"the engine failed {self.worker.failures} times in a row: {self.worker.last_error}")
+            reasons.append(f"the engine failed {self.worker.failures} times in a row: {redact(self.worker.last_error)}"
+                           if detailed else "the engine is failing (the server log says why)")
         if self.feed is not None and not self.feed.delivering:
-            reasons.append(f"no frame from {self.cfg.source} for {self.cfg.stale_after:g} s"
-                           + (f": {self.feed.source_error}" if self.feed.source_error else ""))
-        alive, why = self.live()
+            error = self.feed.source_error
+            reasons.append(f"no frame from {redact(self.cfg.source)} for {self.cfg.stale_after:g} s"
+                           + (f": {redact(error)}" if error else "") if detailed else
+                           f"no frame from the source for {self.cfg.stale_after:g} s")
+        alive, why = self.live(detailed)
         return alive and not reasons, reasons + why
 
     def state(self) -> dict[str, Any]:
@@ -119,7 +133,9 @@ async def errors(request: web.Request, handler):
         if request.path.startswith(("/v2/models/", "/classify")):
             svc.metrics.inference_errors.inc()
         svc.log(f"{request.method} {_route(request)}: {type(exc).__name__}: {exc}")
-        return web.json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+        # The text may name paths or the source: it goes to the log, the client gets its kind.
+        return web.json_response({"error": f"internal error ({type(exc).__name__}); the server log says more"},
+                                 status=500)
 
 
 @web.middleware
@@ -144,12 +160,26 @@ async def authorized(request: web.Request, handler):
     token = request.app[SERVICE].cfg.token
     if token is None or request.path in OPEN_PATHS:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-    if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+    if not token_matches(bearer(request.headers.get("Authorization", "")) or request.query.get("token", ""), token):
         raise RequestError(401, "missing or wrong token: send \"Authorization: Bearer TOKEN\"",
                            {"WWW-Authenticate": 'Bearer realm="edgecls"'})
     return await handler(request)
+
+
+def bearer(header: str) -> str:
+    """The credentials of an `Authorization: Bearer TOKEN` header ("" for another scheme); the scheme
+    name is case-insensitive (RFC 7235 section 2.1) and one or more spaces may follow it."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison: the SHA-256 digests of both (always 32 bytes, so neither the
+    token's length nor how much of it a guess matches shows in the time) by hmac.compare_digest."""
+    import hashlib
+
+    return hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "replace")).digest(),
+                               hashlib.sha256(token.encode("utf-8")).digest())
 
 
 def make_app(svc: Service) -> web.Application:

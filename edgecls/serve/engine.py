@@ -24,6 +24,11 @@ import numpy as np
 from .images import RequestError
 
 
+class EngineFailed(RuntimeError):
+    """The engine failed on a known-good input: the server's fault, answered 500; the details go to
+    the server log, never to the client."""
+
+
 @dataclass
 class LoadedModel:
     """An opened artifact and what the service says about it."""
@@ -79,6 +84,7 @@ class Job:
     model: LoadedModel
     inputs: np.ndarray | None           # (N, ...) in the engine's dtype and layout; None: `prepare` makes them
     cam: bool = False
+    trusted: bool = True                # inputs this server prepared (known-good); False: a client's own tensor
     prepare: Callable[[], tuple[Any, np.ndarray]] | None = None  # -> (picture, inputs), run by the engine thread
     picture: Any = None
     done: Callable[["Job"], None] | None = None
@@ -140,18 +146,21 @@ class EngineWorker:
         self._queue.put(job)
 
     async def run(self, model: LoadedModel, inputs: np.ndarray | None,
-                  prepare: Callable[[], tuple[Any, np.ndarray]] | None = None) -> Job:
-        """Run prepared inputs (or `prepare`'s) from the event loop; raises the engine's error."""
+                  prepare: Callable[[], tuple[Any, np.ndarray]] | None = None, trusted: bool = True) -> Job:
+        """Run prepared inputs (or `prepare`'s) from the event loop. Raises the request's fault as a
+        RequestError (4xx), the engine's as EngineFailed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
         def done(job: Job) -> None:
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(job))
 
-        self.submit(Job(model, inputs, prepare=prepare, done=done))
+        self.submit(Job(model, inputs, prepare=prepare, done=done, trusted=trusted))
         job = await future
-        if job.error is not None:
+        if isinstance(job.error, RequestError):
             raise job.error
+        if job.error is not None:
+            raise EngineFailed(f"the engine failed: {type(job.error).__name__}: {job.error}") from job.error
         return job
 
     def run_blocking(self, model: LoadedModel, inputs: np.ndarray, cam: bool = False,
@@ -184,12 +193,7 @@ class EngineWorker:
         model = self.current()
         if self.healthy or model is None:
             return
-        try:
-            inputs = model.clf.prepare(np.zeros((64, 64, 3), np.uint8))[None]
-        except Exception:  # noqa: BLE001 - counted as the engine's failure below
-            inputs = None
-        if inputs is not None:
-            self._run(Job(model, inputs))
+        self._known_good(model)
 
     def _run(self, job: Job) -> None:
         start = time.perf_counter()
@@ -214,18 +218,52 @@ class EngineWorker:
             if not np.all(np.isfinite(job.scores)):
                 raise ValueError("the model returned non-finite scores")
             self.failures = 0
-        except Exception as exc:  # noqa: BLE001 - handed to the caller, counted for readiness
+        except Exception as exc:  # noqa: BLE001 - handed to the caller; counted for readiness on known-good inputs
             job.error = exc
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            if job.trusted:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
         finally:
             seconds = time.perf_counter() - start
             self.busy_since = None
             job.inference_ms = seconds * 1e3
             self.mean_seconds += 0.1 * (seconds - self.mean_seconds)
             self._observe(seconds)
-            if job.done is not None:
-                job.done(job)
+        if job.error is not None and not job.trusted:
+            self._blame(job)
+        if job.done is not None:
+            job.done(job)
+
+    def _blame(self, job: Job) -> None:
+        """A client's tensor failed: the engine answers a known-good input (a blank picture through the
+        model's own preprocessing) — then the input was at fault (400, and readiness untouched); or it
+        fails that too, which counts as the engine's failure (the probe's run counts it)."""
+        if not self._known_good(job.model):
+            return
+        self.failures = 0
+        lo, hi = _prepared_range(job.model.clf)
+        values = np.asarray(job.inputs, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        job.error = RequestError(400, f"this input tensor makes the model's outputs non-finite (NaN or infinity) or "
+                                      f"fails it: its values run from {low:.3g} to {high:.3g}, where the model's "
+                                      f"preprocessing makes {lo:.3g} to {hi:.3g}; send pixels prepared as the "
+                                      "model's metadata (GET /v2/models/NAME) describes, or the picture as BYTES")
+
+    def _known_good(self, model: LoadedModel) -> bool:
+        try:
+            inputs = model.clf.prepare(np.zeros((64, 64, 3), np.uint8))[None]
+        except Exception:  # noqa: BLE001 - a model that cannot prepare a blank picture is not known to work
+            return False
+        probe = Job(model, inputs)
+        self._run(probe)
+        return probe.error is None
+
+
+def _prepared_range(clf: Any) -> tuple[float, float]:
+    """The smallest and largest input values the model's preprocessing makes (black and white pictures)."""
+    prepared = [np.asarray(clf.prepare(np.full((8, 8, 3), v, np.uint8)), np.float64) for v in (0, 255)]
+    return min(float(p.min()) for p in prepared), max(float(p.max()) for p in prepared)
 
 
 def _scores(clf: Any, inputs: np.ndarray) -> np.ndarray:

@@ -20,10 +20,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..console import redact
 from ..stream import Frame, SourceError, Stream, StreamOptions, open_source
 from .config import ServeConfig
 from .engine import EngineWorker
 from .images import encode_jpeg, fit_width
+from .references import ReferencePool
 
 FRAME_STATES = ("captured", "processed", "dropped", "unreadable", "failed")
 
@@ -82,14 +84,15 @@ class LiveFeed:
         self._event = asyncio.Event()
         self._times: deque[float] = deque(maxlen=256)
         self._latency: deque[float] = deque(maxlen=300)
-        self._references: deque[np.ndarray] = deque(maxlen=8)
-        self._last_reference = self._last_encode = 0.0
+        self.pool = ReferencePool(cfg.state_dir / "references", log)
+        self._last_encode = 0.0
         self._stream: ServeStream | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="edgecls-live", daemon=True)
 
     # --- life --------------------------------------------------------------------
     def start(self) -> None:
+        self.pool.load()
         if self.cfg.source is not None:
             self._thread.start()
 
@@ -99,6 +102,7 @@ class LiveFeed:
             self._stream.stop()
         if self._thread.is_alive():
             self._thread.join(10)
+        self.pool.save()
 
     def _supervise(self) -> None:
         backoff = 0.5
@@ -167,18 +171,14 @@ class LiveFeed:
 
     def remember(self, rgb: np.ndarray) -> None:
         """Keep a small copy of a recent picture: reference material for checking a new model."""
-        self._references.append(fit_width(rgb, 320).copy())
+        self.pool.remember(rgb)
 
     def claim_reference(self) -> bool:
         """True at most once a second: the caller then passes a picture to `remember`."""
-        now = time.perf_counter()
-        if now - self._last_reference < 1.0:
-            return False
-        self._last_reference = now
-        return True
+        return self.pool.claim()
 
     def references(self) -> list[np.ndarray]:
-        return list(self._references)
+        return self.pool.pictures()
 
     def _publish(self, frame: Frame, top: list, model: Any) -> None:
         view = fit_width(frame.rgb, self.cfg.view_width)
@@ -246,4 +246,5 @@ class LiveFeed:
         lat = np.asarray(self._latency) if self._latency else None
         pct = ({f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)} if lat is not None else {})
         return {"fps": round(fps, 1), "latency_ms": pct, "frames": self.frames(), "cpu_temperature": cpu_temperature(),
-                "source": self.cfg.source, "source_error": self.source_error}
+                "source": redact(self.cfg.source) if self.cfg.source is not None else None,
+                "source_error": redact(self.source_error) if self.source_error else None}

@@ -1,14 +1,16 @@
 """Model updates: stage, checksum, open, run the check images the update brought, check against
 the current model, swap — or refuse and keep serving — and rollback.
 
-Files live under STATE_DIR/models/v<N>/ with names the server chose (model.tflite, model.tflite.json,
-...): nothing a request says becomes a path. `active.json` records the current and previous
-models, written atomically, so a restart resumes the last accepted update (only while the command
-line still names the same artifact as when it was accepted).
+Files live under STATE_DIR/models/v<N>-.../ with names the server chose (model.tflite,
+model.tflite.json, ...): nothing a request says becomes a path. Which models served, in which
+order, is the history (`history`, STATE_DIR/active.json): a restart resumes the last accepted
+update (only while the command line still names the same artifact as when it was accepted), an
+update identical to a kept model is that model again, and rollback serves the model before the
+current one by content. With nothing to compare a new model with (no check images, no recent
+pictures) it is refused unless its own check images answer as at export, or the caller forces it.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -18,9 +20,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import EdgeclsError
-from .update_check import check_model, load_check_images, run_stored_checks
 from .config import ServeConfig
 from .engine import EngineWorker, LoadedModel, open_model
+from .history import History, content_key, model_key
+from .update_check import check_model, load_check_images, run_stored_checks
 
 SUFFIX_BY_FORMAT = {"tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
 
@@ -38,78 +41,57 @@ class UpdateBusy(EdgeclsError):
 
 
 class ModelStore:
-    """The serving model, the one before it, and the only code that changes them."""
+    """The serving model, the history of models served, and the only code that changes them."""
 
     def __init__(self, cfg: ServeConfig, worker: EngineWorker, recent: Callable[[], list[np.ndarray]],
                  log: Callable[[str], None], on_change: Callable[[LoadedModel], None] = lambda m: None):
         self.cfg, self.worker, self.recent, self.log, self.on_change = cfg, worker, recent, log, on_change
         self.root = cfg.state_dir / "models"
+        self.history = History(cfg.state_dir, log)
         self.current: LoadedModel | None = None
-        self.previous: dict[str, Any] | None = None
-        self._next_version = 1
         self._base_sha = ""
         self._update = threading.Lock()
         self._check_images: list[np.ndarray] | None = None
 
     # --- start ---------------------------------------------------------------------
     def start(self) -> LoadedModel:
-        """Open the command line's artifact, or resume the last accepted update (see module doc)."""
+        """Open the command line's artifact, or resume the last accepted update (see module doc).
+        Nothing kept is deleted: --no-resume serves ARTIFACT and keeps the updates (rollback reaches them)."""
         from ..files import sha256_file
 
         self.root.mkdir(parents=True, exist_ok=True)
         for folder in self.root.glob("incoming-*"):  # uploads cut short by a killed process
             shutil.rmtree(folder, ignore_errors=True)
-        state = self._read_state()
+        self.history.load()
         self._base_sha = sha256_file(self.cfg.artifact)
-        self._next_version = int(state.get("next_version", 1))
-        saved = state.get("current") or {}
-        if self.cfg.resume and saved.get("base_sha256") == self._base_sha and saved.get("sha256") != self._base_sha:
+        last = self.history.last
+        update = last is not None and self.history.stored(last) and self.history.base_sha == self._base_sha
+        if update and self.cfg.resume:
             try:
-                model = open_model(Path(saved["path"]), int(saved["version"]), "resumed", self.cfg.engine_options)
+                model = open_model(Path(last["path"]), int(last["version"]), "resumed", self.cfg.engine_options)
                 self.log(f"resuming model v{model.version} accepted earlier ({model.path}); --no-resume serves "
                          f"{self.cfg.artifact} instead")
-                self.previous = state.get("previous")
-                return self._publish(model, keep_previous=False)
+                return self._publish(model)
             except (EdgeclsError, OSError, KeyError, ValueError) as exc:
                 self.log(f"cannot resume the saved model ({exc}); serving {self.cfg.artifact}")
-        model = open_model(self.cfg.artifact, self._take_version(), "command line", self.cfg.engine_options,
-                           self.cfg.labels)
-        return self._publish(model, keep_previous=False)
+        model = open_model(self.cfg.artifact, 0, "command line", self.cfg.engine_options, self.cfg.labels)
+        known = self.history.find(model_key(model))
+        model.version = int(known["version"]) if known else self.history.take_version()
+        if update and not self.cfg.resume:
+            self.log(f"--no-resume: serving {self.cfg.artifact}; model v{last['version']} stays kept (rollback "
+                     "serves it)")
+        return self._publish(model)
 
-    def _take_version(self) -> int:
-        version, self._next_version = self._next_version, self._next_version + 1
-        return version
-
-    def _read_state(self) -> dict[str, Any]:
-        path = self.cfg.state_dir / "active.json"
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            return state if isinstance(state, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _write_state(self) -> None:
-        from ..files import atomic_write_json
-
-        cur = self.current
-        state = {"next_version": self._next_version, "previous": self.previous,
-                 "current": {"path": str(cur.path.resolve()), "version": cur.version, "sha256": cur.sha256,
-                             "origin": cur.origin, "base_sha256": self._base_sha}}
-        atomic_write_json(self.cfg.state_dir / "active.json", state)
-        keep = {Path(m["path"]).parent.name for m in (state["current"], self.previous or {}) if m.get("path")}
-        for folder in self.root.iterdir():  # accepted models no longer current or previous
-            if folder.is_dir() and folder.name.startswith("v") and folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def _publish(self, model: LoadedModel, keep_previous: bool = True) -> LoadedModel:
-        old = self.current
-        if keep_previous and old is not None:
-            self.previous = {"path": str(old.path.resolve()), "version": old.version, "sha256": old.sha256,
-                             "origin": old.origin}
+    def _publish(self, model: LoadedModel) -> LoadedModel:
         self.current = model  # one reference assignment: the next job takes the new model whole
-        self._write_state()
+        self.history.activate(model, model_key(model), self._base_sha)
         self.on_change(model)
         return model
+
+    @property
+    def previous_version(self) -> str | None:
+        target = self.history.before_last
+        return str(target["version"]) if target else None
 
     # --- updates -------------------------------------------------------------------
     def new_folder(self) -> Path:
@@ -118,20 +100,52 @@ class ModelStore:
         folder.mkdir(parents=True)
         return folder
 
-    def accept(self, folder: Path, origin: str) -> dict[str, Any]:
-        """Check the model in `folder` (named model.<ext> + manifest) and swap it in, or refuse it."""
+    def accept(self, folder: Path, origin: str, force: bool = False) -> dict[str, Any]:
+        """Check the model in `folder` (named model.<ext> + manifest) and swap it in, or refuse it.
+        `force`: swap it in even with nothing to compare it with (never when a check fails)."""
         if not self._update.acquire(blocking=False):
             shutil.rmtree(folder, ignore_errors=True)
             raise UpdateBusy("another model update is being checked; try again when it is done")
         try:
-            return self._accept(folder, origin)
+            return self._accept(folder, origin, force)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
             self._update.release()
 
-    def _accept(self, folder: Path, origin: str) -> dict[str, Any]:
+    def _accept(self, folder: Path, origin: str, force: bool) -> dict[str, Any]:
+        name, manifest = self._staged(folder)
+        key = content_key(manifest, manifest.artifact_sha256, manifest.labels)
+        if key == model_key(self.current):  # the same upload again: no new version
+            shutil.rmtree(folder, ignore_errors=True)
+            return {"swapped": False, "model": self.current.describe(), "previous": self.previous_version,
+                    "note": f"this model (same checksum and manifest) is already serving as v{self.current.version}"}
+        kept = self.history.find(key)
+        if kept is not None and self.history.stored(kept):  # a kept model again: its copy and its version
+            shutil.rmtree(folder, ignore_errors=True)
+            path, version, new = Path(kept["path"]), int(kept["version"]), False
+        else:  # stored now; a model known only by a file outside (the command line's) keeps its version
+            version, new = (int(kept["version"]) if kept is not None else self.history.next_version), True
+            final = self.root / f"v{version}-{time.time_ns()}"
+            folder.rename(final)
+            path = final / name
+        try:
+            model, report = self._checked(path, version, origin, manifest, force)
+        except BaseException:
+            if new:
+                shutil.rmtree(path.parent, ignore_errors=True)
+            raise
+        if kept is None:
+            self.history.take_version()
+        before = self.current.version
+        self._publish(model)
+        self.log(f"model v{version} ({origin}) now serving; v{before} kept for rollback"
+                 + ("; swapped in unchecked: forced" if report.details.get("forced") else ""))
+        return {"swapped": True, "model": model.describe(), "previous": str(before), "checks": report.to_dict()}
+
+    def _staged(self, folder: Path) -> tuple[str, Any]:
+        """(the staged artifact's file name, its manifest): one model file whose manifest records its checksum."""
         from ..manifest import load_manifest
 
         artifacts = [p for p in folder.iterdir() if p.suffix in SUFFIX_BY_FORMAT.values()]
@@ -144,37 +158,44 @@ class ModelStore:
         if manifest is None or not manifest.artifact_sha256:
             raise UpdateRefused("its manifest is missing or records no artifact_sha256 checksum; send the manifest "
                                 "that `edgecls export` wrote beside the artifact")
-        version = self._next_version
-        final = self.root / f"v{version}-{time.time_ns()}"
-        folder.rename(final)
+        return artifacts[0].name, manifest
+
+    def _checked(self, path: Path, version: int, origin: str, manifest: Any, force: bool):
+        """Open the model, run its own check images, compare it with the current model: (model, report)
+        or UpdateRefused."""
+        from ..check_images import checks_dir
+
         try:
-            model = open_model(final / artifacts[0].name, version, origin, self.cfg.engine_options)
+            model = open_model(path, version, origin, self.cfg.engine_options)
         except Exception as exc:  # noqa: BLE001 - whatever the engine says, the model is refused
-            shutil.rmtree(final, ignore_errors=True)
             raise UpdateRefused(f"it does not open: {exc}") from None
         try:
             stored, failed = run_stored_checks(model.path, manifest, model.clf)
         except Exception as exc:  # noqa: BLE001 - an engine failure on a check image refuses the model
             stored, failed = {"stored": "failed to run"}, f"it failed to run: {type(exc).__name__}: {exc}"
         if failed:
-            shutil.rmtree(final, ignore_errors=True)
             self.log(f"model update ({origin}) refused: its stored check images answer differently than at "
                      f"export: {failed}")
             raise UpdateRefused(f"its stored check images answer differently than at export: {failed}",
                                 {"ok": False, **stored})
+        verified = bool(manifest.checks) and checks_dir(model.path).is_dir()
         report = self._check(model)
         if stored["stored"].startswith("not available"):
             stored["stored"] += (f"; checked instead against the current model on {report.references} reference "
                                  f"pictures ({report.details.get('source', 'none')})")
         report.details.update(stored)
         if not report.ok:
-            shutil.rmtree(final, ignore_errors=True)
             raise UpdateRefused(f"its answers are not sane: {report.reason}", report.to_dict())
-        self._take_version()
-        before = self.current.version
-        self._publish(model)
-        self.log(f"model v{version} ({origin}) now serving; v{before} kept for rollback")
-        return {"swapped": True, "model": model.describe(), "previous": str(before), "checks": report.to_dict()}
+        if report.agreement is None and not verified:
+            if not force:
+                why = report.details.get("note") or "no --check-images and no recent pictures yet"
+                raise UpdateRefused(
+                    f"nothing to compare its answers with ({why}), and no check images of its own answered as at "
+                    "export: a model with its labels in another order would pass. Send its check images (the "
+                    "NAME.checks/ folder beside a watched model, or upload parts \"check\"), or force the swap "
+                    "(upload with ?force=true)", report.to_dict())
+            report.details["forced"] = True
+        return model, report
 
     def _check(self, model: LoadedModel):
         if self._check_images is None:
@@ -187,17 +208,23 @@ class ModelStore:
         return check_model(model, current, self._check_images + self.recent(), run_current, self.cfg.min_agreement)
 
     def rollback(self) -> dict[str, Any]:
-        """Serve the previous model again (reopened and checksummed); the current one becomes previous."""
-        if self.previous is None:
-            raise UpdateRefused("there is no previous model to roll back to")
+        """Serve the model before the current one (by content) again, reopened and checksummed; the
+        current one becomes the one before (a second rollback undoes the first)."""
+        target = self.history.before_last
+        if target is None:
+            raise UpdateRefused("there is no model before the current one to roll back to")
         if not self._update.acquire(blocking=False):
             raise UpdateBusy("a model update is being checked; try again when it is done")
         try:
-            prev = self.previous
+            path = Path(target["path"])
+            labels = self.cfg.labels if path == Path(self.cfg.artifact).resolve() else None
             try:
-                model = open_model(Path(prev["path"]), int(prev["version"]), "rollback", self.cfg.engine_options)
+                model = open_model(path, int(target["version"]), "rollback", self.cfg.engine_options, labels)
             except Exception as exc:  # noqa: BLE001
-                raise UpdateRefused(f"the previous model v{prev['version']} does not open any more: {exc}") from None
+                raise UpdateRefused(f"the previous model v{target['version']} does not open any more: {exc}") from None
+            if model.sha256 != target["sha256"]:
+                raise UpdateRefused(f"the previous model v{target['version']} ({path.name}) changed since it served "
+                                    "(another checksum)")
             before = self.current.version
             self._publish(model)
             self.log(f"rolled back to model v{model.version}; v{before} kept for rollback")

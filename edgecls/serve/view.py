@@ -31,7 +31,7 @@ async def page(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     svc = service(request)
     latest = svc.feed.latest
-    ready, reasons = svc.ready()
+    ready, reasons = svc.ready(detailed=True)  # behind the token, unlike the health routes
     return web.json_response({"model": {"name": svc.cfg.name, **svc.store.current.describe()}, "ready": ready,
                               "reasons": reasons, "has_source": svc.cfg.source is not None,
                               "latest": latest.header(False) if latest else None, **svc.feed.stats()})

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..console import redact
 from ..errors import EdgeclsError, ImageError
 from ..preprocess import is_image_name, read_rgb
 
@@ -62,21 +63,22 @@ class OpenCVSource:
         self.is_camera = spec.isdigit()
         self.finite = Path(spec).is_file()
         self.live = not self.finite
-        self.description = f"camera {spec}" if self.is_camera else spec
+        # What is printed of the source: a URL's password never reaches a log or a status page.
+        self.description = f"camera {spec}" if self.is_camera else redact(spec)
         self._first = None
         # FFmpeg's own complaints ("moov atom not found") would precede ours; ours name the file.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         if not self._open():
             if self.finite:
-                raise SourceError(f"{spec}: not a video OpenCV can open (not a video file, corrupt, or a codec "
+                raise SourceError(f"{self.description}: not a video OpenCV can open (not a video file, corrupt, or a codec "
                                   "this OpenCV build lacks)")
-            raise SourceError(f"{spec}: cannot open this video source (no such camera, file or stream)")
+            raise SourceError(f"{self.description}: cannot open this video source (no such camera, file or stream)")
         if self.finite:
             # Some backends "open" any file; a video file must yield a frame to count as one.
             ok, bgr = self._cap.read()
             if not ok or bgr is None or bgr.size == 0:
                 self._cap.release()
-                raise SourceError(f"{spec}: no video frame could be decoded (not a video file, or a codec "
+                raise SourceError(f"{self.description}: no video frame could be decoded (not a video file, or a codec "
                                   "this OpenCV build lacks)")
             self._first = bgr
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -184,5 +186,5 @@ def open_source(spec: str | int, fps: float = 0.0) -> Source:
     if Path(spec).is_dir():
         return FolderSource(spec, fps=fps)
     if not (spec.isdigit() or "://" in spec or "!" in spec) and not Path(spec).exists():
-        raise SourceError(f"{spec}: no such file, folder or camera")
+        raise SourceError(f"{redact(spec)}: no such file, folder or camera")
     return OpenCVSource(spec)
