@@ -28,7 +28,8 @@ def serve(
     threads: Threads = None,
     labels: Labels = None,
     top_k: TopK = 5,
-    fps: float = typer.Option(0.0, help="Play an image-folder source at this frame rate (0: as fast as possible)."),
+    fps: Optional[float] = typer.Option(None, help="Play a video-file or image-folder source at this frame rate "
+                                        "(default: a video at its own rate, a folder at 10; 0: as fast as possible)."),
     queue_size: int = typer.Option(16, help="Requests admitted at once; more are answered 503 with Retry-After."),
     decode_threads: int = typer.Option(2, help="Threads decoding request images."),
     max_upload_mb: float = typer.Option(20.0, help="Largest image or inference request body."),

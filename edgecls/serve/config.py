@@ -56,7 +56,7 @@ class ServeConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     labels: Path | None = None           # a label file, for a model without a manifest
     top_k: int = 5
-    fps: float = 0.0                     # pace an image-folder source
+    fps: float | None = None             # pace a file or folder source (None: its own rate / 10; 0: unpaced)
     view_fps: float = 10.0               # most frames per second encoded for viewers
     view_width: int = 640                # frames wider than this are scaled down for viewers
     view_quality: int = 80
@@ -134,7 +134,8 @@ def check_config(cfg: ServeConfig) -> None:
                                ("queue_size", lim.queue_size, 1), ("decode_threads", lim.decode_threads, 1),
                                ("view_fps", cfg.view_fps, 0.1), ("view_width", cfg.view_width, 16),
                                ("stale_after", cfg.stale_after, 0.1), ("top_k", cfg.top_k, 1),
-                               ("learn_per_minute", learn.per_minute, 1), ("learn_max_mb", learn.max_mb, 0.1)):
+                               ("fps", cfg.fps or 0.0, 0.0), ("learn_per_minute", learn.per_minute, 1),
+                               ("learn_max_mb", learn.max_mb, 0.1)):
         checks.at_least(option, value, low)
     for option, value in (("view_quality", cfg.view_quality), ("learn_quality", learn.quality)):
         checks.within(option, value, 1, 100)

@@ -28,6 +28,21 @@ from .images import encode_jpeg, fit_width
 from .references import ReferencePool
 
 FRAME_STATES = ("captured", "processed", "dropped", "unreadable", "failed")
+FOLDER_FPS = 10.0  # an image folder's rate when --fps is not given
+
+
+def paced(source: Any, fps: float | None) -> Any:
+    """A video file or image folder played like a camera: read at `fps` frames per second (None:
+    a video at its own rate, a folder at FOLDER_FPS; 0: as fast as the model goes), newest frame
+    first. Unpaced, a replayed folder of small pictures kept a core busy at 1,228 frames/s for a
+    live view that shows 10."""
+    if not getattr(source, "finite", False) or fps == 0:
+        return source
+    own = getattr(source, "fps", 0.0) if not hasattr(source, "files") else 0.0  # a video's own rate
+    rate = fps if fps is not None else (own if 1.0 <= own <= 240.0 else FOLDER_FPS)
+    source.interval = 1.0 / rate  # the capture thread waits this long between reads (stoppable)
+    source.live = True            # so the pipeline keeps the newest frame instead of queueing
+    return source
 
 
 @dataclass
@@ -121,7 +136,7 @@ class LiveFeed:
     def _one_run(self) -> str | None:
         """Open the source and stream it until it ends; the error that ended it, if any."""
         try:
-            source = open_source(self.cfg.source, fps=self.cfg.fps)
+            source = paced(open_source(self.cfg.source), self.cfg.fps)
         except (SourceError, OSError) as exc:
             return str(exc)
         stream = ServeStream(self, self.store.current.clf, source, [self._on_result],
