@@ -21,6 +21,7 @@ from .images import RequestError
 
 COLLECTION = web.AppKey("edgecls_collection", object)
 BURST = web.AppKey("edgecls_collect_burst", asyncio.Lock)
+LAST = web.AppKey("edgecls_collect_last", list)
 MAX_BURST = 100                # frames in one burst
 MAX_BURST_SECONDS = 60.0       # a burst's whole length (count x interval)
 FRAME_WAIT = 3.0               # seconds a save waits for a frame newer than the last one saved
@@ -36,6 +37,7 @@ def register(app: web.Application) -> None:
     opts = cfg.collect
     app[COLLECTION] = Collection(opts.folder, opts.max_mb) if opts.folder is not None else None
     app[BURST] = asyncio.Lock()  # one burst at a time
+    app[LAST] = [0.0]            # when the last saved frame was classified: a frame is never saved twice
     label.attach(app, cfg.learn.folder, app[COLLECTION])
     app.add_routes(routes)
     app.add_routes(label.routes)
@@ -103,7 +105,7 @@ async def collect(request: web.Request) -> web.Response:
     if request.app[BURST].locked():
         raise RequestError(409, "a burst is being saved; wait for it to end")
     async with request.app[BURST]:
-        saved, stopped = await _save_frames(svc, collection, label, count, interval)
+        saved, stopped = await _save_frames(svc, collection, label, count, interval, request.app[LAST])
     collection.remember(saved)
     if not saved:
         raise RequestError(503, stopped or "nothing was saved")
@@ -111,11 +113,11 @@ async def collect(request: web.Request) -> web.Response:
     return web.json_response({**body, "stopped": stopped} if stopped else body)
 
 
-async def _save_frames(svc, collection: Collection, label: str, count: int,
-                       interval: float) -> tuple[list[str], str | None]:
-    """Save up to `count` fresh frames; (files saved, why it stopped early or None)."""
+async def _save_frames(svc, collection: Collection, label: str, count: int, interval: float,
+                       last: list[float]) -> tuple[list[str], str | None]:
+    """Save up to `count` frames, each newer than the last one saved (`last[0]`, its time); (files
+    saved, why it stopped early or None)."""
     saved: list[str] = []
-    last = -1
     next_at = time.monotonic()
     for _ in range(count):
         if svc.stopping:
@@ -124,10 +126,10 @@ async def _save_frames(svc, collection: Collection, label: str, count: int,
         if delay > 0:
             await asyncio.sleep(delay)
         next_at = max(next_at, time.monotonic()) + interval
-        frame = await _fresh_frame(svc.feed, last)
+        frame = await _fresh_frame(svc.feed, last[0])
         if frame is None:
             return saved, f"no new frame from the source within {FRAME_WAIT:g} s"
-        last = frame[0]
+        last[0] = frame[4]
         try:
             photo = await asyncio.to_thread(_save_one, svc, collection, label, frame)
         except CollectionFull as exc:
@@ -138,11 +140,11 @@ async def _save_frames(svc, collection: Collection, label: str, count: int,
     return saved, None
 
 
-async def _fresh_frame(feed, last: int) -> tuple | None:
+async def _fresh_frame(feed, last: float) -> tuple | None:
     deadline = time.monotonic() + FRAME_WAIT
     while time.monotonic() < deadline:
         newest = feed.newest
-        if newest is not None and newest[0] != last:
+        if newest is not None and newest[4] > last:
             return newest
         await asyncio.sleep(0.02)
     return None

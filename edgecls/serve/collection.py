@@ -199,7 +199,9 @@ class Collection:
     def _placed(self, path: Path, sha: str, size: int, provenance: dict[str, Any]) -> Photo:
         rel = f"{path.parent.name}/{path.name}"
         self._seq += 1
-        photo = Photo(self._seq, rel, sha, size, {"device": self.device["host"], **provenance})
+        # `photo_id` stays with the photo through moves: pull tells a relabelled photo from a twin by it.
+        photo = Photo(self._seq, rel, sha, size, {"device": self.device["host"], "photo_id": uuid.uuid4().hex,
+                                                  **provenance})
         self._log({"op": "add", **photo.to_dict()})
         self._photos[rel] = photo
         self.bytes += size
