@@ -187,3 +187,20 @@ def test_the_label_list_stays_fast_with_thousands_of_frames(tmp_path, coral):
         assert status == 200 and thumb[:2] == b"\xff\xd8"
     finally:
         server.stop()
+
+
+def test_links_in_the_collection_are_not_served(tmp_path, assets):
+    """A link placed in the collection (to a file, or a class folder pointing elsewhere) is never
+    indexed, so neither pull nor the label page can be led outside the collection by it."""
+    from edgecls.serve.collection import Collection
+
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    (root / "cat").mkdir(parents=True)
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    secret.write_bytes((assets / "images/imagenet-photos/parrot.jpg").read_bytes())
+    (root / "cat" / "real.jpg").write_bytes(secret.read_bytes())
+    (root / "cat" / "link.jpg").symlink_to(secret)
+    (root / "dog").symlink_to(outside, target_is_directory=True)
+    collection = Collection(root, 10)
+    assert [p.file for p in collection.photos()] == ["cat/real.jpg"]

@@ -68,6 +68,8 @@ class Collection:
         self.max_bytes, self.min_free = int(max_mb * (1 << 20)), int(min_free_mb * (1 << 20))
         self.meta = self.root / META
         self.meta.mkdir(parents=True, exist_ok=True)
+        if self.meta.is_symlink():
+            raise EdgeclsError(f"{self.meta}: a link; the collection's index must be a folder of its own")
         self._lock = threading.RLock()
         self._photos: dict[str, Photo] = {}
         self._seq = 0
@@ -141,11 +143,12 @@ class Collection:
 
     def _scan(self) -> dict[str, Path]:
         found = {}
-        for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.name.startswith("."):
+        for folder in self.root.iterdir():  # links are not followed: only files placed here are served
+            if folder.is_symlink() or not folder.is_dir() or folder.name.startswith("."):
                 continue
             for entry in os.scandir(folder):
-                if entry.is_file() and entry.name.lower().endswith(SUFFIXES) and not entry.name.startswith("."):
+                if entry.is_file(follow_symlinks=False) and entry.name.lower().endswith(SUFFIXES) \
+                        and not entry.name.startswith("."):
                     found[f"{folder.name}/{entry.name}"] = Path(entry.path)
         return found
 

@@ -75,7 +75,7 @@ class LabelQueue:
             return False
         seen, changed = set(), False
         for entry in os.scandir(self.learn):
-            if not entry.is_dir() or entry.name.startswith("."):
+            if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
                 continue
             seen.add(entry.name)
             mtime = entry.stat().st_mtime_ns
@@ -84,7 +84,7 @@ class LabelQueue:
                 self._kept[entry.name] = {
                     f"k:{entry.name}/{f.name}": Item(f"k:{entry.name}/{f.name}", Path(f.path), entry.name,
                                                      f.stat().st_mtime)
-                    for f in os.scandir(entry.path) if f.is_file() and f.name.endswith(".jpg")
+                    for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False) and f.name.endswith(".jpg")
                     and not f.name.startswith(".")}
         for gone in set(self._folders) - seen:
             self._folders.pop(gone)
