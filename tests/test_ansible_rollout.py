@@ -45,7 +45,11 @@ def damaged_bundle(tmp_path: Path) -> Path:
         f"BUNDLE_ID=test\nEDGECLS_VERSION=0\nTARGET=laptop-cpu\nMACHINE={platform.machine()}\n"
         f"PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}\nREQUIREMENT=edgecls\n"
         "ARTIFACTS=model.tflite\nSERVICE_KIND=\nSERVICE_ARTIFACT=\nSERVICE_ARGS=\nDOCTOR_ARGS=\n")
-    (root / "SHA256SUMS").write_text("0" * 64 + "  artifacts/model.tflite\n")
+    import hashlib
+
+    sums = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in ("install.sh", "bundle.env")}
+    sums["artifacts/model.tflite"] = "0" * 64   # what was bundled is not what arrived
+    (root / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
     bundle = tmp_path / "bundle.tar.gz"
     with tarfile.open(bundle, "w:gz") as tar:
         tar.add(root, arcname=root.name)

@@ -179,6 +179,9 @@ def test_a_bad_artifact_stops_at_the_canary_and_a_good_one_reaches_all(pair, tmp
         assert again.returncode == 0 and again.stdout.count("already current") == 3
         wrong = cli("push", v2, *urls, token="wrong-token-0123456789")
         assert wrong.returncode == 1 and "token" in wrong.stderr
+        gone = cli("push", v1, "http://127.0.0.1:9", *urls)   # the canary cannot be reached
+        assert gone.returncode == 1 and "unreachable" in gone.stdout and gone.stdout.count("not tried") == 3
+        assert {serving_sha(s) for s in servers} == {doc["artifact_sha256"]}
     finally:
         for s in servers:
             s.stop()

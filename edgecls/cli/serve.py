@@ -67,9 +67,7 @@ def serve(
     from ..serve.config import CollectOptions, LearnOptions, Limits, ServeConfig, check_config, read_token
 
     checks.threads("threads", threads)
-    if collect is not None and source is None and artifact is not None and \
-            artifact.suffix.lower() not in MODEL_SUFFIXES:  # serve --collect DIR SOURCE: no model yet
-        artifact, source = None, str(artifact)
+    artifact, source = _positionals(artifact, source, collect)
     limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads)
     learning = LearnOptions(learn, learn_margin, learn_entropy, learn_per_minute, learn_max_mb, learn_quality)
     cfg = ServeConfig(artifact, source, host, port, name, read_token(token, token_file), labels=labels, top_k=top_k,
@@ -79,6 +77,14 @@ def serve(
                       collect=CollectOptions(collect, collect_max_mb, collect_quality))
     check_config(cfg)
     _run(cfg, target, threads, shutdown_timeout)
+
+
+def _positionals(artifact: Optional[Path], source: Optional[str], collect: Optional[Path]) -> tuple:
+    """`serve --collect DIR SOURCE` has no model: its one positional is the source, not a model file."""
+    if collect is not None and source is None and artifact is not None and \
+            artifact.suffix.lower() not in MODEL_SUFFIXES:
+        return None, str(artifact)
+    return artifact, source
 
 
 def _run(cfg, target: Optional[str], threads: Optional[int], shutdown_timeout: float) -> None:

@@ -145,6 +145,10 @@ def _summary(result) -> None:
     show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}", markup=False)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
+    if result.metrics.get("rounds"):  # --previous: the round's report (also OUT/rounds.md)
+        from ..train.rounds import markdown
+
+        show.print(markdown(result.metrics["rounds"]), markup=False, highlight=False)
     from ..cv import small_split_note
 
     note = small_split_note(val["accuracy"], int(val["count"]))

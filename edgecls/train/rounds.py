@@ -150,7 +150,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(previous: str, out_dir: Path, folder: data_mod.ImageFolder, split: dict[str, np.ndarray],
-                 config, model_path: Path, console) -> dict[str, Any]:
+                 config, model_path: Path) -> dict[str, Any]:
     """Compare the previous round's model with the new one; OUT/rounds.json and rounds.md, and
     `rounds` in metrics.json."""
     import json
@@ -166,5 +166,4 @@ def write_report(previous: str, out_dir: Path, folder: data_mod.ImageFolder, spl
     metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics["rounds"] = report
     atomic_write_json(out_dir / "metrics.json", metrics)
-    console.print(markdown(report), markup=False, highlight=False)
     return report

@@ -214,11 +214,6 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                 "resumed": resumed is not None, "cache": str(loaded.cache.path)}
     result = write_outputs(net.inference, out_dir, dataset, config, recipe, loaded, preprocessing, history,
                            phase_boundary, training, cv_estimate)
-    if config.previous:  # a new round: previous and new model on the same fixed test photos
-        from .rounds import write_report
-
-        result.metrics["rounds"] = write_report(config.previous, out_dir, loaded.folder, loaded.split, config,
-                                                result.model_path, console)
     checkpoint.remove()
     if session.distributed:
         # The summary only: a confusion matrix of many classes would outgrow the coordination
