@@ -32,7 +32,7 @@ routes = web.RouteTableDef()
 @dataclass
 class Item:
     id: str                   # "k:<class>/<file>": kept by --learn; "c:<class>/<file>": collected
-    path: Path
+    path: str
     label: str                # the folder it is in: the predicted class (kept) or the class given (collected)
     time: float
     record: dict[str, Any] = field(default_factory=dict)
@@ -81,8 +81,8 @@ class LabelQueue:
             mtime = entry.stat().st_mtime_ns
             if self._folders.get(entry.name) != mtime:
                 self._folders[entry.name], changed = mtime, True
-                self._kept[entry.name] = {
-                    f"k:{entry.name}/{f.name}": Item(f"k:{entry.name}/{f.name}", Path(f.path), entry.name,
+                self._kept[entry.name] = {  # plain strings: 3,000 Path objects cost more than the listing
+                    f"k:{entry.name}/{f.name}": Item(f"k:{entry.name}/{f.name}", f.path, entry.name,
                                                      f.stat().st_mtime)
                     for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False) and f.name.endswith(".jpg")
                     and not f.name.startswith(".")}
@@ -132,7 +132,7 @@ class LabelQueue:
                     when = datetime.fromisoformat(prov["time"]).timestamp()
                 except (KeyError, TypeError, ValueError):
                     when = 0.0
-                items.append(Item(f"c:{photo.file}", self.collection.path(photo), photo.label, when,
+                items.append(Item(f"c:{photo.file}", str(self.collection.path(photo)), photo.label, when,
                                   {"top_k": prov.get("top_k"), "margin": (prov.get("kept") or {}).get("margin"),
                                    "model": prov.get("model")}))
         items.sort(key=lambda i: i.time, reverse=True)
@@ -161,7 +161,9 @@ class LabelQueue:
 
 
 def attach(app: web.Application, learn: Path | None, collection: Collection | None) -> None:
-    app[QUEUE] = LabelQueue(learn, collection)
+    queue = app[QUEUE] = LabelQueue(learn, collection)
+    # The first listing of thousands of kept frames is made at start, not by the first visitor.
+    threading.Thread(target=queue.refresh, name="edgecls-label-list", daemon=True).start()
 
 
 def _choices(request: web.Request, queue: LabelQueue) -> list[str]:
@@ -195,9 +197,9 @@ async def listing(request: web.Request) -> web.Response:
 async def image(request: web.Request) -> web.StreamResponse:
     """?id=ID[&thumb=1]: the picture of a listed frame (a thumbnail 240 px wide with thumb=1)."""
     items, _ = await asyncio.to_thread(request.app[QUEUE].find, [request.query.get("id", "")])
-    if not items or not items[0].path.is_file():
+    path = Path(items[0].path) if items else None
+    if path is None or not path.is_file():
         raise RequestError(404, "no such frame (labelled, discarded or evicted meanwhile?)")
-    path = items[0].path
     headers = {"Cache-Control": "private, max-age=600", "X-Content-Type-Options": "nosniff"}
     if request.query.get("thumb") != "1":
         return web.FileResponse(path, headers=headers)
@@ -249,7 +251,7 @@ def _apply(queue: LabelQueue, items: list[Item], label: str | None, collection: 
                 _discard(queue, item)
             elif item.kind == "kept":
                 rec = item.record
-                collection.add_file(item.path, label, {
+                collection.add_file(Path(item.path), label, {
                     "time": rec.get("time") or now_iso(item.time), "model": rec.get("model"),
                     "top_k": rec.get("top_k"), "why": f"kept by --learn (margin {rec.get('margin', 'unknown')})",
                     "kept": {k: rec.get(k) for k in ("margin", "entropy", "file")}, "by": "label page",
@@ -273,5 +275,5 @@ def _discard(queue: LabelQueue, item: Item) -> None:
     if item.kind == "collected":
         queue.collection.remove(item.id[2:])
     else:
-        item.path.unlink()
+        os.unlink(item.path)
 
