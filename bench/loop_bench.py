@@ -155,8 +155,11 @@ def screenshots(device: Server, collect_png: Path, label_png: Path) -> None:
         time.sleep(2)
         page.screenshot(path=str(collect_png))
         page.goto(f"http://127.0.0.1:{device.port}/?view=label#token={TOKEN}")
-        page.wait_for_selector(".card img[src^='blob:']", timeout=20000)
-        time.sleep(1)
+        deadline = time.time() + 60  # every thumbnail of the page shown (a loaded host answers slowly)
+        while time.time() < deadline and not page.evaluate(
+                "() => { const i = [...document.querySelectorAll('.card img')]; "
+                "return i.length > 0 && i.every((x) => x.complete && x.naturalWidth > 0); }"):
+            time.sleep(0.5)
         page.keyboard.press(" ")
         page.keyboard.press("ArrowRight")
         page.keyboard.press(" ")

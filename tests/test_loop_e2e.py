@@ -144,8 +144,15 @@ def test_from_camera_to_a_fleet(flowers, tmp_path):
         pw.stop()
     # 4. Round 2: round 1's test photos stay out of training; both models on them, paired.
     ok(edgecls("train", dataset, "--out", tmp_path / "r2", *TRAIN, "--previous", tmp_path / "r1"))
+    split1, split2 = (json.loads((tmp_path / r / "model.keras.json").read_text())["source"]["split"]["files"]
+                      for r in ("r1", "r2"))
+    assert not set(split1["test"] + split1["val"]) & set(split2["train"]), "round 2 trained on a held-out photo"
+    assert set(split1["test"]) <= set(split2["test"])
     report = json.loads((tmp_path / "r2/rounds.json").read_text())
-    assert report["fixed_test"]["count"] >= 4 and "p_value" in report["fixed_test"]["paired"]
+    fixed, paired = report["fixed_test"], report["fixed_test"]["paired"]
+    assert report["fixed_split"] == "test" and fixed["count"] == len(split1["test"]) == paired["count"]
+    assert 0 <= paired["p_value"] <= 1 and paired["difference"] == (paired["a_only"] - paired["b_only"]) / fixed["count"]
+    assert report["new_held_out"]["count"] >= 1 and "McNemar" in (tmp_path / "r2/rounds.md").read_text()
     r2 = export(tmp_path / "r2")
     # 5. Push round 2 to three servers running round 1; the second refuses: stop, roll the canary back.
     strict = disagreements(r1, r2, sorted((flowers / "daisy").glob("*.jpg")) + sorted((flowers / "sunflowers").glob("*.jpg")),
