@@ -215,7 +215,8 @@ def measure_api(artifact: Path, work: Path, body: bytes, requests: int) -> tuple
 def measure_stream(artifact: Path, work: Path, assets: Path, rounds: int, window: float) -> list:
     """Stream windows with 0, 1 and 4 viewers per transport, interleaved and repeated: the host's
     other load drifts, and a ratio of neighbours is steadier."""
-    streamer = Server(artifact, make_video(work / "photos.avi", assets), "--state-dir", work / "state_stream")
+    streamer = Server(artifact, make_video(work / "photos.avi", assets), "--fps", "0",
+                      "--state-dir", work / "state_stream")
     windows = []
     try:
         streamer.wait_ready(True)

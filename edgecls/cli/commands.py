@@ -27,6 +27,8 @@ GROUPS = (
     "deploy",       # edgecls deploy
     "doctor",       # edgecls doctor
     "launch",       # edgecls launch (several processes of one run)
+    "pull",         # edgecls pull (a device's labelled photos)
+    "push",         # edgecls push (a model to one device or a fleet)
 )
 
 

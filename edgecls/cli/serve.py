@@ -11,11 +11,15 @@ import typer
 from .. import checks
 from ..serve.config import DEFAULT_STATE_DIR
 from .common import command
-from .options import Artifact, Labels, Threads, TopK
+from .options import Labels, Threads, TopK
+
+
+MODEL_SUFFIXES = (".tflite", ".onnx", ".xml")
 
 
 def serve(
-    artifact: Artifact,
+    artifact: Optional[Path] = typer.Argument(None, help="A .tflite, .onnx or OpenVINO .xml model (none with --collect: "
+                                              "collect photos before any model exists)."),
     source: Optional[str] = typer.Argument(None, help="Optional stream for the live view: camera index, video file, "
                                            "URL, GStreamer pipeline, picamera2[:N] or image folder."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; beyond loopback a token is required."),
@@ -28,7 +32,8 @@ def serve(
     threads: Threads = None,
     labels: Labels = None,
     top_k: TopK = 5,
-    fps: float = typer.Option(0.0, help="Play an image-folder source at this frame rate (0: as fast as possible)."),
+    fps: Optional[float] = typer.Option(None, help="Play a video-file or image-folder source at this frame rate "
+                                        "(default: a video at its own rate, a folder at 10; 0: as fast as possible)."),
     queue_size: int = typer.Option(16, help="Requests admitted at once; more are answered 503 with Retry-After."),
     decode_threads: int = typer.Option(2, help="Threads decoding request images."),
     max_upload_mb: float = typer.Option(20.0, help="Largest image or inference request body."),
@@ -52,20 +57,34 @@ def serve(
     learn_per_minute: int = typer.Option(6, help="Most frames kept per minute."),
     learn_max_mb: float = typer.Option(500.0, help="Disk cap for kept frames; the oldest go first."),
     learn_quality: int = typer.Option(90, help="JPEG quality of kept frames."),
+    collect: Optional[Path] = typer.Option(None, help="Collect mode: the page saves frames (full resolution) into "
+                                           "COLLECT/<class>/, and the label page moves kept frames there."),
+    collect_max_mb: float = typer.Option(2000.0, help="Disk cap of the collection (full: new photos are refused)."),
+    collect_quality: int = typer.Option(95, help="JPEG quality of collected photos."),
     shutdown_timeout: float = typer.Option(30.0, help="Seconds SIGTERM waits for requests in progress."),
 ):
     """Serve a model over HTTP (KServe v2 + /classify), with a live view, metrics, health and model updates."""
-    from ..serve.config import LearnOptions, Limits, ServeConfig, check_config, read_token
+    from ..serve.config import CollectOptions, LearnOptions, Limits, ServeConfig, check_config, read_token
 
     checks.threads("threads", threads)
+    artifact, source = _positionals(artifact, source, collect)
     limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads)
     learning = LearnOptions(learn, learn_margin, learn_entropy, learn_per_minute, learn_max_mb, learn_quality)
     cfg = ServeConfig(artifact, source, host, port, name, read_token(token, token_file), labels=labels, top_k=top_k,
                       fps=fps, view_fps=view_fps, view_width=view_width, view_quality=view_quality,
                       state_dir=state_dir, watch=watch, check_images=check_images, min_agreement=min_agreement,
-                      stale_after=stale_after, limits=limits, learn=learning, resume=resume)
+                      stale_after=stale_after, limits=limits, learn=learning, resume=resume,
+                      collect=CollectOptions(collect, collect_max_mb, collect_quality))
     check_config(cfg)
     _run(cfg, target, threads, shutdown_timeout)
+
+
+def _positionals(artifact: Optional[Path], source: Optional[str], collect: Optional[Path]) -> tuple:
+    """`serve --collect DIR SOURCE` has no model: its one positional is the source, not a model file."""
+    if collect is not None and source is None and artifact is not None and \
+            artifact.suffix.lower() not in MODEL_SUFFIXES:
+        return None, str(artifact)
+    return artifact, source
 
 
 def _run(cfg, target: Optional[str], threads: Optional[int], shutdown_timeout: float) -> None:
@@ -82,10 +101,11 @@ def _run(cfg, target: Optional[str], threads: Optional[int], shutdown_timeout: f
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    cfg.engine_options, notes = engine_options_for(cfg.artifact, target, threads)
+    cfg.engine_options, notes = engine_options_for(cfg.artifact, target, threads) if cfg.artifact else ({}, [])
     for note in notes:
         log(f"note: {note}")
-    run(cfg, log, lambda url: log(f"serving {cfg.artifact.name} as {cfg.name!r} at {url} "
+    what = f"{cfg.artifact.name} as {cfg.name!r}" if cfg.artifact else f"no model, collecting into {cfg.collect.folder}"
+    run(cfg, log, lambda url: log(f"serving {what} at {url} "
                                   f"({'token required' if cfg.token else 'no token: loopback only'})"),
         shutdown_timeout)
 

@@ -43,6 +43,9 @@ RefitAll = Annotated[bool, typer.Option(
     help="Fit the shipped model on every photo (no validation hold-back); the accuracy estimate is k-fold CV of "
          "the same recipe, recorded as such. Feature head without fine-tuning only.")]
 CvFolds = Annotated[int, typer.Option(help="Folds of --refit-all's CV estimate.")]
+Previous = Annotated[Optional[str], typer.Option(help="A new round: the previous round's run folder (or model). Its "
+                                                     "held-out photos stay held out, only new photos are split, and "
+                                                     "OUT/rounds.md compares both models on the same fixed test photos.")]
 
 
 def training_config(options: dict) -> TrainConfig:
@@ -72,6 +75,7 @@ def train(
     lr_schedule: Schedule = DEFAULT.lr_schedule,
     refit_all: RefitAll = DEFAULT.refit_all,
     cv_folds: CvFolds = DEFAULT.cv_folds,
+    previous: Previous = None,
     val_fraction: Fraction = DEFAULT.val_fraction,
     test_fraction: Fraction = DEFAULT.test_fraction,
     patience: Patience = DEFAULT.patience,
@@ -141,6 +145,10 @@ def _summary(result) -> None:
     show.print(f"confusion:  {result.out_dir / 'confusion_matrix.png'}", markup=False)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
+    if result.metrics.get("rounds"):  # --previous: the round's report (also OUT/rounds.md)
+        from ..train.rounds import markdown
+
+        show.print(markdown(result.metrics["rounds"]), markup=False, highlight=False)
     from ..cv import small_split_note
 
     note = small_split_note(val["accuracy"], int(val["count"]))

@@ -47,6 +47,10 @@ class Service:
         from .models import ModelStore
         from .watch import FolderWatch
 
+        if self.cfg.artifact is None:  # serve --collect DIR SOURCE: no model yet
+            from .nomodel import open_collect_only
+
+            return open_collect_only(self, loop)
         learn = FrameCollector(self.cfg.learn) if self.cfg.learn.folder else None
         self.store = ModelStore(self.cfg, self.worker, lambda: self.feed.references(), self.log,
                                 on_change=lambda m: self.metrics.set_model(self.cfg.name, m.describe()))
@@ -183,7 +187,7 @@ def token_matches(given: str, token: str) -> bool:
 
 
 def make_app(svc: Service) -> web.Application:
-    from . import admin, api, view
+    from . import admin, api, collect, view
 
     # The biggest body a handler may read; each handler applies its own, smaller limit first.
     app = web.Application(middlewares=[errors, measured, authorized],
@@ -192,6 +196,7 @@ def make_app(svc: Service) -> web.Application:
     app.add_routes(api.routes)
     app.add_routes(admin.routes)
     app.add_routes(view.routes)
+    collect.register(app)  # --collect and the label page (their own modules)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(close_viewers)
     return app

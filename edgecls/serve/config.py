@@ -46,8 +46,17 @@ class LearnOptions:
 
 
 @dataclass
+class CollectOptions:
+    """Photos saved from the page (`--collect DIR`): DIR/<class>/, the device's labelled dataset."""
+
+    folder: Path | None = None
+    max_mb: float = 2000.0               # a full collection refuses new photos (they carry labels)
+    quality: int = 95                    # JPEG quality of saved frames (full camera resolution)
+
+
+@dataclass
 class ServeConfig:
-    artifact: Path
+    artifact: Path | None                # None: collect mode without a model (--collect DIR)
     source: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
@@ -56,7 +65,7 @@ class ServeConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     labels: Path | None = None           # a label file, for a model without a manifest
     top_k: int = 5
-    fps: float = 0.0                     # pace an image-folder source
+    fps: float | None = None             # pace a file or folder source (None: its own rate / 10; 0: unpaced)
     view_fps: float = 10.0               # most frames per second encoded for viewers
     view_width: int = 640                # frames wider than this are scaled down for viewers
     view_quality: int = 80
@@ -67,10 +76,11 @@ class ServeConfig:
     stale_after: float = 5.0             # no stream result for this long: not ready
     limits: Limits = field(default_factory=Limits)
     learn: LearnOptions = field(default_factory=LearnOptions)
+    collect: CollectOptions = field(default_factory=CollectOptions)
     resume: bool = True                  # serve the last accepted update from state_dir after a restart
 
     def __post_init__(self) -> None:
-        self.name = model_name(self.name or Path(self.artifact).stem)
+        self.name = model_name(self.name or (Path(self.artifact).stem if self.artifact else "collect"))
 
     @property
     def loopback(self) -> bool:
@@ -117,8 +127,7 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
 def check_config(cfg: ServeConfig) -> None:
     """Refuse settings that would expose the device or cannot work, before anything opens (an
     OptionError names the parameter, `queue_size`; the command line shows it as `--queue-size`)."""
-    if not Path(cfg.artifact).is_file():
-        raise OptionError(f"{cfg.artifact}: model file not found")
+    _check_artifact(cfg)
     src = cfg.source
     if src and not (src.isdigit() or "://" in src or "!" in src or src.startswith("picamera2")) and not Path(src).exists():
         # A camera may come and go (the server waits for it); a file or folder named wrongly will not appear.
@@ -134,9 +143,12 @@ def check_config(cfg: ServeConfig) -> None:
                                ("queue_size", lim.queue_size, 1), ("decode_threads", lim.decode_threads, 1),
                                ("view_fps", cfg.view_fps, 0.1), ("view_width", cfg.view_width, 16),
                                ("stale_after", cfg.stale_after, 0.1), ("top_k", cfg.top_k, 1),
-                               ("learn_per_minute", learn.per_minute, 1), ("learn_max_mb", learn.max_mb, 0.1)):
+                               ("fps", cfg.fps or 0.0, 0.0), ("learn_per_minute", learn.per_minute, 1),
+                               ("learn_max_mb", learn.max_mb, 0.1)):
         checks.at_least(option, value, low)
-    for option, value in (("view_quality", cfg.view_quality), ("learn_quality", learn.quality)):
+    checks.at_least("collect_max_mb", cfg.collect.max_mb, 1)
+    for option, value in (("view_quality", cfg.view_quality), ("learn_quality", learn.quality),
+                          ("collect_quality", cfg.collect.quality)):
         checks.within(option, value, 1, 100)
     for option, value in (("learn_margin", learn.margin), ("learn_entropy", learn.entropy),
                           ("min_agreement", cfg.min_agreement)):
@@ -150,4 +162,27 @@ def check_config(cfg: ServeConfig) -> None:
     # Kept frames must not land among what the server reads: an image-folder source would replay them,
     # the check images and the watched folder would take them for theirs.
     refuse_overlaps({"model": cfg.artifact, "source": src if src and Path(src).exists() else None,
-                     "--watch": cfg.watch, "--check-images": cfg.check_images}, folders={"--learn": learn.folder})
+                     "--watch": cfg.watch, "--check-images": cfg.check_images},
+                    folders={"--learn": learn.folder, "--collect": cfg.collect.folder})
+    if learn.folder and cfg.collect.folder:
+        a, b = Path(learn.folder).resolve(), Path(cfg.collect.folder).resolve()
+        if a.is_relative_to(b) or b.is_relative_to(a):
+            raise OptionError(f"--learn {learn.folder} and --collect {cfg.collect.folder} overlap: kept frames are "
+                              "unlabelled, collected photos labelled; give two separate folders")
+
+
+def _check_artifact(cfg: ServeConfig) -> None:
+    """A model file, or none at all in collect mode (then only the page, collecting and labelling)."""
+    if cfg.artifact is None:
+        if cfg.collect.folder is None:
+            raise OptionError("give the model file (ARTIFACT), or --collect DIR to collect photos before any model "
+                              "exists")
+        if cfg.source is None:
+            raise OptionError("--collect without a model needs a SOURCE (the camera to collect from)")
+        for option, given in (("--learn", cfg.learn.folder), ("--watch", cfg.watch),
+                              ("--check-images", cfg.check_images)):
+            if given is not None:
+                raise OptionError(f"{option} needs a model: give ARTIFACT, or leave {option} out while collecting")
+        return
+    if not Path(cfg.artifact).is_file():
+        raise OptionError(f"{cfg.artifact}: model file not found")

@@ -28,6 +28,21 @@ from .images import encode_jpeg, fit_width
 from .references import ReferencePool
 
 FRAME_STATES = ("captured", "processed", "dropped", "unreadable", "failed")
+FOLDER_FPS = 10.0  # an image folder's rate when --fps is not given
+
+
+def paced(source: Any, fps: float | None) -> Any:
+    """A video file or image folder played like a camera: read at `fps` frames per second (None:
+    a video at its own rate, a folder at FOLDER_FPS; 0: as fast as the model goes), newest frame
+    first. Unpaced, a replayed folder of small pictures kept a core busy at 1,228 frames/s for a
+    live view that shows 10."""
+    if not getattr(source, "finite", False) or fps == 0:
+        return source
+    own = getattr(source, "fps", 0.0) if not hasattr(source, "files") else 0.0  # a video's own rate
+    rate = fps if fps is not None else (own if 1.0 <= own <= 240.0 else FOLDER_FPS)
+    source.interval = 1.0 / rate  # the capture thread waits this long between reads (stoppable)
+    source.live = True            # so the pipeline keeps the newest frame instead of queueing
+    return source
 
 
 @dataclass
@@ -69,6 +84,8 @@ class ServeStream(Stream):
 
 
 class LiveFeed:
+    stream_class: type = ServeStream  # collect mode without a model streams through a subclass that does not infer
+
     def __init__(self, cfg: ServeConfig, store: Any, worker: EngineWorker, loop: asyncio.AbstractEventLoop,
                  log: Callable[[str], None], learn: Any = None, on_learned: Callable[[], None] = lambda: None):
         self.cfg, self.store, self.worker, self.loop, self.log = cfg, store, worker, loop, log
@@ -79,6 +96,9 @@ class LiveFeed:
         self.viewers = {"websocket": 0, "mjpeg": 0}
         self.cam_viewers = 0
         self.latest: Published | None = None
+        # The newest classified frame at the camera's full resolution, for `--collect`:
+        # (frame index, RGB, top-k, model, wall time); one reference, replaced frame after frame.
+        self.newest: tuple | None = None
         self._closing = False
         self._last_sink_error = ""
         self._event = asyncio.Event()
@@ -121,10 +141,10 @@ class LiveFeed:
     def _one_run(self) -> str | None:
         """Open the source and stream it until it ends; the error that ended it, if any."""
         try:
-            source = open_source(self.cfg.source, fps=self.cfg.fps)
+            source = paced(open_source(self.cfg.source), self.cfg.fps)
         except (SourceError, OSError) as exc:
             return str(exc)
-        stream = ServeStream(self, self.store.current.clf, source, [self._on_result],
+        stream = self.stream_class(self, self.classifier(), source, [self._on_result],
                              StreamOptions(top_k=self.cfg.top_k, retries=2, retry_interval=0.5, stats_interval=0),
                              log=self.log)
         self._stream = stream
@@ -136,6 +156,9 @@ class LiveFeed:
             self._add_totals(stream)
             self._stream = None
         return stream.error
+
+    def classifier(self) -> Any:
+        return self.store.current.clf
 
     def _lost(self, message: str) -> None:
         if message != self.source_error:
@@ -154,6 +177,7 @@ class LiveFeed:
         self._times.append(now)
         self._latency.append(frame.timings.get("capture_to_result", 0.0))
         model = frame.extras["model"]
+        self.newest = (frame.index, frame.rgb, top, model, time.time())
         if self.claim_reference():
             self.remember(frame.rgb)
         try:  # a full disk or a failed encoding costs this frame its extras, never the stream

@@ -20,7 +20,9 @@ BOUNDARY = "edgeclsframe"
 
 @routes.get("/")
 async def page(request: web.Request) -> web.Response:
-    html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    """The live view, or the label page with ?view=label (both open: the token travels in the fragment)."""
+    name = "label.html" if request.query.get("view") == "label" else "page.html"
+    html = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
     return web.Response(text=html, content_type="text/html",
                         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                                  "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "

@@ -63,6 +63,7 @@ class TrainConfig:
     head_c: float | None = None         # feature head's inverse L2 strength; None: chosen by inner CV
     resize: str | None = None           # preprocess.RESIZE_MODES; None: the backbone recipe's
     refit_all: bool = False             # fit on every photo (no validation hold-back); estimate by CV
+    previous: str | None = None         # the previous round's run or model: its split carried by file (train.rounds)
     cv_folds: int = 5                   # folds of refit_all's estimate
     # Gradient-trained phases (a --gradient-head, fine-tuning):
     label_smoothing: float = 0.0        # cross-entropy against (1 - e) * one-hot + e / classes
@@ -102,6 +103,9 @@ class TrainConfig:
             raise OptionError(f"head_c must be positive (at most 1e6), got {self.head_c}", "head_c")
         checks.one_of("resize", self.resize, RESIZE_MODES)
         self._check_refit_all(recipe, resolve_weights(self.weights or recipe.weights))
+        if self.previous is not None and (self.refit_all or self.fold):
+            raise OptionError("previous (a new round) keeps the previous round's held-out photos held out; it cannot "
+                              "go with refit_all or a cross-validation fold", "previous")
         return recipe
 
     def _check_types(self) -> None:

@@ -43,6 +43,12 @@ def load_data(dataset: str | Path, config: TrainConfig, preprocessing: Preproces
     `drift.read_record`) and open (or build) its decoded-image cache."""
     if recorded is not None:
         folder, split = recorded_data(Path(dataset), recorded)
+    elif config.previous:  # a new round: the previous model's held-out photos stay held out
+        from .rounds import carried_split, previous_manifest
+
+        folder = data_mod.scan(dataset)
+        split, _ = carried_split(folder, previous_manifest(config.previous)[2], config.val_fraction,
+                                 config.test_fraction, config.seed)
     elif config.fold:
         folder = data_mod.scan(dataset)
         split = data_mod.fold_indices(folder.targets, *config.fold, seed=config.seed)

@@ -85,4 +85,8 @@ def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, reci
     manifest = keras_manifest(model_path, labels, preprocessing, _source(dataset, config, recipe, loaded, training),
                               {**scores, "train_accuracy": train_metrics.accuracy})
     manifest.save(model_path)
+    if config.previous:  # a new round: the previous and the new model on the same fixed test photos
+        from .rounds import write_report
+
+        metrics["rounds"] = write_report(config.previous, out_dir, loaded.folder, loaded.split, config, model_path)
     return TrainResult(model_path, out_dir, labels, metrics, history, loaded.skipped, warnings)
