@@ -35,6 +35,11 @@ def serve(
     max_model_mb: float = typer.Option(256.0, help="Largest model upload."),
     max_pixels: int = typer.Option(25_000_000, help="Largest picture decoded (width x height)."),
     read_timeout: float = typer.Option(15.0, help="Seconds a client may take to send a body."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a connection may take to send a request head (from "
+                                         "connecting or its last answer; idle keep-alive connections close then)."),
+    max_connections: int = typer.Option(0, help="Open connections in all (0: what the open-file limit leaves, at "
+                                        "most 1024); when full, the longest idle one is closed."),
+    max_connections_per_client: int = typer.Option(64, help="Open connections from one address."),
     view_fps: float = typer.Option(10.0, help="Most frames per second sent to live viewers (each shown frame is encoded once)."),
     view_width: int = typer.Option(640, help="Live-view frames wider than this are scaled down."),
     view_quality: int = typer.Option(80, help="JPEG quality of live-view frames."),
@@ -58,7 +63,8 @@ def serve(
     from ..serve.config import LearnOptions, Limits, ServeConfig, check_config, read_token
 
     checks.threads("threads", threads)
-    limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads)
+    limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads, header_timeout,
+                    max_connections, max_connections_per_client)
     learning = LearnOptions(learn, learn_margin, learn_entropy, learn_per_minute, learn_max_mb, learn_quality)
     cfg = ServeConfig(artifact, source, host, port, name, read_token(token, token_file), labels=labels, top_k=top_k,
                       fps=fps, view_fps=view_fps, view_width=view_width, view_quality=view_quality,

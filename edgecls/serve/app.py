@@ -22,6 +22,7 @@ class Service:
     """The server's parts: engine thread, admission, model store, live feed, metrics."""
 
     def __init__(self, cfg: ServeConfig, log: Callable[[str], None]):
+        from .connections import ConnectionGuard
         from .engine import Admission, EngineWorker
         from .metrics import Metrics
 
@@ -29,6 +30,9 @@ class Service:
 
         self.cfg = cfg
         self.log = lambda message: log(redact(message))  # a source URL's password never reaches the log
+        lim = cfg.limits
+        self.connections = ConnectionGuard(lim.connections, lim.max_connections_per_client, lim.header_timeout,
+                                           self.log)
         self.metrics = Metrics(self.state)
         self.worker = EngineWorker(observe=self.metrics.inference.observe)
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
@@ -115,6 +119,19 @@ def _route(request: web.Request) -> str:
 
 
 @web.middleware
+async def connection(request: web.Request, handler):
+    """The connection guard sees the connection busy while its request is handled (no header
+    deadline, never evicted); once stopping, every answer is its connection's last, so keep-alive
+    clients cannot stretch the drain."""
+    svc = request.app[SERVICE]
+    with svc.connections.serving(request.transport):
+        response = await handler(request)
+    if svc.stopping:
+        response.force_close()
+    return response
+
+
+@web.middleware
 async def errors(request: web.Request, handler):
     """Every error as {"error": "..."} with its status; no traceback reaches a client."""
     try:
@@ -186,7 +203,7 @@ def make_app(svc: Service) -> web.Application:
     from . import admin, api, view
 
     # The biggest body a handler may read; each handler applies its own, smaller limit first.
-    app = web.Application(middlewares=[errors, measured, authorized],
+    app = web.Application(middlewares=[connection, errors, measured, authorized],
                           client_max_size=max(svc.cfg.limits.max_upload_bytes, svc.cfg.limits.max_model_bytes))
     app[SERVICE] = svc
     app.add_routes(api.routes)
