@@ -114,6 +114,65 @@ def test_idle_connections_cannot_exhaust_descriptors_and_close_after_the_header_
         server.stop()
 
 
+def full_size_jpeg(side: int = 5000) -> bytes:
+    """A side x side JPEG (25 MP at 5000: exactly the default --max-pixels), about 1 MB."""
+    import cv2
+
+    ramp = (np.arange(side) % 256).astype(np.uint8)
+    picture = np.empty((side, side, 3), np.uint8)
+    picture[..., 0], picture[..., 1] = ramp[None, :], ramp[:, None]
+    picture[..., 2] = ramp[None, :] + ramp[:, None]  # wraps around: a texture the encoder cannot flatten
+    ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 30])
+    return buf.tobytes()
+
+
+def bytes_request(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 /infer body with the images as a BYTES input in the binary tensor extension."""
+    binary = b"".join(len(im).to_bytes(4, "little") + im for im in images)
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                                   "parameters": {"binary_data_size": len(binary)}}]}).encode()
+    return head + binary, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+
+
+def test_batches_of_full_size_pictures_stay_within_the_decode_budget(model, tmp_path):
+    """Three /infer requests at once, each with three 5000x5000 pictures (exactly the default
+    --max-pixels; the issue: 16 per request held 1.2 GB each until the batch ran): the server's RSS
+    grows by at most 400 MB. Bound: one 25 MP picture decoding at a time is ~75 MB decoded plus its
+    75 MB RGB conversion (measured: ~180 MB); the old code held every decoded picture of every
+    request (3 x 3 x 75 MB plus two decodes in flight: measured 741 MB)."""
+    import psutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(model, "--state-dir", tmp_path / "state")
+    proc = psutil.Process(server.proc.pid)
+    jpeg = full_size_jpeg()
+    body, headers = bytes_request([jpeg] * 3)
+    one, one_headers = bytes_request([jpeg])
+    try:
+        assert server.request("POST", "/v2/models/model/infer", one, headers=one_headers)[0] == 200  # warm-up
+        time.sleep(0.5)
+        baseline, peak, done = proc.memory_info().rss, [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v2/models/model/infer", body, headers=headers,
+                                                             timeout=60), range(3)))
+        done.set()
+        sampler.join()
+        assert all(status == 200 for status, _, _ in answers), [a[2][:200] for a in answers]
+        assert all(json.loads(data)["outputs"][0]["shape"] == [3, 1001] for _, _, data in answers)
+        growth = (peak[0] - baseline) / 2**20
+        assert growth < 400, f"RSS grew by {growth:.0f} MB (from {baseline / 2**20:.0f} MB)"
+    finally:
+        server.stop()
+
+
 def test_connection_limits_are_checked_against_the_open_file_limit():
     from edgecls.errors import OptionError
     from edgecls.serve.config import Limits, _check_connections

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import EdgeclsError
 from .config import ServeConfig
-from .images import RequestError
+from .images import DecodeBudget, RequestError
 
 SERVICE = web.AppKey("edgecls_service", object)
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
@@ -37,6 +37,7 @@ class Service:
         self.worker = EngineWorker(observe=self.metrics.inference.observe)
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
         self.decoder = ThreadPoolExecutor(cfg.limits.decode_threads, thread_name_prefix="edgecls-decode")
+        self.decoding = DecodeBudget(lim.max_pixels)  # one full-size picture decoding at a time, or smaller ones
         self.viewers: set = set()
         self.in_flight = 0                # requests being handled, viewer streams aside
         self.stopping = False
