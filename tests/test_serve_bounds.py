@@ -173,6 +173,95 @@ def test_batches_of_full_size_pictures_stay_within_the_decode_budget(model, tmp_
         server.stop()
 
 
+BOUNDARY = "edgeclsuploadboundary"
+
+
+def part_head(name: str) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+def start_upload(port: int, first: bytes) -> socket.socket:
+    """A model upload (PUT .../artifact, announced as 1 MB) that sends `first` and then whatever the test sends."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"PUT /v2/models/model/artifact HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {1 << 20}\r\n"
+                 f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode() + first)
+    return sock
+
+
+def answer_of(sock: socket.socket, timeout: float) -> tuple[int, dict, float]:
+    """(status, JSON body, seconds waited) of the server's answer; (0, {}, ...) when none came in time."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length")), 0))
+        while len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+    except (TimeoutError, OSError):
+        return 0, {}, time.monotonic() - start
+    return int(head.split()[1]), json.loads(body or b"{}"), time.monotonic() - start
+
+
+def incoming(state: Path) -> list[Path]:
+    return sorted((state / "models").glob("incoming-*/*"))
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_stalled_trickling_and_abandoned_uploads_get_408_and_leave_no_files(model, tmp_path):
+    """With --read-timeout 1: an upload stalled inside the manifest part, one stalled between parts
+    with its artifact parked on disk, one that trickles 64 bytes every 0.3 s (never pausing 1 s), and
+    one whose client leaves (the issue: no 408 after 40 s, 157 MB parked in incoming-* until the
+    client left): each ends within seconds (408, or nothing for a client gone) and leaves no file;
+    at most two uploads are received at once."""
+    state = tmp_path / "state"
+    server = Server(model, "--state-dir", state, "--read-timeout", "1")
+    socks: list[socket.socket] = []
+    try:
+        socks += [in_manifest := start_upload(server.port, part_head("manifest") + b'{"format": "tfl')]
+        socks += [between := start_upload(server.port, part_head("artifact") + b"\0" * 100_000
+                                          + f"\r\n--{BOUNDARY}\r\n".encode())]
+        assert wait_for(lambda: any(p.name == "artifact.part" for p in incoming(state)))  # parked on disk
+        socks += [third := start_upload(server.port, part_head("manifest"))]
+        status, out, _ = answer_of(third, 5)
+        assert status == 503 and "uploads are being received" in out["error"], (status, out)
+        for sock in (in_manifest, between):
+            status, out, seconds = answer_of(sock, 8)
+            assert status == 408 and "--read-timeout" in out["error"] and seconds < 4, (status, out, seconds)
+        assert wait_for(lambda: not incoming(state), 3), incoming(state)
+
+        socks += [trickle := start_upload(server.port, part_head("artifact"))]
+        start = time.monotonic()
+        while time.monotonic() - start < 6 and not select.select([trickle], [], [], 0)[0]:
+            trickle.sendall(b"\0" * 64)  # more than the boundary: each read of the part returns
+            time.sleep(0.3)
+        status, out, _ = answer_of(trickle, 2)
+        assert status == 408 and "slower than" in out["error"] and time.monotonic() - start < 4, (status, out)
+
+        socks += [leaving := start_upload(server.port, part_head("artifact") + b"\0" * 100_000)]
+        assert wait_for(lambda: any(p.name == "artifact.part" for p in incoming(state)))
+        leaving.close()
+        assert wait_for(lambda: not incoming(state), 3), incoming(state)
+        assert not any("internal error" in line or "Traceback" in line for line in server.log), server.log
+        assert server.json("GET", "/v2/health/ready", auth=False)[0] == 200
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
 def test_connection_limits_are_checked_against_the_open_file_limit():
     from edgecls.errors import OptionError
     from edgecls.serve.config import Limits, _check_connections

@@ -22,6 +22,7 @@ class Service:
     """The server's parts: engine thread, admission, model store, live feed, metrics."""
 
     def __init__(self, cfg: ServeConfig, log: Callable[[str], None]):
+        from .bodies import Uploads
         from .connections import ConnectionGuard
         from .engine import Admission, EngineWorker
         from .metrics import Metrics
@@ -38,6 +39,7 @@ class Service:
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
         self.decoder = ThreadPoolExecutor(cfg.limits.decode_threads, thread_name_prefix="edgecls-decode")
         self.decoding = DecodeBudget(lim.max_pixels)  # one full-size picture decoding at a time, or smaller ones
+        self.uploads = Uploads()
         self.viewers: set = set()
         self.in_flight = 0                # requests being handled, viewer streams aside
         self.stopping = False
@@ -138,7 +140,10 @@ async def errors(request: web.Request, handler):
     try:
         return await handler(request)
     except RequestError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status, headers=exc.headers)
+        response = web.json_response({"error": str(exc)}, status=exc.status, headers=exc.headers)
+        if exc.status in (408, 413):  # the rest of the body is not read: the connection ends with this answer
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
