@@ -262,6 +262,24 @@ def test_stalled_trickling_and_abandoned_uploads_get_408_and_leave_no_files(mode
         server.stop()
 
 
+def test_malformed_request_heads_are_one_log_line_not_a_traceback_each(model, tmp_path):
+    """60 malformed heads (oversized header, 1,000 headers, bad request line) from an anonymous
+    client: each is answered 400, and the log gets one escaped line instead of 60 tracebacks."""
+    server = Server(model, "--state-dir", tmp_path / "state")
+    heads = [b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-a: " + b"\xff" * 9000 + b"\r\n\r\n",
+             b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + b"X-a: b\r\n" * 1000 + b"\r\n", b"\x00\x01 / HTTP/1.1\r\n\r\n"]
+    try:
+        for i in range(60):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(heads[i % 3])
+                assert read_answer(sock).split(b" ")[1] == b"400"
+        time.sleep(0.3)
+        noted = [line for line in server.log if "Error handling request" in line or "Traceback" in line]
+        assert len(noted) == 1 and "Traceback" not in noted[0] and noted[0].rstrip("\n").isprintable(), server.log
+    finally:
+        server.stop()
+
+
 def test_connection_limits_are_checked_against_the_open_file_limit():
     from edgecls.errors import OptionError
     from edgecls.serve.config import Limits, _check_connections

@@ -18,11 +18,16 @@ exists:
   (a newcomer is refused only when every connection is busy), so idle or slow-loris connections
   from many addresses cannot lock out an authorized client;
 - when stopping, listening ends, idle connections close at once and answers carry `Connection: close`.
+
+aiohttp also logged every malformed request head with a traceback ("Error handling request from
+..."), so anyone on the LAN could fill the journal: `quiet_client_errors` makes that one escaped
+line at most every 10 s, with a count.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import time
 from collections import OrderedDict
@@ -266,3 +271,30 @@ class _Guarded(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+class _ClientErrors(logging.Handler):
+    def __init__(self, log: Callable[[str], None], every: float):
+        super().__init__(logging.WARNING)
+        self._log, self._every = log, every
+        self._last, self._skipped = -every, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._skipped += 1
+            return
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() + (f": {type(exc).__name__}: {exc}" if exc is not None else "")
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # the client's bytes, escaped
+        more = f" ({self._skipped} more not shown)" if self._skipped else ""
+        self._last, self._skipped = now, 0
+        self._log(text[:300] + more)
+
+
+def quiet_client_errors(log: Callable[[str], None], every: float = 10.0) -> None:
+    """aiohttp's request errors (malformed heads, bodies cut off) as one line every `every` seconds
+    at most, through `log`, instead of a traceback each."""
+    logger = logging.getLogger("aiohttp.server")
+    logger.handlers = [_ClientErrors(log, every)]
+    logger.propagate = False

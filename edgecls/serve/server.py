@@ -16,7 +16,9 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
     from aiohttp import web
 
     from .app import Service, make_app
+    from .connections import quiet_client_errors
 
+    quiet_client_errors(log)
     loop = asyncio.get_running_loop()
     svc = Service(cfg, log)
     try:
