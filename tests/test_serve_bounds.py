@@ -280,6 +280,31 @@ def test_malformed_request_heads_are_one_log_line_not_a_traceback_each(model, tm
         server.stop()
 
 
+def test_a_form_of_many_parts_is_refused_without_holding_the_server(model, assets, tmp_path):
+    """/classify with 100,000 empty form parts before the image (6 MB): refused at the 8th part
+    (it used to parse them all in the event loop, holding every other request for seconds), while
+    another client's request is answered at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(model, "--state-dir", tmp_path / "state")
+    jpeg = (assets / "images/imagenet-photos/parrot.jpg").read_bytes()
+    boundary = "formboundary0123"
+    junk = f"--{boundary}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n\r\n".encode() * 100_000
+    image = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\n\r\n").encode()
+    body = junk + image + jpeg + f"\r\n--{boundary}--\r\n".encode()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            flood = pool.submit(timed_json, server, "POST", "/classify", body,
+                                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            time.sleep(0.3)
+            status, out, seconds = timed_json(server, "POST", "/classify", jpeg, headers={"Content-Type": "image/jpeg"})
+            refused = flood.result()
+        assert refused[0] == 400 and "first 8 parts" in refused[1]["error"], refused
+        assert status == 200 and seconds < 1.5, (status, seconds)
+    finally:
+        server.stop()
+
+
 def test_connection_limits_are_checked_against_the_open_file_limit():
     from edgecls.errors import OptionError
     from edgecls.serve.config import Limits, _check_connections

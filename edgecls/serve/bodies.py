@@ -21,6 +21,7 @@ from .images import RequestError
 CHUNK = 1 << 16
 MIN_UPLOAD_RATE = 64 << 10   # bytes per second an upload must keep up on average, after --read-timeout
 MAX_UPLOADS = 2              # model uploads received at once
+MAX_FORM_PARTS = 8           # parts of a /classify form looked through for the image
 T = TypeVar("T")
 
 
@@ -135,9 +136,14 @@ async def image_bytes(request, limit: int, timeout: float) -> bytes:
     try:
         async with asyncio.timeout(timeout):
             reader = await request.multipart()
+            count = 0
             async for part in reader:
                 if part.name == "image" or part.filename:
                     return await read_part(part, limit, "the image", "--max-upload-mb")
+                count += 1
+                if count >= MAX_FORM_PARTS:  # parsing 100,000 empty parts held the event loop for seconds
+                    raise RequestError(400, f"no file part among the first {MAX_FORM_PARTS} parts of the form "
+                                            "(send the image as a part named \"image\")")
                 await part.release()
     except TimeoutError:
         raise RequestError(408, f"the body did not arrive within {timeout:g} s (--read-timeout)") from None
