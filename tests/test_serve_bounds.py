@@ -280,10 +280,11 @@ def test_malformed_request_heads_are_one_log_line_not_a_traceback_each(model, tm
         server.stop()
 
 
-def test_a_form_of_many_parts_is_refused_without_holding_the_server(model, assets, tmp_path):
-    """/classify with 100,000 empty form parts before the image (6 MB): refused at the 8th part
-    (it used to parse them all in the event loop, holding every other request for seconds), while
-    another client's request is answered at once."""
+def test_bodies_of_countless_parts_or_elements_are_refused_without_holding_the_server(model, assets, tmp_path):
+    """/classify with 100,000 empty form parts before the image (6 MB), and /infer with 4 million
+    empty binary BYTES elements (16 MB): both refused at once (each used to be walked whole in
+    the event loop, holding every other request for seconds), while another client's request is
+    answered meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     server = Server(model, "--state-dir", tmp_path / "state")
@@ -291,16 +292,19 @@ def test_a_form_of_many_parts_is_refused_without_holding_the_server(model, asset
     boundary = "formboundary0123"
     junk = f"--{boundary}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n\r\n".encode() * 100_000
     image = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\n\r\n").encode()
-    body = junk + image + jpeg + f"\r\n--{boundary}--\r\n".encode()
+    form = junk + image + jpeg + f"\r\n--{boundary}--\r\n".encode()
+    elements, element_headers = bytes_request([b""] * (4 << 20))
+    floods = [("/classify", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}, "first 8 parts"),
+              ("/v2/models/model/infer", elements, element_headers, "1 to 16 images")]
     try:
-        with ThreadPoolExecutor(1) as pool:
-            flood = pool.submit(timed_json, server, "POST", "/classify", body,
-                                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-            time.sleep(0.3)
-            status, out, seconds = timed_json(server, "POST", "/classify", jpeg, headers={"Content-Type": "image/jpeg"})
-            refused = flood.result()
-        assert refused[0] == 400 and "first 8 parts" in refused[1]["error"], refused
-        assert status == 200 and seconds < 1.5, (status, seconds)
+        for path, body, headers, reason in floods:
+            with ThreadPoolExecutor(1) as pool:
+                flood = pool.submit(timed_json, server, "POST", path, body, headers=headers)
+                time.sleep(0.3)
+                status, out, seconds = timed_json(server, "POST", "/classify", jpeg, headers={"Content-Type": "image/jpeg"})
+                refused = flood.result()
+            assert refused[0] == 400 and reason in refused[1]["error"], refused
+            assert status == 200 and seconds < 1.5, (path, status, seconds)
     finally:
         server.stop()
 
