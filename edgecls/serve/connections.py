@@ -1,10 +1,11 @@
 """Connections: how many the server holds and for how long, decided where they are accepted.
 
-aiohttp caps neither the number of connections nor, before 3.14, the wait for a first request's
-head (its keep-alive timer started after the first answer), and asyncio's own accept path takes up
-to 100 connections per loop pass and makes their transports passes later, so 1,100 connections
-that each sent half a request head exhausted the file descriptors: every authorized request then
-failed in accept() with EMFILE. So the server accepts connections itself (`ConnectionGuard.listen`:
+aiohttp caps neither the number of connections nor, until a 2026 fix (aio-libs/aiohttp#13681),
+the wait for a first request's head (its keep-alive timer started after the first answer), and
+asyncio's own accept path takes up to 100 connections per loop pass and makes their transports
+passes later, so 1,100 connections that each sent half a request head exhausted the file
+descriptors: every authorized request then failed in accept() with EMFILE (and a cap counted on
+made transports overshoots by hundreds). So the server accepts connections itself (`ConnectionGuard.listen`:
 one `sock_accept` at a time, each admitted socket handed to aiohttp's protocol factory, the
 documented `runner.server`, with `loop.connect_accepted_socket`), and decides before a transport
 exists:
