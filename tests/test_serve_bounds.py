@@ -72,7 +72,7 @@ def timed_json(server: Server, method: str, path: str, body: bytes | None = None
 def test_idle_connections_cannot_exhaust_descriptors_and_close_after_the_header_deadline(model, assets, tmp_path):
     """Under `ulimit -n 256`, 70 idle connections from one address and 300 from eight others (the
     issue: 1,100 under 1,024 made every authorized request time out with EMFILE in accept): the
-    server stays under its descriptor limit, answers from another address within 2 s, and closes
+    server stays under its descriptor limit, answers from another address within 3 s, and closes
     every idle or slow-loris connection after --header-timeout."""
     import psutil
 
@@ -92,10 +92,11 @@ def test_idle_connections_cannot_exhaust_descriptors_and_close_after_the_header_
         socks += [half_open(server.port, f"127.0.0.{2 + i % 8}") for i in range(300)]
         fds = proc.num_fds()
         assert fds <= 192 + 16, fds  # the cap holds (an idle server has 7 open), never EMFILE
+        # A couple of seconds at most, on a loaded 2-core host too (measured: 0.01 and 0.1-0.3 s; before: no answer).
         status, out, seconds = timed_json(server, "GET", "/v2/health/ready", auth=False)
-        assert status == 200 and seconds < 2, (status, out, seconds)
+        assert status == 200 and seconds < 3, (status, out, seconds)
         status, out, seconds = timed_json(server, "POST", "/classify", jpeg, headers={"Content-Type": "image/jpeg"})
-        assert status == 200 and out["top_k"][0][0] == "macaw" and seconds < 2, (status, seconds)
+        assert status == 200 and out["top_k"][0][0] == "macaw" and seconds < 3, (status, seconds)
         slow = socks[-5:]  # slow loris: a header line every 0.4 s never restarts the deadline
         while time.monotonic() - started < 4.5:
             for s in slow:
