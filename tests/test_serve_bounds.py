@@ -1,8 +1,9 @@
 """`edgecls serve` under denial-of-service attempts, as a real process on 127.0.0.1 (issue 25):
 idle and slow-loris connections under a lowered open-file limit (S1), full-size pixel bombs in
-batches (S3), stalled, trickling and abandoned model uploads (S4), and keep-alive traffic during
-the SIGTERM drain (S11). Each test measures the bound on the server process (descriptors, RSS,
-files on disk, seconds)."""
+batches (S3), stalled, trickling and abandoned model uploads (S4), keep-alive traffic during the
+SIGTERM drain (S11), and what bench/serve_attack.py found beside them: malformed heads flooding the
+log, and forms or BYTES inputs of countless parts holding the event loop. Each test measures the
+bound on the server process (descriptors, RSS, files on disk, seconds)."""
 from __future__ import annotations
 
 import json
