@@ -128,8 +128,8 @@ async def classify(request: web.Request) -> web.Response:
             inputs, picture = await _prepared(svc, model, [data], keep)
             decode_ms = _ms(time.perf_counter() - received)
             job = await svc.worker.run(model, inputs)
-    if picture is not None:
-        svc.feed.remember(picture)  # already small: 320 pixels on its longer side at most
+    if picture is not None:  # already small (320 pixels on its longer side); kept, and now and then saved, off the loop
+        asyncio.get_running_loop().run_in_executor(svc.decoder, svc.feed.remember, picture)
     top = top_k(job.scores[0], model.labels, k)
     return web.json_response({
         "top_k": [[label, round(p, 6)] for label, p in top],
