@@ -21,6 +21,7 @@ import os
 import resource
 import select
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -448,6 +449,7 @@ def run(args) -> list[dict]:
                   f"RSS +{row['rss_growth_mb']} MB)", flush=True)
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     rows.append({"attack": "total", "measured": f"{time.monotonic() - start:.0f} s, server log: "
                  f"{sum('Traceback' in line for line in server.log)} tracebacks"})
     return rows
