@@ -22,9 +22,9 @@ TOKEN = "test-token-0123456789abcdef"
 
 class Server:
     def __init__(self, *args: str, token: str | None = TOKEN, timeout: float = 90.0, python: str | None = None,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, open_files: int | None = None):
         """`python`: another environment's interpreter (an installed release), run from `cwd`
-        without this checkout on its path."""
+        without this checkout on its path; `open_files`: the server's RLIMIT_NOFILE (`ulimit -n`)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("EDGECLS_TOKEN", None)
         if python:
@@ -34,7 +34,8 @@ class Server:
         self.token = token
         self.proc = subprocess.Popen([python or sys.executable, "-m", "edgecls.cli", "serve", *map(str, args),
                                       "--port", "0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+                                     preexec_fn=None if open_files is None else lambda: _limit_files(open_files))
         self.log: list[str] = []
         self._started = threading.Event()
         self.port = 0
@@ -90,6 +91,13 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def _limit_files(n: int) -> None:
+    """In the server's process before it starts: `ulimit -n n` (soft and hard)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def coral_manifest(model: Path, labels: list[str], out: Path, name: str = "model.tflite") -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -15,6 +15,23 @@ from .options import Labels, Threads, TopK
 
 
 MODEL_SUFFIXES = (".tflite", ".onnx", ".xml")
+
+
+# Options whose help runs over a line, named here so that `serve`'s signature stays one line each.
+HeaderTimeout = Annotated[float, typer.Option(help="Seconds a connection may take to send a request head (from "
+                                              "connecting or its last answer; idle keep-alive connections close then).")]
+MaxConnections = Annotated[int, typer.Option(help="Open connections in all (0: what the open-file limit leaves, at "
+                                             "most 1024); when full, the longest idle one is closed.")]
+MaxConnectionsPerClient = Annotated[int, typer.Option(help="Open connections from one address.")]
+Collect = Annotated[Optional[Path], typer.Option(help="Collect mode: the page saves frames (full resolution) into "
+                                                 "COLLECT/<class>/, and the label page moves kept frames there.")]
+Fps = Annotated[Optional[float], typer.Option(help="Play a video-file or image-folder source at this frame rate "
+                                              "(default: a video at its own rate, a folder at 10; 0: as fast as possible).")]
+Resume = Annotated[bool, typer.Option("--resume/--no-resume", help="After a restart, serve the last accepted update "
+                                      "(while ARTIFACT is the same file as when it was accepted).")]
+
+MinAgreement = Annotated[float, typer.Option(help="A new model with the same classes must agree this often with the "
+                                             "current one on the check pictures.")]
 
 
 def serve(
@@ -32,24 +49,24 @@ def serve(
     threads: Threads = None,
     labels: Labels = None,
     top_k: TopK = 5,
-    fps: Optional[float] = typer.Option(None, help="Play a video-file or image-folder source at this frame rate "
-                                        "(default: a video at its own rate, a folder at 10; 0: as fast as possible)."),
+    fps: Fps = None,
     queue_size: int = typer.Option(16, help="Requests admitted at once; more are answered 503 with Retry-After."),
     decode_threads: int = typer.Option(2, help="Threads decoding request images."),
     max_upload_mb: float = typer.Option(20.0, help="Largest image or inference request body."),
     max_model_mb: float = typer.Option(256.0, help="Largest model upload."),
     max_pixels: int = typer.Option(25_000_000, help="Largest picture decoded (width x height)."),
     read_timeout: float = typer.Option(15.0, help="Seconds a client may take to send a body."),
+    header_timeout: HeaderTimeout = 10.0,
+    max_connections: MaxConnections = 0,
+    max_connections_per_client: MaxConnectionsPerClient = 64,
     view_fps: float = typer.Option(10.0, help="Most frames per second sent to live viewers (each shown frame is encoded once)."),
     view_width: int = typer.Option(640, help="Live-view frames wider than this are scaled down."),
     view_quality: int = typer.Option(80, help="JPEG quality of live-view frames."),
     state_dir: Path = typer.Option(DEFAULT_STATE_DIR, help="Where accepted model updates are kept."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="After a restart, serve the last accepted update "
-                                "(while ARTIFACT is the same file as when it was accepted)."),
+    resume: Resume = True,
     watch: Optional[Path] = typer.Option(None, help="Folder to watch for new models (artifact + manifest)."),
     check_images: Optional[Path] = typer.Option(None, help="Pictures every new model is checked on (with recent frames)."),
-    min_agreement: float = typer.Option(0.5, help="A new model with the same classes must agree this often with the "
-                                        "current one on the check pictures."),
+    min_agreement: MinAgreement = 0.5,
     stale_after: float = typer.Option(5.0, help="Not ready when the source gave no frame for this many seconds."),
     learn: Optional[Path] = typer.Option(None, help="Keep uncertain frames here, as an `edgecls train` image folder."),
     learn_margin: float = typer.Option(0.15, help="Uncertain: top-1 minus top-2 probability below this."),
@@ -57,8 +74,7 @@ def serve(
     learn_per_minute: int = typer.Option(6, help="Most frames kept per minute."),
     learn_max_mb: float = typer.Option(500.0, help="Disk cap for kept frames; the oldest go first."),
     learn_quality: int = typer.Option(90, help="JPEG quality of kept frames."),
-    collect: Optional[Path] = typer.Option(None, help="Collect mode: the page saves frames (full resolution) into "
-                                           "COLLECT/<class>/, and the label page moves kept frames there."),
+    collect: Collect = None,
     collect_max_mb: float = typer.Option(2000.0, help="Disk cap of the collection (full: new photos are refused)."),
     collect_quality: int = typer.Option(95, help="JPEG quality of collected photos."),
     shutdown_timeout: float = typer.Option(30.0, help="Seconds SIGTERM waits for requests in progress."),
@@ -68,7 +84,8 @@ def serve(
 
     checks.threads("threads", threads)
     artifact, source = _positionals(artifact, source, collect)
-    limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads)
+    limits = Limits(max_upload_mb, max_model_mb, max_pixels, read_timeout, queue_size, decode_threads, header_timeout,
+                    max_connections, max_connections_per_client)
     learning = LearnOptions(learn, learn_margin, learn_entropy, learn_per_minute, learn_max_mb, learn_quality)
     cfg = ServeConfig(artifact, source, host, port, name, read_token(token, token_file), labels=labels, top_k=top_k,
                       fps=fps, view_fps=view_fps, view_width=view_width, view_quality=view_quality,

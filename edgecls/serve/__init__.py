@@ -7,6 +7,7 @@ limits, pictures checked and decoded), `schema` (the KServe v2 inference body, v
 swap or refuse, the history of models served by content, rollback),
 `live` (the stream inside the server and what viewers get), `learn` (uncertain frames kept for
 training), `metrics` (Prometheus), `api`, `admin` and `view` (HTTP routes), `app` (assembly,
-errors, authentication), `server` (process life: start, SIGTERM, drain) and `unit` (systemd). The
-commands are in `edgecls/cli/serve.py`.
+errors, authentication), `connections` (accepting: caps, header deadline, idle eviction), `server`
+(process life: start, SIGTERM, drain) and `unit` (systemd). The commands are in
+`edgecls/cli/serve.py`.
 """

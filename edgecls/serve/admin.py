@@ -13,13 +13,14 @@ from aiohttp import web
 
 from ..errors import ModelError
 from .api import named_model, service
-from .bodies import read_part, save_part
+from .bodies import UploadClock, read_part, save_part
 from .images import RequestError
 from .models import SUFFIX_BY_FORMAT, UpdateBusy, UpdateRefused
 from .update_check import MAX_CHECK_IMAGES, staged_check_image
 
 routes = web.RouteTableDef()
 PARTS = ("artifact", "manifest", "weights", "cam", "check")
+MAX_PARTS = len(PARTS) - 1 + MAX_CHECK_IMAGES
 
 
 @routes.put("/v2/models/{model}/artifact")
@@ -33,13 +34,14 @@ async def update(request: web.Request) -> web.Response:
     limits = svc.cfg.limits
     if request.content_length is not None and request.content_length > limits.max_model_bytes:
         raise RequestError(413, f"the upload is larger than {limits.max_model_mb:g} MB (--max-model-mb)")
-    folder = svc.store.new_folder()
-    try:
-        await _receive(request, folder, limits)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return await _answer(svc, asyncio.to_thread(svc.store.accept, folder, "upload", force), "upload")
+    with svc.admission.slot(), svc.uploads.slot():  # parked uploads are bounded in count, and so on disk
+        folder = svc.store.new_folder()
+        try:
+            await _receive(request, folder, limits)
+        except BaseException:  # a stall (408), a client that left, a refusal: nothing stays behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return await _answer(svc, asyncio.to_thread(svc.store.accept, folder, "upload", force), "upload")
 
 
 def _force(request: web.Request) -> bool:
@@ -77,16 +79,18 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
     from ..files import loads_strict
     from ..manifest import Manifest
 
-    budget = [limits.max_model_bytes]
-    doc, checks = None, []
+    budget, clock = [limits.max_model_bytes], UploadClock(limits.read_timeout)
+    doc, checks, count = None, [], 0
     try:
-        reader = await request.multipart()
-        async for part in reader:
+        async for part in clock.parts(request):
+            count += 1
+            if count > MAX_PARTS:
+                raise RequestError(400, f"more than {MAX_PARTS} parts")
             if part.name not in PARTS:
                 raise RequestError(400, f"unknown part {part.name!r}; expected {', '.join(PARTS)}")
             if part.name == "manifest":
                 try:
-                    doc = loads_strict(await read_part(part, 4 << 20, "the manifest", "4 MB"))  # NaN is not JSON
+                    doc = loads_strict(await read_part(part, 4 << 20, "the manifest", "4 MB", clock))  # NaN is not JSON
                     manifest = Manifest.from_dict(doc, "the uploaded manifest")
                 except (ValueError, RecursionError):
                     raise RequestError(400, "the manifest part is not JSON") from None
@@ -96,10 +100,9 @@ async def _receive(request: web.Request, folder: Path, limits) -> None:
                 if len(checks) >= MAX_CHECK_IMAGES:
                     raise RequestError(400, f"more than {MAX_CHECK_IMAGES} \"check\" parts")
                 checks.append(part.filename or "")
-                await save_part(part, folder / f"check-{len(checks)}.part", budget, "--max-model-mb",
-                                limits.read_timeout)
+                await save_part(part, folder / f"check-{len(checks)}.part", budget, "--max-model-mb", clock)
             else:
-                await save_part(part, folder / f"{part.name}.part", budget, "--max-model-mb", limits.read_timeout)
+                await save_part(part, folder / f"{part.name}.part", budget, "--max-model-mb", clock)
     except ValueError as exc:
         raise RequestError(400, f"malformed multipart body: {exc}") from None
     if doc is None or not (folder / "artifact.part").is_file():

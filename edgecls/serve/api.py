@@ -10,7 +10,7 @@ import numpy as np
 from aiohttp import web
 
 from .. import __version__
-from .images import RequestError, decode_upload
+from .images import RequestError, prepare_upload
 
 DATATYPES = {"UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
              "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -79,25 +79,33 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 # --- inference -----------------------------------------------------------------------
-def _prepare(model, data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(picture, model input without a batch dimension)."""
-    rgb = decode_upload(data, max_pixels, what)
-    return rgb, model.clf.prepare(rgb)
+REFERENCE_SIDE = 320  # the copy of a request picture kept for model checks (live.LiveFeed.remember)
 
 
-def _prepare_one(model, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(picture, a batch of one): for the engine thread's own decoding."""
-    rgb, inputs = _prepare(model, data, max_pixels, "the image")
-    return rgb, inputs[None]
+def _prepare(svc, model, data: bytes, what: str, keep: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+    """(a small copy of the picture when `keep`, model input without a batch dimension): decode,
+    prepare, drop the full-size picture, under the server's decode budget."""
+    return prepare_upload(data, svc.cfg.limits.max_pixels, svc.decoding, model.clf.prepare, what,
+                          REFERENCE_SIDE if keep else 0)
 
 
-async def _prepared(svc, model, images: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Decode and prepare pictures in the decode threads (OpenCV releases the GIL)."""
+def _prepare_one(svc, model, data: bytes, keep: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """(small copy or None, a batch of one): for the engine thread's own decoding."""
+    small, inputs = _prepare(svc, model, data, "the image", keep)
+    return small, inputs[None]
+
+
+async def _prepared(svc, model, images: list[bytes], keep: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode and prepare pictures in the decode threads (OpenCV releases the GIL), one at a time:
+    only model inputs (and a small copy of the first picture when `keep`) are kept."""
     loop = asyncio.get_running_loop()
-    done = [await loop.run_in_executor(svc.decoder, _prepare, model, data, svc.cfg.limits.max_pixels,
-                                       f"image {i}" if len(images) > 1 else "the image")
-            for i, data in enumerate(images)]
-    return np.stack([inputs for _, inputs in done]), [rgb for rgb, _ in done]
+    inputs, small = [], None
+    for i, data in enumerate(images):
+        copy, prepared = await loop.run_in_executor(svc.decoder, _prepare, svc, model, data,
+                                                    f"image {i}" if len(images) > 1 else "the image", keep and not i)
+        small = small if copy is None else copy
+        inputs.append(prepared)
+    return np.stack(inputs), small
 
 
 @routes.post("/classify")
@@ -112,14 +120,15 @@ async def classify(request: web.Request) -> web.Response:
         data = await image_bytes(request, svc.cfg.limits.max_upload_bytes, svc.cfg.limits.read_timeout)
         received = time.perf_counter()
         model = svc.store.current
+        keep = svc.feed.claim_reference()  # at most once a second: a small copy kept for model checks
         if svc.worker.idle:
-            job = await svc.worker.run(model, None, prepare=lambda: _prepare_one(model, data, svc.cfg.limits.max_pixels))
+            job = await svc.worker.run(model, None, prepare=lambda: _prepare_one(svc, model, data, keep))
             picture, decode_ms = job.picture, job.decode_ms
         else:
-            inputs, pictures = await _prepared(svc, model, [data])
-            picture, decode_ms = pictures[0], _ms(time.perf_counter() - received)
+            inputs, picture = await _prepared(svc, model, [data], keep)
+            decode_ms = _ms(time.perf_counter() - received)
             job = await svc.worker.run(model, inputs)
-    if svc.feed.claim_reference():  # a reference picture for model checks, made off the event loop
+    if picture is not None:  # already small (320 pixels on its longer side); kept, and now and then saved, off the loop
         asyncio.get_running_loop().run_in_executor(svc.decoder, svc.feed.remember, picture)
     top = top_k(job.scores[0], model.labels, k)
     return web.json_response({

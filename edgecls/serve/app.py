@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import EdgeclsError
 from .config import ServeConfig
-from .images import RequestError
+from .images import DecodeBudget, RequestError
 
 SERVICE = web.AppKey("edgecls_service", object)
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
@@ -22,6 +22,8 @@ class Service:
     """The server's parts: engine thread, admission, model store, live feed, metrics."""
 
     def __init__(self, cfg: ServeConfig, log: Callable[[str], None]):
+        from .bodies import Uploads
+        from .connections import ConnectionGuard
         from .engine import Admission, EngineWorker
         from .metrics import Metrics
 
@@ -29,10 +31,15 @@ class Service:
 
         self.cfg = cfg
         self.log = lambda message: log(redact(message))  # a source URL's password never reaches the log
+        lim = cfg.limits
+        self.connections = ConnectionGuard(lim.connections, lim.max_connections_per_client, lim.header_timeout,
+                                           self.log)
         self.metrics = Metrics(self.state)
         self.worker = EngineWorker(observe=self.metrics.inference.observe)
         self.admission = Admission(cfg.limits.queue_size, self.worker, self.metrics.rejected.inc)
         self.decoder = ThreadPoolExecutor(cfg.limits.decode_threads, thread_name_prefix="edgecls-decode")
+        self.decoding = DecodeBudget(lim.max_pixels)  # one full-size picture decoding at a time, or smaller ones
+        self.uploads = Uploads()
         self.viewers: set = set()
         self.in_flight = 0                # requests being handled, viewer streams aside
         self.stopping = False
@@ -119,12 +126,28 @@ def _route(request: web.Request) -> str:
 
 
 @web.middleware
+async def connection(request: web.Request, handler):
+    """The connection guard sees the connection busy while its request is handled (no header
+    deadline, never evicted); once stopping, every answer is its connection's last, so keep-alive
+    clients cannot stretch the drain."""
+    svc = request.app[SERVICE]
+    with svc.connections.serving(request.transport):
+        response = await handler(request)
+    if svc.stopping:
+        response.force_close()
+    return response
+
+
+@web.middleware
 async def errors(request: web.Request, handler):
     """Every error as {"error": "..."} with its status; no traceback reaches a client."""
     try:
         return await handler(request)
     except RequestError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status, headers=exc.headers)
+        response = web.json_response({"error": str(exc)}, status=exc.status, headers=exc.headers)
+        if exc.status in (408, 413):  # the rest of the body is not read: the connection ends with this answer
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -190,7 +213,7 @@ def make_app(svc: Service) -> web.Application:
     from . import admin, api, collect, view
 
     # The biggest body a handler may read; each handler applies its own, smaller limit first.
-    app = web.Application(middlewares=[errors, measured, authorized],
+    app = web.Application(middlewares=[connection, errors, measured, authorized],
                           client_max_size=max(svc.cfg.limits.max_upload_bytes, svc.cfg.limits.max_model_bytes))
     app[SERVICE] = svc
     app.add_routes(api.routes)

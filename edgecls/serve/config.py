@@ -23,6 +23,9 @@ class Limits:
     read_timeout: float = 15.0           # seconds to receive a whole body (a slow client gets 408)
     queue_size: int = 16                 # requests admitted at once (decoding, queued, running); more: 503
     decode_threads: int = 2              # threads that decode and prepare request images
+    header_timeout: float = 10.0         # seconds to send a request head (from connecting, or the last answer)
+    max_connections: int = 0             # open connections in all (0: derived from the open-file limit)
+    max_connections_per_client: int = 64  # open connections from one address
 
     @property
     def max_upload_bytes(self) -> int:
@@ -31,6 +34,13 @@ class Limits:
     @property
     def max_model_bytes(self) -> int:
         return int(self.max_model_mb * (1 << 20))
+
+    @property
+    def connections(self) -> int:
+        """--max-connections, or the default the open-file limit allows."""
+        from .connections import default_max_connections
+
+        return self.max_connections or default_max_connections()
 
 
 @dataclass
@@ -141,6 +151,8 @@ def check_config(cfg: ServeConfig) -> None:
     for option, value, low in (("max_upload_mb", lim.max_upload_mb, 0.01), ("max_model_mb", lim.max_model_mb, 0.01),
                                ("max_pixels", lim.max_pixels, 1), ("read_timeout", lim.read_timeout, 0.1),
                                ("queue_size", lim.queue_size, 1), ("decode_threads", lim.decode_threads, 1),
+                               ("header_timeout", lim.header_timeout, 0.1), ("max_connections", lim.max_connections, 0),
+                               ("max_connections_per_client", lim.max_connections_per_client, 1),
                                ("view_fps", cfg.view_fps, 0.1), ("view_width", cfg.view_width, 16),
                                ("stale_after", cfg.stale_after, 0.1), ("top_k", cfg.top_k, 1),
                                ("fps", cfg.fps or 0.0, 0.0), ("learn_per_minute", learn.per_minute, 1),
@@ -153,6 +165,7 @@ def check_config(cfg: ServeConfig) -> None:
     for option, value in (("learn_margin", learn.margin), ("learn_entropy", learn.entropy),
                           ("min_agreement", cfg.min_agreement)):
         checks.within(option, value, 0, 1)
+    _check_connections(lim)
     if cfg.watch is not None and not cfg.watch.is_dir():
         raise OptionError(f"--watch {cfg.watch}: not a folder")
     if cfg.check_images is not None and not cfg.check_images.is_dir():
@@ -186,3 +199,19 @@ def _check_artifact(cfg: ServeConfig) -> None:
         return
     if not Path(cfg.artifact).is_file():
         raise OptionError(f"{cfg.artifact}: model file not found")
+
+
+def _check_connections(lim: Limits) -> None:
+    """Connections must stay below the open-file limit, with room for everything else the server opens."""
+    from .connections import open_file_limit, reserved_files
+
+    files = open_file_limit()
+    room = files - reserved_files(files)
+    if room < 1:
+        raise OptionError(f"the open-file limit ({files}: ulimit -n, LimitNOFILE=) leaves no room for "
+                          f"max_connections beside the {reserved_files(files)} descriptors kept for models, cameras "
+                          "and files; raise it", "max_connections")
+    if lim.max_connections > room:
+        raise OptionError(f"max_connections {lim.max_connections} does not fit under the open-file limit ({files}: "
+                          f"ulimit -n, LimitNOFILE=) beside the {reserved_files(files)} descriptors kept for models, "
+                          f"cameras and files: give at most {room}, or raise the limit", "max_connections")

@@ -16,7 +16,9 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
     from aiohttp import web
 
     from .app import Service, make_app
+    from .connections import quiet_client_errors
 
+    quiet_client_errors(log)
     loop = asyncio.get_running_loop()
     svc = Service(cfg, log)
     try:
@@ -27,11 +29,13 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
         gc.freeze()
         # lingering_time: how long the rest of a refused body is read and discarded before the
         # connection closes (aiohttp's default, 10 s, holds a connection for every 413).
+        # keepalive_timeout: aiohttp's own idle clock agrees with the guard's header deadline.
         runner = web.AppRunner(make_app(svc), handle_signals=False, access_log=None,
-                               shutdown_timeout=shutdown_timeout, lingering_time=1.0)
+                               shutdown_timeout=shutdown_timeout, lingering_time=1.0,
+                               keepalive_timeout=cfg.limits.header_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-        await site.start()
+        # Listening is the guard's, not a TCPSite's: every connection is counted and timed before aiohttp sees it.
+        addresses = await svc.connections.listen(runner.server, cfg.host, cfg.port)
         stop = asyncio.Event()
         from ..signals import ignored, own
 
@@ -40,24 +44,25 @@ async def _serve(cfg: ServeConfig, log: Callable[[str], None], started: Callable
                 continue
             loop.add_signal_handler(sig, stop.set)
             own(sig)  # a forked child (OpenVINO's telemetry) must not wake this loop with its SIGTERM
-        bound = runner.addresses[0]
+        bound = addresses[0]
         host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         started(f"http://{host}:{bound[1]}/")
         await stop.wait()
         log("stopping: finishing requests in progress")
-        await _drain(svc, runner, site, shutdown_timeout)
+        await _drain(svc, runner, shutdown_timeout)
         await runner.cleanup()
     finally:
+        svc.connections.stop()
         await asyncio.to_thread(svc.close)
 
 
-async def _drain(svc, runner, site, timeout: float) -> None:
+async def _drain(svc, runner, timeout: float) -> None:
     """Readiness false, stop listening, end viewer streams, then wait for requests in progress —
     including one whose body is still arriving (aiohttp's own shutdown would stop reading it)."""
     from .app import close_viewers
 
     svc.stopping = True
-    await site.stop()
+    svc.connections.stop()  # no more accepts; idle keep-alive connections close now, answers say Connection: close
     await close_viewers(runner.app)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

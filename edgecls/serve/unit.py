@@ -4,7 +4,8 @@
 
 Restart on failure; SIGTERM stops it (serve finishes the requests in progress and exits 0, stream
 flushes its sinks and exits 143); state in /var/lib/edgecls, cache in /var/cache/edgecls, the
-`video` group for cameras.
+`video` group for cameras; an explicit open-file limit (systemd's default soft limit is also 1024,
+but distributions change it), which serve's connection cap is derived from.
 
 Refused before a unit is written: a serve unit bound beyond loopback without --token-file (the
 service would refuse to start and be restarted every 3 s, for ever), and running as root unless
@@ -73,6 +74,9 @@ RestartSec=3
 KillSignal=SIGTERM
 SuccessExitStatus=143
 TimeoutStopSec=45
+# Descriptors below 1024: select()-based code (OpenCV's V4L2 capture) breaks above; serve derives its
+# connection cap from this limit (768), keeping the rest for the model, the camera and files.
+LimitNOFILE=1024
 StateDirectory=edgecls
 CacheDirectory=edgecls
 Environment=EDGECLS_CACHE=/var/cache/edgecls
