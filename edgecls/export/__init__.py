@@ -52,6 +52,9 @@ _ROWS = [
     ExportSpec("tflite", "int8", ".tflite", "tflite", "litert", calibrated=True,
                options=("io_dtype", "int8_cpu", "explain"),
                description="full-integer int8, uint8 (default) or int8 input/output"),
+    ExportSpec("tflite", "mixed", ".tflite", "tflite_mixed", "litert", calibrated=True, options=("int8_cpu",),
+               description="int8 but for the first convolutions, kept float as measured per model; float32 I/O; "
+                           "CPU targets only (never the Edge TPU)", tag="int8_mixed"),
     ExportSpec("tflite", "edgetpu", ".tflite", "tflite", "litert", calibrated=True, options=("int8_cpu",),
                description="full-integer, uint8 I/O, batch 1, Edge TPU compiler-ready", tag="edgetpu_ready"),
     ExportSpec("onnx", "fp32", ".onnx", "onnx", "onnxruntime", options=("explain",), description="float32 ONNX"),

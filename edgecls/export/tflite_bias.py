@@ -28,6 +28,9 @@ def correct_tflite_biases(int8_model: bytes, float_model: bytes, calibration: np
             f_details[f["inputs"][1]]["shape"].tolist() != q_details[q["inputs"][1]]["shape"].tolist()
             for q, f in zip(q_convs, f_convs)):
         return int8_model, 0  # not the same layers in the same order: leave the model as converted
+    # Convolutions a mixed model keeps float have nothing rounded to correct.
+    pairs = [(q, f) for q, f in zip(q_convs, f_convs) if q_details[q["inputs"][2]]["quantization_parameters"]["scales"].size]
+    q_convs, f_convs = [q for q, _ in pairs], [f for _, f in pairs]
     means, rounded = _input_means(floating, f_convs, [q_details[q["inputs"][0]] for q in q_convs], calibration)
     new_biases = {}
     for i, (q, f) in enumerate(zip(q_convs, f_convs)):
