@@ -43,17 +43,40 @@ def export(
     explain: Annotated[bool, typer.Option(
         "--explain", help="tflite/onnx: add the last feature map as a second output so `edgecls predict "
         "--explain` draws class activation maps on the device.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="With --target: only the target's first artifact, and exit 1 when the gate refuses it "
+        "(for CI); without it the target's next suitable artifacts are tried in its order.")] = False,
 ):
     """Convert to TFLite/ONNX/OpenVINO, verify each artifact against the Keras model, gate on accuracy."""
     folder_option("--out", out)
-    from ..export.pipeline import export_model
+    from ..errors import OptionError
+    from ..export.pipeline import device_artifact, export_model
 
+    if strict and not target:
+        raise OptionError("--strict applies to --target (only the target's first artifact, which must pass)")
     reports = export_model(model, format, quant, out, dataset, calibration, calibration_count, max_accuracy_drop,
                            io_dtype, console=err.get(), int8_cpu=int8_cpu, min_agreement=min_agreement,
-                           target=target, explain=explain)
+                           target=target, explain=explain, strict=strict)
     _summary(reports)
-    if not all(r.passed for r in reports):
+    if target:
+        _device_line(target, reports)
+    tried_in_order = target and not strict and format is None and quant is None
+    if (device_artifact(reports) is None) if tried_in_order else not all(r.passed for r in reports):
         raise typer.Exit(1)
+
+
+def _device_line(target: str, reports) -> None:
+    """Which artifact the target's device should run, what it costs here, and what was refused."""
+    from ..export.pipeline import device_artifact
+
+    chosen = device_artifact(reports)
+    refused = [f"{r.key} ({(r.error or 'refused').split(';')[0]})" for r in reports if not r.passed]
+    if chosen is None:
+        err.print(f"[red]{escape(target)}: no artifact passed the gate;[/] refused: {escape('; '.join(refused))}")
+        return
+    cost = f"{chosen.size_bytes / 1e6:.2f} MB, {chosen.notes.get('ms_per_image', float('nan')):.1f} ms per image on this host"
+    show.print(f"{escape(target)} should run {escape(chosen.path)} ({cost})"
+               + (f"; refused before it: {escape('; '.join(refused))}" if refused else ""), highlight=False)
 
 
 def _summary(reports) -> None:

@@ -111,7 +111,10 @@ def _verify(ctx: ExportContext, spec: ExportSpec, staged: Path, verify_set: Veri
     engine = open_engine(staged)
     classifier = Classifier(engine, base.labels, base.preprocessing, path=staged, activation="softmax")
     try:
+        started = time.perf_counter()
         probs = classifier.scores(verify_set.images)
+        # What it costs on this host, said beside the artifact a target falls back to (pipeline.py).
+        report.notes["ms_per_image"] = round((time.perf_counter() - started) * 1000 / max(1, len(verify_set.images)), 2)
     except ModelError as exc:  # non-finite outputs (an fp16 overflow, NaN weights): this artifact fails
         report.error = f"verification failed: {exc}; artifact not kept"
         return None

@@ -15,7 +15,7 @@ from ..errors import DatasetError, ModelError
 from ..files import atomic_write_json
 from ..manifest import Manifest, load_manifest
 from ..outputs import output_lock, refuse_overlaps
-from . import ExportSpec, resolve
+from . import FORMATS, ExportSpec, resolve
 from .artifact import ArtifactReport, export_one
 from .context import ExportContext
 from .verify import Gate, VerificationSet, choose_images
@@ -36,6 +36,7 @@ class ExportRequest:
     io_dtype: str | None = None
     explain: bool = False
     profile: Any = None          # the target profile (edgecls.targets.Target), when one was named
+    fallback: bool = False       # a target's artifacts in its order until one passes the gate
 
     def options(self, spec: ExportSpec) -> dict[str, Any]:
         """The options `spec`'s exporter takes."""
@@ -45,23 +46,61 @@ class ExportRequest:
 def check_request(formats: str | list[str] | None = None, quants: str | list[str] | None = None,
                   target: str | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
                   max_accuracy_drop: float = 1.0, io_dtype: str | None = None, int8_cpu: str | None = None,
-                  min_agreement: float | None = None, explain: bool = False) -> ExportRequest:
+                  min_agreement: float | None = None, explain: bool = False, strict: bool = False) -> ExportRequest:
     """Resolve and check an export request before any slow work: formats and modes (default: the
-    target's, else tflite:fp32), options, gate thresholds."""
-    profile = None
+    target's, else tflite:fp32), options, gate thresholds. A target without --format/--quant
+    tries its suitable artifacts in its order and keeps the first that passes (`strict`: only its
+    first, which must pass)."""
+    profile, fallback = None, False
     if target:
         from ..targets import get_target
 
         profile = get_target(target)
+        fallback = formats is None and quants is None and not strict
         formats = profile.export["format"] if formats is None else formats
         quants = profile.export["quant"] if quants is None else quants
+    options = {"io_dtype": io_dtype, "int8_cpu": int8_cpu, "explain": True if explain else None}
     specs = resolve(DEFAULT_FORMAT if formats is None else formats, DEFAULT_QUANT if quants is None else quants,
-                    {"io_dtype": io_dtype, "int8_cpu": int8_cpu, "explain": True if explain else None})
+                    options)
+    if fallback:
+        specs = _target_order(profile, specs, options)
     checks.at_least("calibration_count", calibration_count, 1)
     checks.within("max_accuracy_drop", max_accuracy_drop, 0, 100)
     checks.within("min_agreement", min_agreement, 0, 1)
     int8_cpu = int8_cpu or (profile.int8_cpu if profile is not None else None) or "portable"
-    return ExportRequest(specs, Gate(max_accuracy_drop, min_agreement), int8_cpu, io_dtype, explain, profile)
+    return ExportRequest(specs, Gate(max_accuracy_drop, min_agreement), int8_cpu, io_dtype, explain, profile, fallback)
+
+
+def _target_order(profile, first: list[ExportSpec], options: dict[str, Any]) -> list[ExportSpec]:
+    """The target's export first, then its other suitable artifacts in its order (those an
+    option given for the first does not rule out)."""
+    order = list(first)
+    for key in profile.artifacts:
+        fmt, quant = key.split(":")
+        spec = FORMATS.get((fmt, quant))
+        given = [name for name, value in options.items() if value is not None]
+        if spec is not None and spec not in order and all(name in spec.options for name in given):
+            order.append(spec)
+    return order
+
+
+def device_artifact(reports: list[ArtifactReport]) -> ArtifactReport | None:
+    """The artifact a target's device should run: the first of its order that passed the gate."""
+    return next((r for r in reports if r.passed), None)
+
+
+def refusal_help(spec: ExportSpec, request: ExportRequest) -> str:
+    """The options that could let a refused artifact pass, for its kind of failure."""
+    if spec.calibrated:
+        help_ = ("calibration photos closer to what the device sees (--calibration DIR, --calibration-count N), a "
+                 "model fine-tuned on this data (edgecls train --fine-tune-epochs 5; its int8 keeps accuracy better), "
+                 "or a larger --max-accuracy-drop")
+        if spec.quant == "edgetpu":
+            return help_ + "; the Edge TPU runs only full-integer models, so a float artifact is no way out there"
+        others = [k for k in (request.profile.artifacts if request.profile else []) if k != spec.key]
+        return help_ + (f"; or another artifact of the target: {', '.join(others)}" if others else "")
+    return "a float artifact that loses accuracy points to a conversion problem: compare it with --format onnx, " \
+           "or accept it with --max-accuracy-drop"
 
 
 def _calibration_from_dir(path: Path, preprocessing, count: int, console=None) -> np.ndarray:
@@ -106,7 +145,7 @@ def export_model(model_path: str | Path, formats: str | list[str] | None = None,
                  calibration: str | Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
                  max_accuracy_drop: float = 1.0, io_dtype: str | None = None, console=None,
                  int8_cpu: str | None = None, min_agreement: float | None = None,
-                 target: str | None = None, explain: bool = False) -> list[ArtifactReport]:
+                 target: str | None = None, explain: bool = False, strict: bool = False) -> list[ArtifactReport]:
     """Convert, verify and gate. Returns one report per requested artifact.
 
     `formats`/`quants` default to the target's, else tflite/fp32. `int8_cpu` names the CPU
@@ -118,10 +157,12 @@ def export_model(model_path: str | Path, formats: str | list[str] | None = None,
 
     console = console or make_console(stderr=True)
     request = check_request(formats, quants, target, calibration_count, max_accuracy_drop, io_dtype, int8_cpu,
-                            min_agreement, explain)
+                            min_agreement, explain, strict)
     if request.profile is not None:
-        console.print(escape(f"target {request.profile.name}: exporting "
-                             + ", ".join(spec.key for spec in request.specs)))
+        console.print(escape(f"target {request.profile.name}: exporting " + (
+            f"{request.specs[0].key}, then, if it is refused, {', '.join(s.key for s in request.specs[1:])} in "
+            "this order until one passes" if request.fallback and len(request.specs) > 1 else
+            ", ".join(spec.key for spec in request.specs))))
     model_path = Path(model_path)
     manifest, dataset = _trained_model(model_path, dataset)
     out_dir = Path(out_dir) if out_dir else model_path.parent / "export"
@@ -150,6 +191,9 @@ def _export_verified(model_path: Path, dataset: Path, out_dir: Path, request: Ex
     finally:
         ctx.cleanup()
         summary["artifacts"] = [asdict(r) for r in reports]
+        if request.profile is not None:
+            chosen = device_artifact(reports)
+            summary["device_artifact"] = chosen.path if chosen else None
         atomic_write_json(out_dir / "export_summary.json", summary)
     return reports
 
@@ -160,7 +204,7 @@ def _summary_start(model_path: Path, dataset: Path, request: ExportRequest, veri
     from rich.markup import escape
 
     host = cpu_info()
-    int8 = any(s.quant in ("int8", "edgetpu") for s in request.specs)
+    int8 = any(s.quant in ("int8", "edgetpu", "mixed") for s in request.specs)
     notes = _cpu_notes(host, request.int8_cpu, request.profile) if int8 else []
     reference_acc = float(np.mean(reference.argmax(1) == verify_set.targets))
     console.print(escape(f"verifying on {verify_set.describe()}; Keras accuracy {reference_acc:.4f}; "
@@ -182,6 +226,8 @@ def _export_all(ctx: ExportContext, request: ExportRequest, out_dir: Path, verif
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("exporting", total=len(request.specs))
         for spec in request.specs:
+            if request.fallback and device_artifact(reports) is not None:
+                break  # the target has its artifact: the rest of its order is not needed
             progress.update(task, description=f"exporting {spec.key}")
             report = export_one(ctx, spec, out_dir, verify_set, reference, request.gate, request.options(spec),
                                 explain=request.explain and "explain" in spec.options)
@@ -191,6 +237,8 @@ def _export_all(ctx: ExportContext, request: ExportRequest, out_dir: Path, verif
                           f"accuracy {report.accuracy:.4f} ({0.0 - report.accuracy_drop_pp:+.2f} pp), "
                           f"agreement {report.top1_agreement:.4f} "
                           f"[{report.notes['agreement_ci95'][0]:.3f}, {report.notes['agreement_ci95'][1]:.3f}]")))
+            if not report.passed and "gate failed" in (report.error or ""):
+                console.print(escape(f"  what could help {spec.key}: {refusal_help(spec, request)}"))
             progress.advance(task)
 
 
