@@ -39,15 +39,15 @@ def frozen_features(net: Net, feed, views=(None,), session=None) -> tuple[list[n
 
 
 def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: dict | None,
-                     console, crops: bool = True, session=None) -> dict[str, list[float]]:
+                     console, crops: bool = True, session=None, features: tuple | None = None) -> dict[str, list[float]]:
     """Phase 1 on features computed once: the frozen backbone runs over the training set (as is
     and, with augmentation on, in the fixed views of `augment.feature_views`: mirrored, and four
     corner crops when `crops`) and the validation set once instead of once per epoch; the head
     is a multinomial logistic regression on those features (`logistic_head`), which is what a
     softmax dense layer computes, so its weights go straight into the model. Host-side
-    rotation/zoom does not apply here (features are computed once). In a multi-process
-    `session` the processes share the backbone's work and process 0's regression is the head
-    in every process."""
+    rotation/zoom does not apply here. In a multi-process `session` the processes share the
+    backbone's work and process 0's regression is the head in every process. `features`: (per
+    view, targets, validation features, targets) already computed (`decide.features`)."""
     from sklearn.metrics import accuracy_score, log_loss
 
     from ..augment import feature_views
@@ -57,8 +57,9 @@ def fit_feature_head(net: Net, feeds: tuple, config: TrainConfig, class_weight: 
     train_feed.epoch = 0
     views = feature_views(config.flip, config.feature_crops if crops else 0.0) if config.augment else {"as is": None}
     with status(console, f"phase 1 (head): backbone features of {len(views)} view(s), computed once"):
-        per_view, targets = frozen_features(net, unwarped(train_feed), tuple(views.values()), session)
-        if not config.refit_all:
+        per_view, targets, vx, vy = features or (*frozen_features(net, unwarped(train_feed), tuple(views.values()),
+                                                                   session), None, None)
+        if features is None and not config.refit_all:
             (vx,), vy = frozen_features(net, val_feed, session=session)
     tx, ty = np.concatenate(per_view), np.tile(targets, len(per_view))
     broken = sum(int((~np.isfinite(x).all(axis=1)).sum()) for x in ([tx] if config.refit_all else [tx, vx]))

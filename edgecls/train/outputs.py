@@ -79,6 +79,8 @@ def write_outputs(model, out_dir: Path, dataset: Path, config: TrainConfig, reci
     plot_confusion(val_metrics, out_dir / "confusion_matrix.png", title)
     warnings = [w for w in [overfit_warning(train_metrics.accuracy, val_metrics.accuracy)] if w]
     metrics = {"train": train_metrics.to_dict(), "val": val_metrics.to_dict(), "warnings": warnings}
+    if training.get("fine_tune_decision"):  # both estimates, their intervals and the rule (train.decide)
+        metrics["fine_tune_decision"] = training["fine_tune_decision"]
     if cv_estimate is not None:
         metrics["val"]["estimate"] = metrics["cv_estimate"] = estimate_record(cv_estimate)
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -14,8 +14,9 @@ from ..files import remove_partial_writes
 from ..keras_model import keras as _keras
 from ..models import Recipe, resolve_weights
 from ..outputs import LOCK_NAME, output_lock, refuse_overlaps
+from . import decide
 from .checkpoint import Checkpoint
-from .config import TrainConfig, TrainResult
+from .config import DEFAULT_FINE_TUNE_EPOCHS, TrainConfig, TrainResult
 from .drift import check_unchanged, read_record, write_record
 from .device import accelerator, clear_distribution, phase_policy, set_determinism, set_distribution
 from .feed import TrainingData, feeder, fingerprint, load_data
@@ -137,8 +138,12 @@ def _backend(config: TrainConfig) -> tuple[str, bool]:
     return device, deterministic
 
 
-def _phases(config: TrainConfig, recipe: Recipe, loaded: TrainingData, whole: bool, console) -> list[tuple]:
-    """(phase, epochs, learning rate) of each phase that runs."""
+def _phases(config: TrainConfig, recipe: Recipe, loaded: TrainingData, whole: bool, console, session) -> list[tuple]:
+    """(phase, epochs, learning rate) of each phase that may run. Where fine-tuning is decided
+    from the data (`decide`), after phase 1, phase 2 is listed and runs only if that decision
+    fell back to the photo count and it says so."""
+    if decide.measured(config, whole, session) and recipe.fine_tune_from:
+        return [(1, config.epochs, config.learning_rate), (2, DEFAULT_FINE_TUNE_EPOCHS, config.fine_tune_learning_rate)]
     epochs = fine_tune_epochs(config, len(loaded.train), whole, console)
     if epochs and whole:
         console.print("no fine-tuning phase: without pretrained weights the whole network trained from the start")
@@ -181,7 +186,7 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     device, deterministic = _backend(config)
     devices = set_distribution(config, session)
     whole = trains_whole(recipe, weights)
-    phases = _phases(config, recipe, loaded, whole, console)
+    phases = _phases(config, recipe, loaded, whole, console, session)
     policies = {phase: phase_policy(config.precision, phase, device, whole) for phase, _, _ in phases}
 
     def build(policy: str, fine_tuning: bool):
@@ -194,16 +199,11 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     try:
         net, history, phase_boundary = fit_phases(build, phases, policies, feeds, config, checkpoint, resumed,
                                                   class_weight, console, recipe.fine_tune_from, whole, session)
-        cv_estimate = net.cv_estimate
+        cv_estimate, decision = net.cv_estimate, net.fine_tune_decision
         if config.refit_all and cv_estimate is None:  # a resume after the head was fitted: the estimate is gone
             raise EdgeclsError(f"{out_dir}: this --refit-all run was resumed after its head was fitted and its CV "
                                "estimate was not kept; run it again without --resume")
-        if session.is_writer and (net.policy != "float32" or config.data_parallel):
-            # What is saved and exported: the float32 inference model on one device.
-            clear_distribution(config)
-            copy = build("float32", len(phases) > 1)
-            copy.inference.set_weights(net.inference.get_weights())
-            net = copy
+        net = _saved_copy(net, build, len(phases) > 1, config, session)
     finally:
         clear_distribution(config)
     if not session.is_writer:  # done: from here on, losing this process no longer stops process 0
@@ -211,7 +211,8 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
     training = {"backend": _keras().backend.backend(), "device": device, "devices": devices,
                 "processes": session.num_processes,
                 "precision": {f"phase {p}": v for p, v in policies.items()}, "deterministic": deterministic,
-                "resumed": resumed is not None, "cache": str(loaded.cache.path)}
+                "resumed": resumed is not None, "cache": str(loaded.cache.path),
+                "fine_tune_decision": decision}
     result = write_outputs(net.inference, out_dir, dataset, config, recipe, loaded, preprocessing, history,
                            phase_boundary, training, cv_estimate)
     checkpoint.remove()
@@ -222,6 +223,17 @@ def _run(dataset: Path, out_dir: Path, config: TrainConfig, checkpoint: Checkpoi
                    if isinstance(m, dict) else m for split, m in result.metrics.items()}
         session.finish(json.dumps({"metrics": summary, "history": result.history, "warnings": result.warnings}))
     return result
+
+
+def _saved_copy(net, build, fine_tuned: bool, config: TrainConfig, session):
+    """What is saved and exported: the float32 inference model on one device (a copy where the
+    run trained under another precision or data parallel)."""
+    if not session.is_writer or (net.policy == "float32" and not config.data_parallel):
+        return net
+    clear_distribution(config)
+    copy = build("float32", fine_tuned)
+    copy.inference.set_weights(net.inference.get_weights())
+    return copy
 
 
 def _agree(session, config: TrainConfig, loaded: TrainingData, out_dir: Path, checkpoint: Checkpoint,
