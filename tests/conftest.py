@@ -26,15 +26,38 @@ def assets_dir() -> Path | None:
 SLOW_FIXTURES = {"flowers_model", "flowers_exports", "runtime_venv", "members", "imagenet"}
 
 
+# Tests sharing the session's trained flowers model run in one pytest-xdist worker (`make test`
+# runs two, `--dist loadgroup`), so that model is trained once; every other test runs with the
+# rest of its file, where its module's fixtures are built once.
+FLOWERS_FIXTURES = {"flowers_model", "flowers_exports"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        group = "flowers-model" if FLOWERS_FIXTURES & fixtures else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_configure(config):
     """No assets, no run: most tests need the real photos and models, and skipping them would
-    turn a broken checkout into a green suite."""
+    turn a broken checkout into a green suite. Each pytest-xdist worker decodes into an image
+    cache of its own (two workers building one cache would wait on each other's lock)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and "EDGECLS_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["EDGECLS_CACHE"] = config._edgecls_worker_cache = tempfile.mkdtemp(prefix=f"edgecls-cache-{worker}-")
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_edgecls_worker_cache", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
     if assets_dir() is None:
         where = os.environ.get("EDGECLS_ASSETS") or str(ROOT.parent / "shared")
         raise pytest.UsageError(f"edgecls test assets not found at {where}: set EDGECLS_ASSETS to the shared assets "
