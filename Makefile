@@ -19,15 +19,16 @@ quickstart: $(BIN)/edgecls
 # int8 artifacts on an emulated AVX2 CPU; `qemu` installs it when this runs as root with apt.
 # tests/test_serve.py drives Debian's chromium headless (Playwright with executable_path, never a
 # downloaded browser); `chromium` installs it when this runs as root with apt.
-# Two pytest-xdist workers (tests/conftest.py groups them: the flowers model's tests together, every
-# other file whole); many tests wait on servers, subprocesses and browsers, so two share 2 cores well.
+# Two pytest-xdist workers, each file whole in one (its module fixtures built once); the trained
+# flowers model and its exports are made once for both (tests/conftest.py `once_per_run`). Many
+# tests wait on servers, subprocesses and browsers, so two share 2 cores well.
 test: $(BIN)/edgecls qemu chromium
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop while working (under 3 minutes on 2 cores): every test but those marked slow
 # (full-size training, the export matrix, a fresh environment; see tests/conftest.py). Not what CI runs.
 test-fast: $(BIN)/edgecls
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # The Raspberry Pi path end to end without a Pi (about 5 min, needs root; not part of `make test`): a bundle
 # built here for raspberrypi4, installed offline in an emulated arm64 Debian root, doctor, predict, rollback.

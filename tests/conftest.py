@@ -26,19 +26,32 @@ def assets_dir() -> Path | None:
 SLOW_FIXTURES = {"flowers_model", "flowers_exports", "runtime_venv", "members", "imagenet"}
 
 
-# Tests sharing the session's trained flowers model run in one pytest-xdist worker (`make test`
-# runs two, `--dist loadgroup`), so that model is trained once; every other test runs with the
-# rest of its file, where its module's fixtures are built once.
-FLOWERS_FIXTURES = {"flowers_model", "flowers_exports"}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & fixtures:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        group = "flowers-model" if FLOWERS_FIXTURES & fixtures else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def once_per_run(tmp_path_factory, name: str, build, save, load):
+    """A session fixture's value made once for the whole run: `make test` runs two pytest-xdist
+    workers (`--dist loadfile`: each file whole in one worker, so module fixtures are built
+    once), and the first worker to need it builds it under a lock in the run's shared temporary
+    folder while the other waits, then reads it back (pytest-xdist's documented pattern)."""
+    import fcntl
+    import json
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        record = shared / "value.json"
+        if record.exists():
+            return load(json.loads(record.read_text()))
+        value = build(shared / "made")
+        record.write_text(json.dumps(save(value)))
+        return value
 
 
 def pytest_configure(config):
@@ -91,21 +104,40 @@ FLOWERS_CONFIG = dict(backbone="mobilenet_v2", epochs=8, fine_tune_epochs=5, bat
 @pytest.fixture(scope="session")
 def flowers_model(tmp_path_factory, flowers, mobilenet_weights):
     """MobileNetV2 at 224 from the shared ImageNet weights, trained once per test session."""
-    from edgecls.train import TrainConfig, train
+    from dataclasses import asdict
 
-    out = tmp_path_factory.mktemp("flowers_imagenet")
-    return train(flowers, out, TrainConfig(weights=str(mobilenet_weights), **FLOWERS_CONFIG))
+    from edgecls.train import TrainConfig, TrainResult, train
+
+    def build(out: Path):
+        return train(flowers, out, TrainConfig(weights=str(mobilenet_weights), **FLOWERS_CONFIG))
+
+    def save(result) -> dict:
+        return {**asdict(result), "model_path": str(result.model_path), "out_dir": str(result.out_dir),
+                "skipped": [[str(p), why] for p, why in result.skipped]}
+
+    def load(d: dict):
+        return TrainResult(**{**d, "model_path": Path(d["model_path"]), "out_dir": Path(d["out_dir"]),
+                              "skipped": [(Path(p), why) for p, why in d["skipped"]]})
+
+    return once_per_run(tmp_path_factory, "flowers_imagenet", build, save, load)
 
 
 @pytest.fixture(scope="session")
-def flowers_exports(flowers_model):
+def flowers_exports(flowers_model, tmp_path_factory):
     """Every (format, mode) of the registry for the flowers model, exported once without a gate
     (so the tests judge each artifact) with the default, portable int8 scheme."""
-    from edgecls.export.pipeline import export_model
+    from dataclasses import asdict
 
-    reports = export_model(flowers_model.model_path, "all", "all", out_dir=flowers_model.out_dir / "matrix",
-                           max_accuracy_drop=100.0)
-    return {r.key: r for r in reports}
+    from edgecls.export.pipeline import ArtifactReport, export_model
+
+    def build(_out: Path):
+        reports = export_model(flowers_model.model_path, "all", "all", out_dir=flowers_model.out_dir / "matrix",
+                               max_accuracy_drop=100.0)
+        return {r.key: r for r in reports}
+
+    return once_per_run(tmp_path_factory, "flowers_exports", build,
+                        lambda reports: {k: asdict(r) for k, r in reports.items()},
+                        lambda d: {k: ArtifactReport(**r) for k, r in d.items()})
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

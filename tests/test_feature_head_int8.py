@@ -127,7 +127,9 @@ def test_a_target_falls_back_to_its_next_artifact_and_says_so(tied_model, tmp_pa
 
 def test_strict_and_a_target_without_a_float_way_out_fail(tied_model, tmp_path):
     strict = run_cli("export", tied_model, "--target", "raspberrypi4", "--strict", "--out", tmp_path / "strict")
-    assert strict.returncode == 1 and "tflite:fp16" not in strict.stderr.split("export summary")[0], strict.stderr
+    assert strict.returncode == 1 and "exporting tflite:int8\n" in strict.stderr, strict.stderr
+    tried = [line.split()[0] for line in strict.stderr.splitlines() if line.split()[1:2] in (["ok"], ["FAILED"])]
+    assert tried == ["tflite:int8"], strict.stderr
     assert not list((tmp_path / "strict").glob("model_*"))
     coral = run_cli("export", tied_model, "--target", "coral-usb", "--out", tmp_path / "coral")
     assert coral.returncode == 1

@@ -63,13 +63,15 @@ def test_digits_far_from_imagenet_are_fine_tuned(tmp_path, mobilenet_weights):
     from edgecls.workflows import write_digits_dataset
 
     data = write_digits_dataset(tmp_path / "digits")
+    for photo in sorted(data.rglob("*.png"))[1::2]:  # every other scan: half the time, the same verdict
+        photo.unlink()
     out = tmp_path / "digits_run"
     result = run_cli("train", data, "--weights", mobilenet_weights, "--input-size", "32", "--no-flip", "--out", out)
     assert result.returncode == 0, result.stderr
     decision = _decision(out)
     assert decision["decision"] == "fine-tune", decision
-    assert decision["gain"] > 3 * decision["gain_se"] and decision["validation_count"] == 359
-    assert "fine-tuning decision on 359 validation photos: feature head" in result.stderr
+    assert decision["gain"] > 3 * decision["gain_se"] and 150 < decision["validation_count"] < 200
+    assert f"fine-tuning decision on {decision['validation_count']} validation photos: feature head" in result.stderr
     # The kept model is the fine-tuned one: its top moved from the ImageNet weights, its validation
     # accuracy is the fine-tuned estimate, and the curves show phase 2's epochs.
     assert not np.allclose(_top_kernel(out / "model.keras", 32), _imagenet_top_kernel(mobilenet_weights, 32))

@@ -9,16 +9,20 @@ import sys
 import cv2
 import pytest
 
-from tests.conftest import ROOT
 
 HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf-keras", "jax", "torch", "onnxruntime", "openvino", "nncf", "tf2onnx"}
 
 
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory):
+    from edgecls.deploy.wheels import build_edgecls_wheel
+
     venv = tmp_path_factory.mktemp("runtime-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{ROOT}[runtime]"],
+    # The wheel as deploy builds it (from a copy of the sources, never in this checkout's build/,
+    # which another test building a wheel at the same time would share).
+    wheel = build_edgecls_wheel(tmp_path_factory.mktemp("wheel"))
+    install = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{wheel}[runtime]"],
                              capture_output=True, text=True, timeout=900)
     if install.returncode != 0:
         pytest.fail(f"pip install edgecls[runtime] failed:\n{install.stderr[-3000:]}")

@@ -4,6 +4,7 @@ the device's platform and Python, fetched here with pip's cross-platform downloa
 them with `--no-index` and never needs the network."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,10 @@ def _pip(args: Sequence[str], what: str, find_links: Path | None) -> None:
         raise EdgeclsError(f"{what} failed (pip exit {proc.returncode}): " + " | ".join(lines[-4:]))
 
 
+# What the wheel is built from (pyproject.toml's packages, package dirs and readme).
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "edgecls", "models", "targets")
+
+
 def build_edgecls_wheel(dest: Path, find_links: Path | None = None) -> Path:
     """Build the edgecls wheel from this checkout into `dest`."""
     root = checkout_root()
@@ -80,7 +85,17 @@ def build_edgecls_wheel(dest: Path, find_links: Path | None = None) -> Path:
         raise EdgeclsError("edgecls deploy builds the edgecls wheel from a source checkout, and this edgecls is an "
                            "installed package: run deploy from a checkout (pip install -e .), or pass --edgecls-wheel")
     with tempfile.TemporaryDirectory(prefix="edgecls-wheel-") as tmp:
-        _pip(["wheel", "--no-deps", "--wheel-dir", tmp, str(root)], f"building the edgecls wheel from {root}",
+        # From a copy of the package's sources: setuptools builds in the source folder's build/,
+        # where two builds from one checkout at once (two deploys, a test beside a deploy) collide
+        # ("File exists: build/bdist..."), and a checkout's other files (runs/, data) stay out.
+        source = Path(tmp) / "source"
+        source.mkdir()
+        for name in PACKAGE_SOURCES:
+            if (root / name).is_dir():
+                shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif (root / name).is_file():
+                shutil.copy2(root / name, source / name)
+        _pip(["wheel", "--no-deps", "--wheel-dir", tmp, str(source)], f"building the edgecls wheel from {root}",
              find_links)
         built = sorted(Path(tmp).glob("edgecls-*.whl"))
         if not built:

@@ -50,6 +50,7 @@ def export(ctx: ExportContext, spec: ExportSpec, out_path: Path, io_dtype: str |
         converter.inference_input_type = io
         converter.inference_output_type = io
         ctx.quantization_scheme = int8_scheme(int8_cpu or "portable", "int8" if io == tf.int8 else "uint8")
+    if spec.quant in ("int8", "edgetpu"):
         flatbuffer = _bias_corrected(ctx, _full_integer(ctx, converter, io))
     else:
         flatbuffer = _converted(ctx, converter)
